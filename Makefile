@@ -1,0 +1,44 @@
+# PIXL — the targets other tooling relies on: setup, demo, down, test (see README.md).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup system-deps demo down test test-unit lint check-allowlists bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+system-deps:
+	@bash stack/install-system-deps.sh
+
+demo: system-deps setup
+	$(BIN)/python -m stack.demo
+
+down: setup
+	$(BIN)/python -m stack.demo --down
+
+test: system-deps setup lint check-allowlists
+	$(BIN)/pytest -q
+
+test-unit: setup
+	$(BIN)/pytest -q tests/unit
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Audits every project's allow-list against DICOM PS3.15 (runs in CI through `make test`).
+check-allowlists: setup
+	$(BIN)/pixl allowlist check --all
+
+bench: system-deps setup
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache .ruff_cache

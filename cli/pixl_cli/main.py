@@ -1,0 +1,27 @@
+"""The ``pixl`` command: one entry point for everything a data engineer runs."""
+
+from __future__ import annotations
+
+import typer
+
+from pixl_cli.anonymise_cmd import anonymise
+
+app = typer.Typer(
+    name="pixl",
+    help="PIXL: export de-identified imaging and reports to a research Data Safe Haven.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def main() -> None:
+    """PIXL: export de-identified imaging and reports to a research Data Safe Haven."""
+
+
+app.command("anonymise")(anonymise)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,380 @@
+"""The de-identification engine: one identifiable DICOM instance in, one de-identified out.
+
+orthanc-anon and ``pixl anonymise`` run exactly this code. It never imports ``orthanc``.
+
+Why it is shaped this way:
+- The output is a **new** dataset built from what the allow-list lets through. Nothing is
+  deleted from the input, so an attribute nobody thought of cannot leak: it was never copied.
+- Only the header is parsed (``stop_before_pixels``); the Pixel Data element is copied through
+  as raw bytes from the input buffer, so the cost stays close to reading and writing the file
+  and pixel data is never decoded.
+- Anything unexpected refuses the instance with a short reason code (never an identifier):
+  a refused instance is dropped, not forwarded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from io import BytesIO
+
+from pydicom import dcmread
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+from pixl_core.allowlist import Action, AllowList, AttributeKey, Rule, canonical_group
+from pixl_core.hashing import ProjectHasher
+from pixl_core.projects import BASIC_PROFILE_CODE, PS315_OPTIONS, Project
+
+PIXEL_DATA_TAG = 0x7FE00010
+PIXL_IMPLEMENTATION_UID = "2.25.229318054950893740498129374637846509813"
+PIXL_IMPLEMENTATION_VERSION = "PIXL_0_1"
+# Maximum lengths of the string VRs a hash can be written into (PS3.5 Table 6.2-1).
+VR_MAX_LENGTH = {
+    "AE": 16,
+    "CS": 16,
+    "LO": 64,
+    "LT": 64,
+    "PN": 64,
+    "SH": 16,
+    "ST": 64,
+    "UC": 64,
+    "UT": 64,
+}
+
+
+class Refused(Exception):
+    """The instance must not leave. ``reason`` is a short code, never an identifier."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# Reason codes, shared by the CLI summary, the database and the metrics.
+REFUSED_UNREADABLE = "unreadable"
+REFUSED_NOT_IMAGE = "not_image"
+REFUSED_MODALITY = "modality_not_allowed"
+REFUSED_BURNED_IN = "burned_in_annotation"
+REFUSED_SERIES = "series_filtered"
+REFUSED_INVALID_VALUE = "invalid_value"
+REFUSED_MISSING_UID = "missing_uid"
+
+
+@dataclass(frozen=True)
+class Deidentified:
+    """The de-identified file and the pseudonymised UIDs it is named and grouped by."""
+
+    data: bytes
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+
+
+@dataclass
+class _Context:
+    hasher: ProjectHasher
+    project: Project
+    patient_key: str
+    _offset: int | None = None
+    dates_modified: bool = False
+
+    def day_offset(self) -> int:
+        if self._offset is None:
+            self._offset = self.hasher.day_offset(
+                self.patient_key, self.project.date_shift_max_days
+            )
+        return self._offset
+
+
+def deidentify_bytes(data: bytes, project: Project, hasher: ProjectHasher) -> Deidentified:
+    """De-identify one instance given as the bytes of a DICOM Part 10 file.
+
+    Raises ``Refused`` with a reason code when the instance must not leave.
+    """
+    buffer = BytesIO(data)
+    try:
+        source = dcmread(buffer, stop_before_pixels=True)
+        pixel_offset = buffer.tell()
+    except (InvalidDicomError, EOFError, ValueError, KeyError, struct.error, TypeError):
+        raise Refused(REFUSED_UNREADABLE) from None
+    transfer_syntax = source.file_meta.get("TransferSyntaxUID")
+    if transfer_syntax is None or transfer_syntax == DeflatedExplicitVRLittleEndian:
+        # The header was inflated into a new buffer, so offsets into ``data`` do not hold:
+        # take the slow path that decodes the whole file (rare for X-ray).
+        return _deidentify_full(data, project, hasher)
+    pixel_element = _raw_pixel_element(data, pixel_offset, source)
+    result_ds = deidentify_dataset(source, project, hasher)
+    header = _write(result_ds)
+    keeps_pixels = _rule_for(project.allowlist_for(*_device(source)), PIXEL_DATA_TAG)
+    body = pixel_element if keeps_pixels is not None and keeps_pixels.action is Action.KEEP else b""
+    return Deidentified(
+        data=b"".join((header, body)),
+        study_uid=result_ds.StudyInstanceUID,
+        series_uid=result_ds.SeriesInstanceUID,
+        sop_instance_uid=result_ds.SOPInstanceUID,
+    )
+
+
+def _deidentify_full(data: bytes, project: Project, hasher: ProjectHasher) -> Deidentified:
+    try:
+        source = dcmread(BytesIO(data))
+    except Exception:  # any parse failure: the file cannot be trusted
+        raise Refused(REFUSED_UNREADABLE) from None
+    result = deidentify_dataset(source, project, hasher)
+    return Deidentified(
+        data=_write(result),
+        study_uid=result.StudyInstanceUID,
+        series_uid=result.SeriesInstanceUID,
+        sop_instance_uid=result.SOPInstanceUID,
+    )
+
+
+def _raw_pixel_element(data: bytes, offset: int, source: Dataset) -> bytes:
+    """The Pixel Data element exactly as encoded in the input, or b"" if there is none."""
+    if offset + 8 > len(data) or data[offset : offset + 4] != b"\xe0\x7f\x10\x00":
+        return b""
+    implicit = source.file_meta.TransferSyntaxUID.is_implicit_VR
+    if implicit:
+        (length,) = struct.unpack_from("<I", data, offset + 4)
+        header = 8
+    else:
+        (length,) = struct.unpack_from("<I", data, offset + 8)
+        header = 12
+    start = offset + header
+    end = start + length if length != 4294967295 else _end_of_encapsulated(data, start)
+    if end > len(data):
+        raise Refused(REFUSED_UNREADABLE)
+    return data[offset:end]
+
+
+def _end_of_encapsulated(data: bytes, position: int) -> int:
+    """Walk the fragment items of encapsulated Pixel Data to the Sequence Delimitation Item."""
+    while position + 8 <= len(data):
+        group, element, length = struct.unpack_from("<HHI", data, position)
+        position += 8
+        if (group, element) == (0xFFFE, 0xE0DD):
+            return position
+        if (group, element) != (0xFFFE, 0xE000):
+            break
+        position += length
+    raise Refused(REFUSED_UNREADABLE)
+
+
+def _write(ds: Dataset) -> bytes:
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _device(ds: Dataset) -> tuple[str, str]:
+    return str(ds.get("Manufacturer", "") or ""), str(ds.get("ManufacturerModelName", "") or "")
+
+
+def check_policy(ds: Dataset, project: Project) -> None:
+    """Refuse instances the project must never receive, before anything is built."""
+    sop_class = ds.get("SOPClassUID")
+    if not sop_class or "Image Storage" not in UID(str(sop_class)).name:
+        raise Refused(REFUSED_NOT_IMAGE)
+    if str(ds.get("Modality", "")).upper() not in project.modalities:
+        raise Refused(REFUSED_MODALITY)
+    burned_in = str(ds.get("BurnedInAnnotation", "") or "").upper()
+    if burned_in == "YES" and not project.allow_burned_in_annotation:
+        raise Refused(REFUSED_BURNED_IN)
+    description = str(ds.get("SeriesDescription", "") or "")
+    if any(pattern.search(description) for pattern in project.series_filters):
+        raise Refused(REFUSED_SERIES)
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not ds.get(keyword):
+            raise Refused(REFUSED_MISSING_UID)
+
+
+def deidentify_dataset(source: Dataset, project: Project, hasher: ProjectHasher) -> Dataset:
+    """Build the de-identified dataset (with new file meta) from ``source``."""
+    check_policy(source, project)
+    context = _Context(hasher=hasher, project=project, patient_key=str(source.get("PatientID", "")))
+    allowlist = project.allowlist_for(*_device(source))
+    result = _filter(source, allowlist, context)
+    _mark_deidentified(result, project, context)
+    result.file_meta = _file_meta(result, source.file_meta.TransferSyntaxUID)
+    return result
+
+
+def _filter(source: Dataset, allowlist: AllowList, context: _Context) -> Dataset:
+    """Copy into a new dataset only what ``allowlist`` lets through."""
+    result = Dataset()
+    for element in source:
+        group, number = element.tag.group, element.tag.element
+        if number == 0x0000:  # group lengths are recomputed, never copied
+            continue
+        if group % 2 == 1:
+            _copy_private(source, element, allowlist, context, result)
+            continue
+        rule = allowlist.rule_for(AttributeKey(canonical_group(group), number))
+        if rule is None or element.tag == PIXEL_DATA_TAG:
+            continue  # not listed: removed. Pixel Data is spliced in raw by the caller.
+        new = _apply(rule, element, context)
+        if new is not None:
+            result.add(new)
+    return result
+
+
+def _copy_private(
+    source: Dataset, element: DataElement, allowlist: AllowList, context: _Context, result: Dataset
+) -> None:
+    group, number = element.tag.group, element.tag.element
+    if number < 0x1000:
+        return  # creators are written by private_block; 0x0001-0x000F are illegal anyway
+    creator_element = source.get((group << 16) | (number >> 8))
+    if creator_element is None or not isinstance(creator_element.value, str):
+        return  # a private element without a creator cannot be identified: drop it
+    creator = creator_element.value.strip()
+    rule = allowlist.rule_for(AttributeKey(group, number & 0xFF, creator))
+    if rule is None:
+        return
+    new = _apply(rule, element, context)
+    if new is None:
+        return
+    block = result.private_block(group, creator, create=True)
+    block.add_new(number & 0xFF, new.VR, new.value)
+
+
+def _apply(rule: Rule, element: DataElement, context: _Context) -> DataElement | None:
+    return ACTIONS[rule.action](rule, element, context)
+
+
+def _keep(rule: Rule, element: DataElement, context: _Context) -> DataElement:
+    if element.VR == "SQ":
+        if rule.items is None:
+            raise Refused(REFUSED_INVALID_VALUE)
+        items = Sequence([_filter(item, rule.items, context) for item in element.value])
+        return DataElement(element.tag, "SQ", items)
+    return element
+
+
+def _empty(rule: Rule, element: DataElement, context: _Context) -> DataElement:
+    return DataElement(element.tag, element.VR, Sequence() if element.VR == "SQ" else None)
+
+
+def _replace(rule: Rule, element: DataElement, context: _Context) -> DataElement:
+    return DataElement(element.tag, element.VR, rule.value)
+
+
+def _hash(rule: Rule, element: DataElement, context: _Context) -> DataElement:
+    max_length = VR_MAX_LENGTH.get(element.VR, 64)
+
+    def pseudonym(value: object) -> str:
+        text = str(value).strip()
+        if not text:
+            return ""
+        hashed = context.hasher.text(text, max_length)
+        return hashed.upper() if element.VR == "CS" else hashed
+
+    return DataElement(element.tag, element.VR, _map_values(element.value, pseudonym))
+
+
+def _uid(rule: Rule, element: DataElement, context: _Context) -> DataElement:
+    def remap(value: object) -> str:
+        text = str(value).strip().rstrip("\x00")
+        return context.hasher.uid(text) if text else ""
+
+    return DataElement(element.tag, "UI", _map_values(element.value, remap))
+
+
+def _shift(rule: Rule, element: DataElement, context: _Context) -> DataElement:
+    context.dates_modified = True
+
+    def shift(value: object) -> str:
+        text = str(value).strip()
+        if not text:
+            return ""
+        day = _parse_day(text)
+        shifted = day + dt.timedelta(days=context.day_offset())
+        return shifted.strftime("%Y%m%d") + text[8:]
+
+    return DataElement(element.tag, element.VR, _map_values(element.value, shift))
+
+
+def _truncate(rule: Rule, element: DataElement, context: _Context) -> DataElement:
+    context.dates_modified = True
+    keep = 4 if rule.truncate_to == "year" else 6
+
+    def truncate(value: object) -> str:
+        text = str(value).strip()
+        if not text:
+            return ""
+        if len(text) < keep or not text[:keep].isdigit():
+            raise Refused(REFUSED_INVALID_VALUE)
+        if element.VR == "DA":  # DA is always YYYYMMDD: pad to the first day
+            return text[:keep] + ("0101" if keep == 4 else "01")
+        return text[:keep]  # DT allows reduced precision
+
+    return DataElement(element.tag, element.VR, _map_values(element.value, truncate))
+
+
+def _remove(rule: Rule, element: DataElement, context: _Context) -> None:
+    return None
+
+
+def _parse_day(text: str) -> dt.date:
+    try:
+        return dt.datetime.strptime(text[:8], "%Y%m%d").date()
+    except ValueError:
+        raise Refused(REFUSED_INVALID_VALUE) from None
+
+
+def _map_values(value: object, function: Callable[[object], str]) -> object:
+    if value is None:
+        return None
+    if isinstance(value, MultiValue | list | tuple):
+        return [function(v) for v in value]
+    return function(value)
+
+
+ACTIONS: dict[Action, Callable[[Rule, DataElement, _Context], DataElement | None]] = {
+    Action.KEEP: _keep,
+    Action.EMPTY: _empty,
+    Action.REPLACE: _replace,
+    Action.HASH: _hash,
+    Action.UID: _uid,
+    Action.SHIFT: _shift,
+    Action.TRUNCATE: _truncate,
+    Action.REMOVE: _remove,
+}
+
+
+def _rule_for(allowlist: AllowList, tag: int) -> Rule | None:
+    return allowlist.rule_for(AttributeKey(tag >> 16, tag & 0xFFFF))
+
+
+def _mark_deidentified(ds: Dataset, project: Project, context: _Context) -> None:
+    """Record what was done, as PS3.15 E.1.1 asks, from the project's own claims."""
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = f"PIXL allow-list, project {project.slug}"[:64]
+    codes = [BASIC_PROFILE_CODE] + [PS315_OPTIONS[o] for o in project.ps315_options]
+    items = []
+    for value, meaning in codes:
+        item = Dataset()
+        item.CodeValue = value
+        item.CodingSchemeDesignator = "DCM"
+        item.CodeMeaning = meaning
+        items.append(item)
+    ds.DeidentificationMethodCodeSequence = Sequence(items)
+    if context.dates_modified:
+        ds.LongitudinalTemporalInformationModified = "MODIFIED"
+
+
+def _file_meta(ds: Dataset, transfer_syntax: UID) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = PIXL_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = PIXL_IMPLEMENTATION_VERSION
+    return meta
