@@ -15,24 +15,26 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import datetime as dt
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from io import BytesIO
 
-from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID
 
 from pixl_core.allowlist import Action, AllowList, AttributeKey, Rule, canonical_group
+from pixl_core.dicom_bytes import (
+    PIXEL_DATA_TAG,
+    ParsedHeader,
+    UnreadableDicom,
+    parse_header,
+    write_file,
+)
 from pixl_core.hashing import ProjectHasher
 from pixl_core.projects import BASIC_PROFILE_CODE, PS315_OPTIONS, Project
 
-PIXEL_DATA_TAG = 0x7FE00010
 PIXL_IMPLEMENTATION_UID = "2.25.229318054950893740498129374637846509813"
 PIXL_IMPLEMENTATION_VERSION = "PIXL_0_1"
 # Maximum lengths of the string VRs a hash can be written into (PS3.5 Table 6.2-1).
@@ -98,79 +100,27 @@ def deidentify_bytes(data: bytes, project: Project, hasher: ProjectHasher) -> De
 
     Raises ``Refused`` with a reason code when the instance must not leave.
     """
-    buffer = BytesIO(data)
     try:
-        source = dcmread(buffer, stop_before_pixels=True)
-        pixel_offset = buffer.tell()
-    except (InvalidDicomError, EOFError, ValueError, KeyError, struct.error, TypeError):
+        parsed = parse_header(data)
+    except UnreadableDicom:
         raise Refused(REFUSED_UNREADABLE) from None
-    transfer_syntax = source.file_meta.get("TransferSyntaxUID")
-    if transfer_syntax is None or transfer_syntax == DeflatedExplicitVRLittleEndian:
-        # The header was inflated into a new buffer, so offsets into ``data`` do not hold:
-        # take the slow path that decodes the whole file (rare for X-ray).
-        return _deidentify_full(data, project, hasher)
-    pixel_element = _raw_pixel_element(data, pixel_offset, source)
-    result_ds = deidentify_dataset(source, project, hasher)
-    header = _write(result_ds)
-    keeps_pixels = _rule_for(project.allowlist_for(*_device(source)), PIXEL_DATA_TAG)
-    body = pixel_element if keeps_pixels is not None and keeps_pixels.action is Action.KEEP else b""
-    return Deidentified(
-        data=b"".join((header, body)),
-        study_uid=result_ds.StudyInstanceUID,
-        series_uid=result_ds.SeriesInstanceUID,
-        sop_instance_uid=result_ds.SOPInstanceUID,
-    )
+    return deidentify_parsed(parsed, project, hasher)
 
 
-def _deidentify_full(data: bytes, project: Project, hasher: ProjectHasher) -> Deidentified:
-    try:
-        source = dcmread(BytesIO(data))
-    except Exception:  # any parse failure: the file cannot be trusted
-        raise Refused(REFUSED_UNREADABLE) from None
+def deidentify_parsed(
+    parsed: ParsedHeader, project: Project, hasher: ProjectHasher
+) -> Deidentified:
+    """As ``deidentify_bytes``, for a header already parsed (orthanc-anon parses it once)."""
+    source = parsed.dataset
     result = deidentify_dataset(source, project, hasher)
+    pixel_rule = _rule_for(project.allowlist_for(*_device(source)), PIXEL_DATA_TAG)
+    keeps_pixels = pixel_rule is not None and pixel_rule.action is Action.KEEP
     return Deidentified(
-        data=_write(result),
+        data=write_file(result, parsed.pixel_element if keeps_pixels else b""),
         study_uid=result.StudyInstanceUID,
         series_uid=result.SeriesInstanceUID,
         sop_instance_uid=result.SOPInstanceUID,
     )
-
-
-def _raw_pixel_element(data: bytes, offset: int, source: Dataset) -> bytes:
-    """The Pixel Data element exactly as encoded in the input, or b"" if there is none."""
-    if offset + 8 > len(data) or data[offset : offset + 4] != b"\xe0\x7f\x10\x00":
-        return b""
-    implicit = source.file_meta.TransferSyntaxUID.is_implicit_VR
-    if implicit:
-        (length,) = struct.unpack_from("<I", data, offset + 4)
-        header = 8
-    else:
-        (length,) = struct.unpack_from("<I", data, offset + 8)
-        header = 12
-    start = offset + header
-    end = start + length if length != 4294967295 else _end_of_encapsulated(data, start)
-    if end > len(data):
-        raise Refused(REFUSED_UNREADABLE)
-    return data[offset:end]
-
-
-def _end_of_encapsulated(data: bytes, position: int) -> int:
-    """Walk the fragment items of encapsulated Pixel Data to the Sequence Delimitation Item."""
-    while position + 8 <= len(data):
-        group, element, length = struct.unpack_from("<HHI", data, position)
-        position += 8
-        if (group, element) == (0xFFFE, 0xE0DD):
-            return position
-        if (group, element) != (0xFFFE, 0xE000):
-            break
-        position += length
-    raise Refused(REFUSED_UNREADABLE)
-
-
-def _write(ds: Dataset) -> bytes:
-    out = BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
 
 
 def _device(ds: Dataset) -> tuple[str, str]:
@@ -217,8 +167,8 @@ def _filter(source: Dataset, allowlist: AllowList, context: _Context) -> Dataset
             _copy_private(source, element, allowlist, context, result)
             continue
         rule = allowlist.rule_for(AttributeKey(canonical_group(group), number))
-        if rule is None or element.tag == PIXEL_DATA_TAG:
-            continue  # not listed: removed. Pixel Data is spliced in raw by the caller.
+        if rule is None:
+            continue  # not listed: removed
         new = _apply(rule, element, context)
         if new is not None:
             result.add(new)

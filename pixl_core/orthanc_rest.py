@@ -1,0 +1,99 @@
+"""A small client for Orthanc's REST API.
+
+The Orthanc plugins use it to talk to their own Orthanc (authorised with the token Orthanc
+generates for plugins), the CLI and the tests use it from outside with a user and password, and
+unit tests pass a stand-in with the same three methods. Errors never carry response bodies,
+which can echo DICOM values.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import requests
+
+from pixl_core.errors import PixlError
+
+
+class OrthancError(PixlError):
+    """An Orthanc REST call failed; ``code`` is a short reason usable as an error code."""
+
+    def __init__(self, message: str, code: str = "orthanc_error", status: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class OrthancApi(Protocol):
+    """What the fetch and export logic needs from an Orthanc."""
+
+    def get(self, path: str) -> Any: ...
+
+    def get_bytes(self, path: str) -> bytes: ...
+
+    def post(self, path: str, body: Any = None, *, timeout: float | None = None) -> Any: ...
+
+    def post_bytes(self, path: str, data: bytes) -> Any: ...
+
+    def delete(self, path: str) -> None: ...
+
+
+class OrthancClient:
+    """``OrthancApi`` over HTTP with ``requests``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._session = requests.Session()
+        if username is not None and password is not None:
+            self._session.auth = (username, password)
+        if token:
+            self._session.headers["Authorization"] = token
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self.timeout)
+        try:
+            response = self._session.request(method, self.url + path, **kwargs)
+        except requests.Timeout:
+            raise OrthancError(f"Orthanc at {self.url} timed out on {method}", "timeout") from None
+        except requests.ConnectionError:
+            raise OrthancError(f"Orthanc at {self.url} is not reachable", "unreachable") from None
+        if response.status_code >= 400:
+            code = "not_found" if response.status_code == 404 else f"http_{response.status_code}"
+            raise OrthancError(
+                f"Orthanc at {self.url} answered {response.status_code} to {method} "
+                f"{path.split('/')[1] if '/' in path else path}",
+                code,
+                response.status_code,
+            )
+        return response
+
+    def get(self, path: str) -> Any:
+        return self._request("GET", path).json()
+
+    def get_bytes(self, path: str) -> bytes:
+        return self._request("GET", path).content
+
+    def post(self, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
+        kwargs: dict[str, Any] = {"json": body}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        response = self._request("POST", path, **kwargs)
+        return response.json() if response.content else None
+
+    def post_bytes(self, path: str, data: bytes) -> Any:
+        response = self._request(
+            "POST", path, data=data, headers={"Content-Type": "application/dicom"}
+        )
+        return response.json() if response.content else None
+
+    def delete(self, path: str) -> None:
+        self._request("DELETE", path)
