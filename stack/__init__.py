@@ -1,0 +1,1 @@
+"""Local stand-ins and process management for the demo and the system tests."""
