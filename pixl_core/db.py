@@ -1,0 +1,138 @@
+"""Connecting to PIXL's Postgres and bringing its schema up to date.
+
+Postgres holds all work state, so every process (CLI, Orthanc plugins, EHR module) connects
+through ``connect`` and calls ``migrate`` at start-up. Schema changes are numbered SQL files in
+``pixl_core/migrations/`` (``0001_initial.sql``, ``0002_….sql``), applied in order, each in its
+own transaction and recorded in ``schema_migrations``. Several processes may start at once:
+each migration runs under a transaction-scoped advisory lock, so exactly one of them applies it
+and the others see it recorded. An applied file must never change (its checksum is recorded):
+add a new file instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+import psycopg2.extensions
+
+from pixl_core.errors import PixlConfigError
+
+DB_URL_ENV = "PIXL_DB_URL"
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Any constant works; it only has to be the same in every process that migrates.
+_MIGRATION_LOCK_KEY = 0x7069786C  # "pixl"
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+Connection = psycopg2.extensions.connection
+
+
+def database_url() -> str:
+    """The database URL from ``PIXL_DB_URL``, or refuse with a one-line fix."""
+    url = os.environ.get(DB_URL_ENV, "").strip()
+    if not url:
+        raise PixlConfigError(
+            f"{DB_URL_ENV} is not set: export the libpq URL of PIXL's database, e.g. "
+            f"{DB_URL_ENV}=postgresql://pixl@127.0.0.1:5433/pixl "
+            "(`python -m stack.postgres start` prints one)"
+        )
+    return url
+
+
+def connect(url: str | None = None, *, application_name: str = "pixl") -> Connection:
+    """Open a connection (autocommit off) to ``url`` or to ``PIXL_DB_URL``.
+
+    A server that cannot be reached is reported in one line without the URL, which may hold a
+    password.
+    """
+    url = url or database_url()
+    try:
+        return psycopg2.connect(url, application_name=application_name, connect_timeout=10)
+    except psycopg2.OperationalError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreachable"
+        raise PixlConfigError(
+            f"cannot connect to PIXL's database ({reason}): check {DB_URL_ENV} and that the "
+            "server is running"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered SQL file."""
+
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def available_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """The migration files in version order; a badly named or duplicated number is refused."""
+    migrations: dict[int, Migration] = {}
+    for path in sorted(directory.glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if not match:
+            raise PixlConfigError(
+                f"migration {path.name} is badly named: use NNNN_lowercase_words.sql"
+            )
+        version = int(match.group(1))
+        if version in migrations:
+            raise PixlConfigError(
+                f"migrations {migrations[version].name} and {path.name} share number {version}: "
+                "renumber the newer one"
+            )
+        migrations[version] = Migration(version, path.name, path.read_text())
+    return [migrations[v] for v in sorted(migrations)]
+
+
+_CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+def migrate(url: str | None = None, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply the migrations not yet applied; return the names of those applied now.
+
+    Idempotent, and safe when several processes migrate the same database at once.
+    """
+    applied_now: list[str] = []
+    conn = connect(url, application_name="pixl-migrate")
+    try:
+        for migration in available_migrations(directory):
+            with conn, conn.cursor() as cur:
+                # Serialises the check-then-apply below across processes; released at commit.
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+                cur.execute(_CREATE_MIGRATIONS_TABLE)
+                cur.execute(
+                    "SELECT checksum FROM schema_migrations WHERE version = %s",
+                    (migration.version,),
+                )
+                row = cur.fetchone()
+                if row is not None:
+                    if row[0] != migration.checksum:
+                        raise PixlConfigError(
+                            f"migration {migration.name} changed after it was applied: restore "
+                            "it and put the change in a new numbered migration"
+                        )
+                    continue
+                cur.execute(migration.sql)
+                cur.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                    (migration.version, migration.name, migration.checksum),
+                )
+                applied_now.append(migration.name)
+    finally:
+        conn.close()
+    return applied_now

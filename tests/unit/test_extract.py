@@ -1,0 +1,356 @@
+"""Reading OMOP ES extracts and CSV cohorts, and populating the work queue from them."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pixl_core.db import connect
+from pixl_core.errors import PixlConfigError
+from pixl_core.extract import populate, project_slug, read_csv_cohort, read_extract
+from pixl_core.work_queue import counts_by_state
+from tests.fixtures.postgres import db_url, pg_url  # noqa: F401
+
+# Fake identifiers, distinctive so a test can assert they never appear in a message.
+MRNS = ["FAKEMRN001", "FAKEMRN002", "FAKEMRN003"]
+ACCESSIONS = ["FAKEACC0001", "FAKEACC0002", "FAKEACC0003", "FAKEACC0004"]
+SUMMARY = {
+    "datetime": "2024-03-01T10:15:00",
+    "settings": {"cdm_source_name": "Chest Xray"},
+    "repository_hash": "0123abcd",
+}
+
+
+def write_extract(
+    root: Path,
+    *,
+    procedures: pd.DataFrame | None = None,
+    persons: pd.DataFrame | None = None,
+    links: pd.DataFrame | None = None,
+    summary: dict | None = None,
+) -> Path:
+    """A small fake extract: three people, four procedures, one of them without a link."""
+    if procedures is None:
+        procedures = pd.DataFrame(
+            {
+                "procedure_occurrence_id": [1, 2, 3, 4, 5],
+                "person_id": [10, 10, 20, 30, 30],
+                "procedure_concept_id": [4163872] * 5,
+                "procedure_datetime": pd.to_datetime(
+                    ["2023-01-01 09:00", "2023-02-01 10:00", None, "2023-04-01 12:00", None]
+                ),
+                "procedure_date": pd.to_datetime(
+                    ["2023-01-01", "2023-02-01", "2023-03-01", "2023-04-01", "2023-05-01"]
+                ).date,
+            }
+        )
+    if persons is None:
+        persons = pd.DataFrame({"person_id": [10, 20, 30], "PrimaryMrn": MRNS})
+    if links is None:
+        links = pd.DataFrame(
+            {
+                "procedure_occurrence_id": [1, 2, 3, 4],
+                "AccessionNumber": ACCESSIONS,
+                "procedure_date": pd.to_datetime(
+                    ["2023-01-01", "2023-02-01", "2023-03-01", "2023-04-01"]
+                ).date,
+            }
+        )
+    (root / "public").mkdir(parents=True)
+    (root / "private").mkdir()
+    procedures.to_parquet(root / "public" / "PROCEDURE_OCCURRENCE.parquet")
+    pd.DataFrame({"person_id": [10, 20, 30], "year_of_birth": [1950, 1960, 1970]}).to_parquet(
+        root / "public" / "PERSON.parquet"
+    )
+    persons.to_parquet(root / "private" / "PERSON_LINKS.parquet")
+    links.to_parquet(root / "private" / "PROCEDURE_OCCURRENCE_LINKS.parquet")
+    (root / "extract_summary.json").write_text(json.dumps(SUMMARY if summary is None else summary))
+    return root
+
+
+@pytest.fixture
+def extract_dir(tmp_path: Path) -> Path:
+    return write_extract(tmp_path / "extract")
+
+
+def one_line_error(call, *args) -> str:
+    with pytest.raises(PixlConfigError) as raised:
+        call(*args)
+    message = str(raised.value)
+    assert "\n" not in message
+    for value in MRNS + ACCESSIONS:
+        assert value not in message
+    return message
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def test_extract_is_joined_into_one_row_per_study(extract_dir: Path):
+    extract = read_extract(extract_dir)
+    assert extract.project == "chest-xray"
+    assert extract.extract_datetime == datetime(2024, 3, 1, 10, 15, tzinfo=UTC)
+    assert extract.omop_es_hash == "0123abcd"
+    assert extract.rows_without_links == 1  # procedure 5 has no accession number
+    rows = extract.cohort.sort_values("procedure_occurrence_id").to_dict("records")
+    assert [(r["mrn"], r["accession_number"], r["procedure_occurrence_id"]) for r in rows] == [
+        ("FAKEMRN001", "FAKEACC0001", 1),
+        ("FAKEMRN001", "FAKEACC0002", 2),
+        ("FAKEMRN002", "FAKEACC0003", 3),
+        ("FAKEMRN003", "FAKEACC0004", 4),
+    ]
+    # procedure_datetime wins; where it is missing, procedure_date is used
+    assert [r["study_datetime"] for r in rows] == [
+        pd.Timestamp("2023-01-01 09:00"),
+        pd.Timestamp("2023-02-01 10:00"),
+        pd.Timestamp("2023-03-01"),
+        pd.Timestamp("2023-04-01 12:00"),
+    ]
+    assert {p.name for p in extract.public_files} == {
+        "PERSON.parquet",
+        "PROCEDURE_OCCURRENCE.parquet",
+    }
+    for value in MRNS + ACCESSIONS:
+        assert value not in repr(extract)
+
+
+def test_exact_duplicate_rows_collapse(tmp_path: Path):
+    procedures = pd.DataFrame(
+        {
+            "procedure_occurrence_id": [1, 1, 2],
+            "person_id": [10, 10, 20],
+            "procedure_datetime": pd.to_datetime(["2023-01-01", "2023-01-01", "2023-01-02"]),
+        }
+    )
+    links = pd.DataFrame(
+        {"procedure_occurrence_id": [1, 2, 2], "AccessionNumber": ["A1", "A2", "A2"]}
+    )
+    extract = read_extract(write_extract(tmp_path / "x", procedures=procedures, links=links))
+    assert len(extract.cohort) == 2
+    assert extract.duplicate_rows == 2
+
+
+def test_summary_variants_are_accepted(tmp_path: Path):
+    summary = {
+        "extract_datetime": "2024-03-01T10:15:00+01:00",
+        "project_name": "Chest_Xray  Pilot",
+        "settings": {"omop_es_hash": "beef"},
+    }
+    extract = read_extract(write_extract(tmp_path / "x", summary=summary))
+    assert extract.project == "chest-xray-pilot"
+    assert extract.omop_es_hash == "beef"
+    assert extract.staging_name == "2024-03-01T10-15-00"
+
+
+def test_project_slug_refuses_odd_names():
+    assert project_slug("Chest X-ray") == "chest-x-ray"
+    assert "does not make a valid slug" in one_line_error(project_slug, "chest/xray")
+
+
+@pytest.mark.parametrize(
+    ("relative", "expected"),
+    [
+        (
+            "private/PERSON_LINKS.parquet",
+            "private/PERSON_LINKS.parquet is missing from the extract",
+        ),
+        ("public/PROCEDURE_OCCURRENCE.parquet", "public/PROCEDURE_OCCURRENCE.parquet is missing"),
+        ("extract_summary.json", "extract_summary.json is missing from the extract folder"),
+    ],
+)
+def test_missing_file_is_named(extract_dir: Path, relative: str, expected: str):
+    (extract_dir / relative).unlink()
+    assert one_line_error(read_extract, extract_dir).startswith(expected)
+
+
+def test_missing_column_is_named_with_the_fix(tmp_path: Path):
+    persons = pd.DataFrame({"person_id": [10, 20, 30], "mrn_typo": MRNS})
+    message = one_line_error(read_extract, write_extract(tmp_path / "x", persons=persons))
+    assert message.startswith("private/PERSON_LINKS.parquet is missing column PrimaryMrn: ")
+    assert "re-export" in message
+
+
+def test_missing_date_column_is_named(tmp_path: Path):
+    procedures = pd.DataFrame({"procedure_occurrence_id": [1], "person_id": [10]})
+    links = pd.DataFrame({"procedure_occurrence_id": [1], "AccessionNumber": ["A1"]})
+    message = one_line_error(
+        read_extract, write_extract(tmp_path / "x", procedures=procedures, links=links)
+    )
+    assert message.startswith(
+        "public/PROCEDURE_OCCURRENCE.parquet is missing column procedure_datetime"
+    )
+
+
+def test_non_integer_ids_are_refused(tmp_path: Path):
+    persons = pd.DataFrame({"person_id": ["10", "20", "30"], "PrimaryMrn": MRNS})
+    message = one_line_error(read_extract, write_extract(tmp_path / "x", persons=persons))
+    assert message.startswith("private/PERSON_LINKS.parquet column person_id must hold integer ids")
+
+
+def test_malformed_parquet_is_one_line(extract_dir: Path):
+    (extract_dir / "private" / "PROCEDURE_OCCURRENCE_LINKS.parquet").write_bytes(b"PAR1 not really")
+    message = one_line_error(read_extract, extract_dir)
+    assert message.startswith(
+        "private/PROCEDURE_OCCURRENCE_LINKS.parquet is not a readable parquet file"
+    )
+
+
+def test_bad_json_is_one_line(extract_dir: Path):
+    (extract_dir / "extract_summary.json").write_text('{"datetime": "2024-03-01",')
+    message = one_line_error(read_extract, extract_dir)
+    assert message.startswith("extract_summary.json is not valid JSON (line 1)")
+
+
+@pytest.mark.parametrize(
+    ("summary", "expected"),
+    [
+        ({**SUMMARY, "datetime": "yesterday"}, 'field "datetime" is not ISO 8601'),
+        ({k: v for k, v in SUMMARY.items() if k != "datetime"}, 'has no "datetime"'),
+        ({k: v for k, v in SUMMARY.items() if k != "settings"}, "has no project name"),
+        ({k: v for k, v in SUMMARY.items() if k != "repository_hash"}, 'has no "omop_es_hash"'),
+        ([SUMMARY], "must hold a JSON object"),
+    ],
+)
+def test_incomplete_summary_is_named(tmp_path: Path, summary, expected: str):
+    message = one_line_error(read_extract, write_extract(tmp_path / "x", summary=summary))
+    assert message.startswith("extract_summary.json")
+    assert expected in message
+
+
+def test_public_file_with_identifiers_is_refused(extract_dir: Path):
+    pd.DataFrame({"person_id": [10], "PrimaryMrn": ["FAKEMRN001"]}).to_parquet(
+        extract_dir / "public" / "LEAKY.parquet"
+    )
+    message = one_line_error(read_extract, extract_dir)
+    assert message.startswith("public/LEAKY.parquet has column PrimaryMrn")
+
+
+def test_text_dates_that_do_not_parse_are_refused_without_their_value(tmp_path: Path):
+    procedures = pd.DataFrame(
+        {"procedure_occurrence_id": [1], "person_id": [10], "procedure_date": ["FAKEMRN001"]}
+    )
+    message = one_line_error(read_extract, write_extract(tmp_path / "x", procedures=procedures))
+    assert "column procedure_date has 1 value(s) that are not ISO 8601 dates" in message
+
+
+# --- CSV cohort -------------------------------------------------------------------------------
+
+
+def write_csv(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_csv_cohort_is_read(tmp_path: Path):
+    path = write_csv(
+        tmp_path / "cohort.csv",
+        "project,mrn,accession_number,study_datetime,procedure_occurrence_id\n"
+        "chest-xray,FAKEMRN001,FAKEACC0001,2023-01-01T09:00:00,7\n"
+        "chest-xray,FAKEMRN001,FAKEACC0001,2023-01-01T09:00:00,7\n"
+        "chest-xray,FAKEMRN002,FAKEACC0002,,\n"
+        "chest-xray,,FAKEACC0003,2023-01-03,\n",
+    )
+    extract = read_csv_cohort(path, "chest-xray")
+    assert (extract.duplicate_rows, extract.rows_without_links) == (1, 1)
+    rows = extract.cohort.to_dict("records")
+    assert rows[0]["procedure_occurrence_id"] == 7
+    assert rows[0]["study_datetime"] == pd.Timestamp("2023-01-01 09:00")
+    assert pd.isna(rows[1]["procedure_occurrence_id"])
+    assert pd.isna(rows[1]["study_datetime"])
+    assert extract.omop_es_hash is None and extract.public_files == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("mrn,study_datetime\nFAKEMRN001,2023-01-01\n", "is missing column accession_number"),
+        (
+            "project,mrn,accession_number,study_datetime\nother,FAKEMRN001,FAKEACC0001,\n",
+            "column project has rows for other projects",
+        ),
+        (
+            "mrn,accession_number,study_datetime\nFAKEMRN001,FAKEACC0001,FAKEACC0002\n",
+            "column study_datetime has 1 value(s) that are not ISO 8601 dates",
+        ),
+        (
+            "mrn,accession_number,study_datetime,procedure_occurrence_id\n"
+            "FAKEMRN001,FAKEACC0001,,FAKEACC0002\n",
+            "column procedure_occurrence_id must hold integers",
+        ),
+        ('mrn,accession_number\n"FAKEMRN001,FAKEACC0001\n', "is not a readable CSV file"),
+    ],
+)
+def test_bad_csv_cohort_is_one_line(tmp_path: Path, text: str, expected: str):
+    path = write_csv(tmp_path / "cohort.csv", text)
+    message = one_line_error(read_csv_cohort, path, "chest-xray")
+    assert message.startswith("cohort.csv")
+    assert expected in message
+
+
+# --- populate ---------------------------------------------------------------------------------
+
+
+def test_populate_twice_adds_nothing_and_stages_public_files(
+    db_url: str,  # noqa: F811
+    extract_dir: Path,
+    tmp_path: Path,
+):
+    extract = read_extract(extract_dir)
+    staging = tmp_path / "staging"
+    progress: list[tuple[int, int]] = []
+    conn = connect(db_url)
+    try:
+        first = populate(conn, extract, staging, on_progress=lambda *p: progress.append(p))
+        second = populate(conn, read_extract(extract_dir), staging)
+        counts = counts_by_state(conn)
+        report_counts = counts_by_state(conn, table="report")
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*), min(public_staging_path), min(omop_es_hash) FROM extract")
+            extract_rows = cur.fetchone()
+            cur.execute(
+                "SELECT count(*) FROM report r JOIN study s ON s.id = r.study_id "
+                "WHERE s.accession_number = r.accession_number"
+            )
+            linked_reports = cur.fetchone()[0]
+    finally:
+        conn.close()
+
+    assert (first.added_studies, first.existing_studies, first.added_reports) == (4, 0, 4)
+    assert first.new_extract and not second.new_extract
+    assert (second.added_studies, second.existing_studies) == (0, 4)
+    assert (second.added_reports, second.existing_reports) == (0, 4)
+    assert counts["chest-xray"]["queued"] == 4
+    assert report_counts["chest-xray"]["queued"] == 4
+    assert linked_reports == 4
+    assert progress[-1] == (4, 4)
+
+    public = staging / "chest-xray" / "2024-03-01T10-15-00" / "public"
+    assert first.staging_path == public
+    assert extract_rows == (1, str(public), "0123abcd")
+    for name in ("PROCEDURE_OCCURRENCE.parquet", "PERSON.parquet"):
+        assert (public / name).read_bytes() == (extract_dir / "public" / name).read_bytes()
+    assert sorted(p.name for p in public.iterdir()) == [
+        "PERSON.parquet",
+        "PROCEDURE_OCCURRENCE.parquet",
+    ]
+
+
+def test_populate_from_csv_skips_studies_already_queued(db_url: str, tmp_path: Path):  # noqa: F811
+    conn = connect(db_url)
+    try:
+        populate(conn, read_extract(write_extract(tmp_path / "x")), tmp_path / "staging")
+        path = write_csv(
+            tmp_path / "more.csv",
+            "mrn,accession_number,study_datetime\n"
+            "FAKEMRN001,FAKEACC0001,2023-01-01\n"
+            "FAKEMRN009,FAKEACC0009,2023-01-09\n",
+        )
+        result = populate(conn, read_csv_cohort(path, "chest-xray"), tmp_path / "staging")
+    finally:
+        conn.close()
+    assert (result.added_studies, result.existing_studies, result.added_reports) == (1, 1, 1)
+    assert result.staging_path is None
