@@ -80,7 +80,9 @@ QUEUES: dict[str, QueueSpec] = {
         table="study",
         states=STUDY_STATES,
         claimed_state="fetching",
-        in_progress_states=("fetching", "anonymising"),
+        # 'anonymising' belongs to orthanc-anon's exporter, which claims and leases it itself
+        # (pixl_core.anon_export); orthanc-raw only ever reclaims what it was fetching.
+        in_progress_states=("fetching",),
         columns=_COMMON_COLUMNS
         | {"study_uid", "pseudo_study_uid", "instances_sent", "instance_count", "sha256"},
     ),

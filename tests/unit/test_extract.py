@@ -13,7 +13,6 @@ from pixl_core.db import connect
 from pixl_core.errors import PixlConfigError
 from pixl_core.extract import populate, project_slug, read_csv_cohort, read_extract
 from pixl_core.work_queue import counts_by_state
-from tests.fixtures.postgres import db_url, pg_url  # noqa: F401
 
 # Fake identifiers, distinctive so a test can assert they never appear in a message.
 MRNS = ["FAKEMRN001", "FAKEMRN002", "FAKEMRN003"]
@@ -295,7 +294,7 @@ def test_bad_csv_cohort_is_one_line(tmp_path: Path, text: str, expected: str):
 
 
 def test_populate_twice_adds_nothing_and_stages_public_files(
-    db_url: str,  # noqa: F811
+    db_url: str,
     extract_dir: Path,
     tmp_path: Path,
 ):
@@ -339,7 +338,7 @@ def test_populate_twice_adds_nothing_and_stages_public_files(
     ]
 
 
-def test_populate_from_csv_skips_studies_already_queued(db_url: str, tmp_path: Path):  # noqa: F811
+def test_populate_from_csv_skips_studies_already_queued(db_url: str, tmp_path: Path):
     conn = connect(db_url)
     try:
         populate(conn, read_extract(write_extract(tmp_path / "x")), tmp_path / "staging")

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from tests.fixtures.ftps import FtpServerInfo
 
 # Declared here rather than in a conftest so this module runs whatever tests/conftest.py holds.
-pytest_plugins = ["tests.fixtures.ftps"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PAYLOAD = os.urandom(300_000) + b"\x00\r\n\x1a" * 1000  # several blocks; bytes ASCII mode mangles

@@ -12,11 +12,11 @@ import pytest
 from pixl_core import work_queue
 from pixl_core.db import available_migrations, connect, database_url, migrate
 from pixl_core.errors import PixlConfigError
-from tests.fixtures.postgres import db_url, pg_url, with_database  # noqa: F401
+from tests.fixtures.postgres import with_database
 
 
 @pytest.fixture
-def conn(db_url):  # noqa: F811
+def conn(db_url):
     connection = connect(db_url)
     yield connection
     connection.close()
@@ -42,7 +42,7 @@ def state_of(conn, item_id: int, table: str = "study") -> tuple:
         return cur.fetchone()
 
 
-def test_migrate_twice_is_a_no_op(db_url):  # noqa: F811
+def test_migrate_twice_is_a_no_op(db_url):
     assert migrate(db_url) == []
     with connect(db_url) as c, c.cursor() as cur:
         cur.execute("SELECT count(*) FROM schema_migrations")
@@ -50,7 +50,7 @@ def test_migrate_twice_is_a_no_op(db_url):  # noqa: F811
     c.close()
 
 
-def test_concurrent_migrations_apply_once(pg_url):  # noqa: F811
+def test_concurrent_migrations_apply_once(pg_url):
     """Several processes starting at once against a fresh database must not collide."""
     admin = psycopg2.connect(pg_url)
     admin.autocommit = True
@@ -78,7 +78,7 @@ def test_concurrent_migrations_apply_once(pg_url):  # noqa: F811
     assert sorted(len(r) for r in results) == [0, 0, 0, len(available_migrations())]
 
 
-def test_changed_migration_is_refused(db_url, tmp_path: Path):  # noqa: F811
+def test_changed_migration_is_refused(db_url, tmp_path: Path):
     for migration in available_migrations():
         (tmp_path / migration.name).write_text(migration.sql + "\n-- edited\n")
     with pytest.raises(PixlConfigError, match="changed after it was applied"):
@@ -91,7 +91,7 @@ def test_missing_database_url_names_the_fix(monkeypatch):
         database_url()
 
 
-def test_claim_from_two_connections_gets_disjoint_rows(conn, db_url):  # noqa: F811
+def test_claim_from_two_connections_gets_disjoint_rows(conn, db_url):
     add_studies(conn, 6)
     other = connect(db_url)
     try:
@@ -106,7 +106,7 @@ def test_claim_from_two_connections_gets_disjoint_rows(conn, db_url):  # noqa: F
     assert {i.attempts for i in first + second} == {1}
 
 
-def test_claim_skips_rows_locked_by_another_transaction(conn, db_url):  # noqa: F811
+def test_claim_skips_rows_locked_by_another_transaction(conn, db_url):
     ids = add_studies(conn, 3)
     locker = connect(db_url)
     try:
@@ -121,7 +121,7 @@ def test_claim_skips_rows_locked_by_another_transaction(conn, db_url):  # noqa: 
     assert [i.id for i in claimed] == ids[1:]
 
 
-def test_concurrent_claims_never_share_a_row(conn, db_url):  # noqa: F811
+def test_concurrent_claims_never_share_a_row(conn, db_url):
     add_studies(conn, 40)
     claimed: list[int] = []
     lock = threading.Lock()
@@ -156,7 +156,6 @@ def test_claim_respects_project_and_next_attempt_at(conn):
 def test_expired_lease_is_reclaimed_from_the_first_step(conn):
     (item_id,) = add_studies(conn, 1)
     work_queue.claim(conn, "study", "worker-a", 1, 60)
-    assert work_queue.complete(conn, "study", item_id, "anonymising", "fetching")
     assert work_queue.claim(conn, "study", "worker-b", 1, 60) == []  # lease still held
     with conn, conn.cursor() as cur:
         cur.execute("UPDATE study SET claimed_until = now() - interval '1 second'")
@@ -169,6 +168,16 @@ def test_expired_lease_is_reclaimed_from_the_first_step(conn):
     )
     assert not work_queue.renew(conn, "study", item_id, "worker-a", 60)  # lost its claim
     assert work_queue.renew(conn, "study", item_id, "worker-b", 60)
+
+
+def test_anonymising_study_is_never_reclaimed_by_the_fetch_worker(conn):
+    """'anonymising' belongs to orthanc-anon's exporter, which holds its own lease."""
+    (item_id,) = add_studies(conn, 1)
+    work_queue.claim(conn, "study", "worker-a", 1, 60)
+    assert work_queue.complete(conn, "study", item_id, "anonymising", "fetching")
+    with conn, conn.cursor() as cur:
+        cur.execute("UPDATE study SET claimed_until = now() - interval '1 second'")
+    assert work_queue.claim(conn, "study", "worker-b", 1, 60) == []
 
 
 def test_expired_lease_past_max_attempts_fails_instead_of_cycling(conn):

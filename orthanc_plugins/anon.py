@@ -1,0 +1,76 @@
+"""orthanc-anon plugin: wires de-identification and export into Orthanc.
+
+Logic: pixl_core.anon_ingest (per instance) and pixl_core.anon_export (per study).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import orthanc
+import plugin_support
+
+from pixl_core.anon_export import AnonExporter, ExportSettings
+from pixl_core.anon_ingest import AnonIngest
+from pixl_core.ftps import FtpsClient, FtpsSettings
+
+plugin_support.setup_logging()
+threads = plugin_support.BackgroundThreads()
+ingest = AnonIngest(os.environ["PIXL_DB_URL"], plugin_support.secret())
+exporter: AnonExporter | None = None
+
+
+def on_received(received_dicom: bytes, origin: object) -> tuple[object, bytes | None]:
+    """MODIFY with the de-identified bytes, or DISCARD (reason recorded by AnonIngest)."""
+    result = ingest.on_received(received_dicom)
+    if result is None:
+        return orthanc.ReceivedInstanceAction.DISCARD, None
+    return orthanc.ReceivedInstanceAction.MODIFY, result
+
+
+def _ftps(project: str) -> FtpsClient:
+    return FtpsClient(FtpsSettings.from_env("PIXL_DSH_"))
+
+
+def _start() -> None:
+    global exporter
+    exporter = AnonExporter(
+        os.environ["PIXL_DB_URL"],
+        plugin_support.own_client(),
+        plugin_support.secret(),
+        _ftps,
+        ExportSettings(worker_id=f"anon:{socket.gethostname()}:{os.getpid()}"),
+    )
+    threads.start("pixl-anon-exporter", exporter.run)
+    threads.start("pixl-anon-metrics", _publish_metrics)
+
+
+def _counters() -> dict[str, int]:
+    values = dict(ingest.counters)
+    if exporter is not None:
+        values.update({f"export_{k}": v for k, v in exporter.counters.items()})
+    return values
+
+
+def _publish_metrics(stop) -> None:  # type: ignore[no-untyped-def]
+    while not stop.wait(5):
+        plugin_support.publish_metrics("anon", _counters())
+
+
+def on_change(change_type: int, level: int, resource_id: str) -> None:
+    if change_type == orthanc.ChangeType.ORTHANC_STARTED:
+        _start()
+    elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
+        threads.shutdown()
+
+
+orthanc.RegisterReceivedInstanceCallback(on_received)
+orthanc.RegisterOnChangeCallback(on_change)
+plugin_support.register_status(
+    "orthanc-anon", lambda: {"running": exporter is not None, **_counters()}
+)

@@ -1,0 +1,63 @@
+"""orthanc-raw plugin: wires the fetch worker into Orthanc. Logic: pixl_core.raw_worker."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import orthanc
+import plugin_support
+
+from pixl_core.raw_worker import RawWorker, RawWorkerSettings
+from pixl_core.vna_fetch import FetchSettings
+
+plugin_support.setup_logging()
+threads = plugin_support.BackgroundThreads()
+worker: RawWorker | None = None
+
+
+def _start() -> None:
+    global worker
+    settings = RawWorkerSettings(
+        worker_id=f"raw:{socket.gethostname()}:{os.getpid()}",
+        fetch=FetchSettings(
+            vna_modality=os.environ.get("PIXL_VNA_MODALITY", "vna"),
+            own_aet=os.environ.get("PIXL_RAW_AET", "PIXLRAW"),
+        ),
+    )
+    worker = RawWorker(
+        os.environ["PIXL_DB_URL"],
+        plugin_support.own_client(),
+        plugin_support.peer_client("PIXL_ANON_URL"),
+        plugin_support.secret(),
+        settings,
+    )
+    threads.start("pixl-raw-worker", worker.run)
+    threads.start("pixl-raw-metrics", _publish_metrics)
+
+
+def _counters() -> dict[str, int]:
+    return dataclasses.asdict(worker.counters) if worker else {}
+
+
+def _publish_metrics(stop) -> None:  # type: ignore[no-untyped-def]
+    while not stop.wait(5):
+        plugin_support.publish_metrics("raw", _counters())
+
+
+def on_change(change_type: int, level: int, resource_id: str) -> None:
+    if change_type == orthanc.ChangeType.ORTHANC_STARTED:
+        _start()
+    elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
+        threads.shutdown()
+
+
+orthanc.RegisterOnChangeCallback(on_change)
+plugin_support.register_status(
+    "orthanc-raw", lambda: {"running": worker is not None, **_counters()}
+)
