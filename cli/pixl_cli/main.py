@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from pixl_cli.allowlist_cmd import allowlist_app
 from pixl_cli.anonymise_cmd import anonymise
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ def main() -> None:
 
 
 app.command("anonymise")(anonymise)
+app.add_typer(allowlist_app, name="allowlist")
 
 
 if __name__ == "__main__":
