@@ -78,6 +78,8 @@ class AnonExporter:
         return self._conn_obj
 
     def run(self, stop: threading.Event) -> None:
+        if not db.migrate_when_ready(self.db_url, stop, logger):
+            return
         while not stop.is_set():
             try:
                 item = self.claim()

@@ -12,8 +12,10 @@ add a new file instead.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,3 +138,19 @@ def migrate(url: str | None = None, directory: Path = MIGRATIONS_DIR) -> list[st
     finally:
         conn.close()
     return applied_now
+
+
+def migrate_when_ready(url: str, stop: threading.Event, logger: logging.Logger) -> bool:
+    """Bring the schema up to date, waiting for Postgres if it is not up yet.
+
+    Services (the Orthanc plugins, the EHR module) may start before Postgres; they call this
+    first. Returns False if ``stop`` was set before the database answered.
+    """
+    while not stop.is_set():
+        try:
+            migrate(url)
+            return True
+        except Exception as exc:
+            logger.warning("database not ready (%s); retrying", type(exc).__name__)
+            stop.wait(2)
+    return False

@@ -83,6 +83,8 @@ class RawWorker:
 
     def run(self, stop: threading.Event) -> None:
         """Claim and process studies until ``stop`` is set. Survives Postgres outages."""
+        if not db.migrate_when_ready(self.db_url, stop, logger):
+            return
         futures: set[Future[None]] = set()
         with ThreadPoolExecutor(MAX_IN_FLIGHT_CAP, thread_name_prefix="pixl-fetch") as pool:
             while not stop.is_set():

@@ -81,6 +81,9 @@ def _server_options(data_dir: Path, port: int, fast: bool) -> list[str]:
         "listen_addresses": "127.0.0.1",
         "port": str(port),
         "unix_socket_directories": str(data_dir),
+        # psycopg2 interpolates parameters client-side, so a failing statement's text can hold
+        # identifiers: never copy statements into the server log.
+        "log_min_error_statement": "panic",
         **(_FAST_SETTINGS if fast else {}),
     }
     options: list[str] = []

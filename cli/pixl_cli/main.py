@@ -6,6 +6,7 @@ import typer
 
 from pixl_cli.allowlist_cmd import allowlist_app
 from pixl_cli.anonymise_cmd import anonymise
+from pixl_cli.work_cmds import populate, rate, status
 
 app = typer.Typer(
     name="pixl",
@@ -23,6 +24,9 @@ def main() -> None:
 
 app.command("anonymise")(anonymise)
 app.add_typer(allowlist_app, name="allowlist")
+app.command("populate")(populate)
+app.command("status")(status)
+app.command("rate")(rate)
 
 
 if __name__ == "__main__":
