@@ -44,7 +44,11 @@ def _start() -> None:
         plugin_support.own_client(),
         plugin_support.secret(),
         _ftps,
-        ExportSettings(worker_id=f"anon:{socket.gethostname()}:{os.getpid()}"),
+        ExportSettings(
+            worker_id=f"anon:{socket.gethostname()}:{os.getpid()}",
+            lease_seconds=float(os.environ.get("PIXL_EXPORT_LEASE_SECONDS", "600")),
+            backoff_base_seconds=float(os.environ.get("PIXL_EXPORT_BACKOFF_SECONDS", "5")),
+        ),
     )
     threads.start("pixl-anon-exporter", exporter.run)
     threads.start("pixl-anon-metrics", _publish_metrics)

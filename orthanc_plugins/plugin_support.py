@@ -22,7 +22,8 @@ class OrthancLogHandler(logging.Handler):
         message = self.format(record)
         if record.levelno >= logging.ERROR:
             orthanc.LogError(message)
-        elif record.levelno >= logging.WARNING:
+        elif record.levelno >= logging.INFO:
+            # Orthanc shows info lines only with --verbose; PIXL's progress lines should show.
             orthanc.LogWarning(message)
         else:
             orthanc.LogInfo(message)

@@ -25,6 +25,8 @@ def _start() -> None:
     global worker
     settings = RawWorkerSettings(
         worker_id=f"raw:{socket.gethostname()}:{os.getpid()}",
+        lease_seconds=float(os.environ.get("PIXL_FETCH_LEASE_SECONDS", "600")),
+        backoff_base_seconds=float(os.environ.get("PIXL_FETCH_BACKOFF_SECONDS", "10")),
         fetch=FetchSettings(
             vna_modality=os.environ.get("PIXL_VNA_MODALITY", "vna"),
             own_aet=os.environ.get("PIXL_RAW_AET", "PIXLRAW"),

@@ -14,7 +14,6 @@ from io import BytesIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 PIXEL_DATA_TAG = 0x7FE00010
@@ -30,7 +29,8 @@ class ParsedHeader:
     """The header as a dataset and the raw Pixel Data element that followed it."""
 
     dataset: Dataset
-    pixel_element: bytes
+    # A view into the input buffer, not a copy: the pixels are copied once, into the output.
+    pixel_element: bytes | memoryview
 
 
 def parse_header(data: bytes) -> ParsedHeader:
@@ -49,7 +49,7 @@ def parse_header(data: bytes) -> ParsedHeader:
         if transfer_syntax == DeflatedExplicitVRLittleEndian:
             return _parse_whole(data)
         implicit = transfer_syntax.is_implicit_VR
-    except (InvalidDicomError, EOFError, ValueError, KeyError, struct.error, TypeError):
+    except Exception:  # any parse failure (zlib, pydicom's lazy decoding): cannot be trusted
         raise UnreadableDicom("unparseable header") from None
     return ParsedHeader(dataset=dataset, pixel_element=_raw_pixel_element(data, offset, implicit))
 
@@ -59,10 +59,10 @@ def _parse_whole(data: bytes) -> ParsedHeader:
     return ParsedHeader(dataset=dcmread(BytesIO(data)), pixel_element=b"")
 
 
-def _raw_pixel_element(data: bytes, offset: int, implicit: bool) -> bytes:
+def _raw_pixel_element(data: bytes, offset: int, implicit: bool) -> memoryview:
     """The Pixel Data element exactly as encoded in the input, or b"" if there is none."""
     if offset + 8 > len(data) or data[offset : offset + 4] != _PIXEL_DATA_BYTES:
-        return b""
+        return memoryview(b"")
     if implicit:
         (length,) = struct.unpack_from("<I", data, offset + 4)
         start = offset + 8
@@ -72,7 +72,7 @@ def _raw_pixel_element(data: bytes, offset: int, implicit: bool) -> bytes:
     end = start + length if length != 0xFFFFFFFF else _end_of_encapsulated(data, start)
     if end > len(data):
         raise UnreadableDicom("truncated pixel data")
-    return data[offset:end]
+    return memoryview(data)[offset:end]
 
 
 def _end_of_encapsulated(data: bytes, position: int) -> int:
@@ -88,7 +88,7 @@ def _end_of_encapsulated(data: bytes, position: int) -> int:
     raise UnreadableDicom("unterminated encapsulated pixel data")
 
 
-def write_file(dataset: Dataset, pixel_element: bytes = b"") -> bytes:
+def write_file(dataset: Dataset, pixel_element: bytes | memoryview = b"") -> bytes:
     """Serialise ``dataset`` (with its file meta) and append the raw Pixel Data element."""
     out = BytesIO()
     dataset.save_as(out, enforce_file_format=True)

@@ -113,7 +113,10 @@ def supervisor_config(settings: StackSettings, extra_programs: dict[str, list[st
     for name in ORTHANCS:
         config = render_orthanc_config(settings, name)
         process = name if name == "vna" else f"orthanc-{name}"
-        sections.append(_program(process, [ORTHANC_BINARY, str(config)], settings))
+        # The VNA stand-in logs verbosely so tests can count the C-MOVEs it served
+        # ("Incoming Move request"); it plays the hospital archive, whose logs stay inside.
+        flags = ["--verbose"] if name == "vna" else []
+        sections.append(_program(process, [ORTHANC_BINARY, *flags, str(config)], settings))
     low, high = settings.passive_ports
     sections.append(
         _program(

@@ -43,6 +43,8 @@ class StackSettings:
     raw_cache_mb: int = 4000
     passive_ports: tuple[int, int] = (0, 0)
     secrets: dict[str, str] = field(default_factory=dict)
+    # Extra environment for every process, e.g. short leases and backoffs in system tests.
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def for_demo(cls, root: Path) -> StackSettings:
@@ -128,6 +130,7 @@ class StackSettings:
             "PIXL_EHR_URL": self.url("ehr"),
             "PIXL_COGSTACK_URL": self.url("cogstack"),
             "PIXL_STAGING_DIR": str(self.staging_dir),
+            **self.extra_env,
             **self.secrets,
         }
 
