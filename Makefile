@@ -32,6 +32,7 @@ test-unit: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 # Audits every project's allow-list against DICOM PS3.15 (runs in CI through `make test`).
 check-allowlists: setup
