@@ -169,7 +169,7 @@ def extra_programs(settings: StackSettings) -> dict[str, list[str]]:
     return programs
 
 
-def _supervisorctl(settings: StackSettings, *args: str) -> subprocess.CompletedProcess[str]:
+def supervisorctl(settings: StackSettings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
@@ -227,7 +227,7 @@ def down(settings: StackSettings) -> None:
     if not is_up(settings):
         return
     pid = int((settings.run_dir / "supervisord.pid").read_text().strip())
-    _supervisorctl(settings, "shutdown")
+    supervisorctl(settings, "shutdown")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -239,15 +239,15 @@ def down(settings: StackSettings) -> None:
 
 
 def stop_process(settings: StackSettings, name: str) -> None:
-    _supervisorctl(settings, "stop", name)
+    supervisorctl(settings, "stop", name)
 
 
 def start_process(settings: StackSettings, name: str) -> None:
-    _supervisorctl(settings, "start", name)
+    supervisorctl(settings, "start", name)
 
 
 def signal_process(settings: StackSettings, name: str, signal_name: str) -> None:
-    _supervisorctl(settings, "signal", signal_name, name)
+    supervisorctl(settings, "signal", signal_name, name)
 
 
 def wait_healthy(settings: StackSettings, timeout: float = 90.0) -> None:

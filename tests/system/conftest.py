@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 from stack import local_stack
@@ -59,10 +60,34 @@ class Stack:
                 raise AssertionError(f"{project} did not settle: {counts}")
             time.sleep(1)
 
+    def query(self, sql: str, *params: object) -> list[tuple]:
+        with psycopg2.connect(self.settings.db_url) as conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            rows = cur.fetchall()
+        conn.close()
+        return rows
+
+    def supervisor(self, *args: str) -> None:
+        local_stack.supervisorctl(self.settings, *args)
+
     def vna_moves(self) -> int:
         """C-MOVE requests the VNA has served, counted from its own (verbose) log."""
         log = self.settings.logs_dir / "vna.log"
         return log.read_text(errors="replace").count("Incoming Move request")
+
+
+# Test-only projects (same allow-lists as chest-xray) so failure tests get fresh work items.
+TEST_PROJECTS = ("retry-ftps", "retry-raw")
+
+
+def _projects_dir(root: Path) -> Path:
+    folder = root / "projects"
+    folder.mkdir()
+    for path in (REPO_DIR / "projects").glob("*.yaml"):
+        shutil.copy(path, folder / path.name)
+    for name in TEST_PROJECTS:
+        shutil.copy(REPO_DIR / "projects" / "chest-xray.yaml", folder / f"{name}.yaml")
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +102,7 @@ def stack() -> Iterator[Stack]:
         "PIXL_FETCH_BACKOFF_SECONDS": "1",
         "PIXL_EXPORT_LEASE_SECONDS": "15",
         "PIXL_EXPORT_BACKOFF_SECONDS": "1",
+        "PIXL_PROJECTS_DIR": str(_projects_dir(root)),
     }
     try:
         local_stack.up(settings, timeout=120)

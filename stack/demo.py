@@ -1,0 +1,198 @@
+"""``make demo``: the whole flow on this machine, from a synthetic cohort to the local DSH.
+
+Starts the local stack under supervisord (``.demo/``), generates a synthetic chest X-ray cohort
+as an OMOP ES extract (``.demo/extract/``), loads its images into the VNA stand-in and its
+reports into the EMAP schema, runs ``pixl populate``, waits for every study to settle, exports
+the reports and public parquet (``pixl export-patient-data``), and checks that everything
+expected arrived in ``.demo/dsh/`` and nothing that should not. Exits 0 only then. The stack
+stays up for exploring; ``make down`` stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from stack import local_stack
+from stack.settings import REPO_DIR, StackSettings
+
+DEMO_DIR = REPO_DIR / ".demo"
+PIXL = str(REPO_DIR / ".venv" / "bin" / "pixl")
+BUSY_STATES = ("queued", "fetching", "anonymising")
+REPORT_BUSY_STATES = ("queued", "fetching", "deidentifying")
+console = Console()
+
+
+def pixl(settings: StackSettings, *args: str) -> str:
+    """Run the real CLI, as a data engineer would, with the stack's environment."""
+    result = subprocess.run(
+        [PIXL, *args],
+        env={**os.environ, **settings.environment()},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"demo: `pixl {' '.join(args)}` failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def wait_for(settings: StackSettings, projects: list[str], timeout: float) -> dict[str, Any]:
+    """Wait, with a progress bar, until no study of ``projects`` is queued or in progress."""
+    deadline = time.monotonic() + timeout
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        tasks = {p: progress.add_task(f"studies of {p}", total=None) for p in projects}
+        while True:
+            counts = json.loads(pixl(settings, "status", "--json"))
+            settled = True
+            for project in projects:
+                states = counts.get(project, {})
+                total = sum(states.values())
+                busy = sum(states.get(s, 0) for s in BUSY_STATES)
+                progress.update(tasks[project], total=total, completed=total - busy)
+                settled = settled and total > 0 and busy == 0
+            if settled:
+                return counts
+            if time.monotonic() > deadline:
+                console.print("[red]timed out waiting for studies to settle[/red]")
+                return counts
+            time.sleep(1)
+
+
+def _has_reports() -> bool:
+    return (REPO_DIR / "ehr" / "pixl_ehr" / "service.py").exists()
+
+
+def run(settings: StackSettings, n_studies: int, timeout: float) -> int:
+    from stack.cohort import generate_cohort, load_into_vna
+
+    console.rule("[bold]PIXL demo")
+    console.print("starting the local stack (Postgres, VNA, orthanc-raw, orthanc-anon, DSH)…")
+    local_stack.up(settings)
+    console.print(f"generating a synthetic cohort of {n_studies} studies…")
+    cohort = generate_cohort(settings.root, n_studies=n_studies)
+    loaded = load_into_vna(cohort, settings.url("vna"))
+    console.print(f"loaded {loaded} instances into the VNA")
+    if _has_reports():
+        from stack.emap_load import load_cohort_reports
+
+        load_cohort_reports(settings.db_url, cohort)
+    pixl(settings, "rate", "5", "--in-flight", "4")
+    projects = []
+    for extract in sorted(settings.root.glob("extract*")):
+        console.print(pixl(settings, "populate", str(extract)).strip(), highlight=False)
+        projects.append(_project_of(extract))
+    counts = wait_for(settings, projects, timeout)
+    if _has_reports():
+        for project in projects:
+            console.print(pixl(settings, "export-patient-data", project).strip(), highlight=False)
+    ok = summarise(settings, cohort, counts, projects)
+    explore(settings)
+    return 0 if ok else 1
+
+
+def _project_of(extract: Path) -> str:
+    summary = json.loads((extract / "extract_summary.json").read_text())
+    from pixl_core.extract import project_slug
+
+    return project_slug(summary.get("project_name") or summary["settings"]["cdm_source_name"])
+
+
+def summarise(
+    settings: StackSettings, cohort: Any, counts: dict[str, Any], projects: list[str]
+) -> bool:
+    """Compare what arrived in the DSH with what the cohort says should arrive."""
+    table = Table(title="PIXL demo: what reached the DSH")
+    for column in (
+        "project",
+        "expected",
+        "exported",
+        "zips in DSH",
+        "not_found",
+        "refused",
+        "failed",
+    ):
+        table.add_column(column, justify="right" if column != "project" else "left")
+    ok = True
+    for project in projects:
+        expected = cohort.expected_counts(project)
+        states = counts.get(project, {})
+        zips = len(list((settings.dsh_dir / project / "dicom").glob("*.zip")))
+        row_ok = (
+            states.get("exported", 0) == expected["exported"] == zips
+            and states.get("not_found", 0) == expected["not_found"]
+            and states.get("refused", 0) == expected["refused"]
+            and states.get("failed", 0) == 0
+        )
+        ok = ok and row_ok
+        colour = "green" if row_ok else "red"
+        table.add_row(
+            f"[{colour}]{project}[/{colour}]",
+            str(expected["exported"]),
+            str(states.get("exported", 0)),
+            str(zips),
+            f"{states.get('not_found', 0)}/{expected['not_found']}",
+            f"{states.get('refused', 0)}/{expected['refused']}",
+            str(states.get("failed", 0)),
+        )
+        if _has_reports():
+            parquet = list((settings.dsh_dir / project).glob("*/parquet/radiology/*.parquet"))
+            if not parquet:
+                ok = False
+                console.print(f"[red]{project}: no radiology parquet in the DSH[/red]")
+    console.print(table)
+    console.print("[green]demo passed[/green]" if ok else "[red]demo failed[/red]")
+    return ok
+
+
+def explore(settings: StackSettings) -> None:
+    console.print("\nThe stack stays up for exploring (`make down` stops it):")
+    console.print(f"  VNA            {settings.url('vna')}/app/explorer.html")
+    console.print(f"  orthanc-raw    {settings.url('raw')}/app/explorer.html  (user pixl)")
+    console.print(f"  orthanc-anon   {settings.url('anon')}/app/explorer.html  (user pixl)")
+    console.print(f"  passwords      {settings.root / 'secrets.env'} (PIXL_ORTHANC_PASSWORD)")
+    console.print(f"  DSH folder     {settings.dsh_dir}")
+    console.print(f"  logs           {settings.logs_dir}")
+    console.print(
+        f"  CLI            set -a; . {settings.root / 'secrets.env'}; set +a; "
+        f"export PIXL_DB_URL={settings.db_url}; .venv/bin/pixl status"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stack.demo", description=__doc__)
+    parser.add_argument("--down", action="store_true", help="stop the demo stack")
+    parser.add_argument("--studies", type=int, default=12, help="studies in the cohort")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for studies")
+    args = parser.parse_args(argv)
+    settings = StackSettings.for_demo(DEMO_DIR)
+    if args.down:
+        local_stack.down(settings)
+        console.print("demo stack stopped")
+        return 0
+    try:
+        return run(settings, args.studies, args.timeout)
+    except local_stack.StackError as exc:
+        console.print(f"[red]demo: {exc}[/red]")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The imaging pipeline through the real stack: OMOP ES extract → VNA → orthanc-raw →
+orthanc-anon → FTPS DSH. Tests run in file order and share one cohort: the first settles the
+main project, later ones build on what it left (cache, DSH contents).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import requests
+from pydicom import dcmread
+
+from pixl_core.hashing import ProjectHasher, hash_accession_number
+from stack.cohort import Cohort, generate_cohort, load_into_vna
+from tests.system.conftest import Stack
+
+pytestmark = pytest.mark.system
+MAIN = "chest-xray"
+
+
+@pytest.fixture(scope="module")
+def cohort(stack: Stack) -> Cohort:
+    cohort = generate_cohort(stack.settings.root / "cohort", n_studies=8, seed=11)
+    assert load_into_vna(cohort, stack.settings.url("vna")) > 0
+    stack.pixl("rate", "10", "--in-flight", "4")
+    return cohort
+
+
+@pytest.fixture(scope="module")
+def first_run(stack: Stack, cohort: Cohort) -> dict[str, int]:
+    stack.pixl("populate", str(cohort.extract_dir))
+    return stack.wait_until_settled(MAIN)
+
+
+def hasher(stack: Stack, project: str) -> ProjectHasher:
+    return ProjectHasher.for_project(project, stack.settings.secrets["PIXL_HASH_KEY"].encode())
+
+
+def zips(stack: Stack, project: str) -> dict[str, Path]:
+    folder = stack.settings.dsh_dir / project / "dicom"
+    return {p.stem: p for p in folder.glob("*.zip")}
+
+
+def study_state(stack: Stack, project: str, accession: str) -> tuple[str, str | None]:
+    (row,) = stack.query(
+        "SELECT state, last_error_code FROM study WHERE project = %s AND accession_number = %s",
+        project,
+        accession,
+    )
+    return row
+
+
+def test_every_expected_study_arrives_deidentified(stack: Stack, cohort: Cohort, first_run):
+    expected = cohort.expected_counts(MAIN)
+    assert first_run["exported"] == expected["exported"] > 0
+    assert first_run["failed"] == 0
+    arrived = zips(stack, MAIN)
+    project_hasher = hasher(stack, MAIN)
+    for study in cohort.studies_for(MAIN):
+        if study.expected_outcome != "exported":
+            continue
+        pseudo_uid = project_hasher.uid(study.study_uid)
+        assert pseudo_uid in arrived, "an expected study is missing from the DSH"
+        with zipfile.ZipFile(arrived[pseudo_uid]) as archive:
+            names = archive.namelist()
+            assert len(names) == study.expected_instances
+            for name in names:
+                ds = dcmread(io.BytesIO(archive.read(name)))
+                assert ds.StudyInstanceUID == pseudo_uid
+                assert name == f"{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
+                # The link to the radiology parquet: the same keyed hash, from the same function.
+                assert ds.AccessionNumber == hash_accession_number(
+                    project_hasher, study.accession_number
+                )
+                assert ds.PatientIdentityRemoved == "YES"
+                assert "PatientName" not in ds or not ds.PatientName
+
+
+def test_wrong_modality_is_refused_and_missing_study_is_not_found(
+    stack: Stack, cohort: Cohort, first_run
+):
+    for study in cohort.studies_for(MAIN):
+        state, code = study_state(stack, MAIN, study.accession_number)
+        assert state == study.expected_outcome
+        if study.modality == "MR":
+            assert (state, code) == ("refused", "modality_not_allowed")
+        if not study.in_vna:
+            assert state == "not_found"
+
+
+def test_repopulating_asks_the_vna_for_nothing_new(stack: Stack, cohort: Cohort, first_run):
+    moves = stack.vna_moves()
+    assert moves >= first_run["exported"], "the VNA log should show the first run's C-MOVEs"
+    output = stack.pixl("populate", str(cohort.extract_dir)).stdout
+    assert re.search(r"\b0 studies added\b", output)
+    time.sleep(3)
+    assert stack.status()[MAIN] == first_run
+    assert stack.vna_moves() == moves
+
+
+def test_second_project_reuses_the_cached_study(stack: Stack, cohort: Cohort, first_run):
+    second = cohort.second_project
+    assert second is not None
+    shared = [s for s in cohort.studies_for(second) if MAIN in s.projects]
+    own = [s for s in cohort.studies_for(second) if MAIN not in s.projects]
+    assert shared, "the cohort should share a study between the two projects"
+    moves = stack.vna_moves()
+    stack.pixl("populate", str(cohort.extract_dirs[second]))
+    counts = stack.wait_until_settled(second)
+    assert counts["exported"] == cohort.expected_counts(second)["exported"]
+    new_moves = stack.vna_moves() - moves
+    assert new_moves == sum(1 for s in own if s.in_vna and s.expected_outcome == "exported")
+    for study in shared:
+        main_uid = hasher(stack, MAIN).uid(study.study_uid)
+        second_uid = hasher(stack, second).uid(study.study_uid)
+        assert main_uid != second_uid, "projects must not be linkable"
+        assert second_uid in zips(stack, second)
+
+
+def test_dsh_holds_no_identifier_of_the_cohort(stack: Stack, cohort: Cohort, first_run):
+    identifiers = sorted(cohort.identifiers(), key=len, reverse=True)
+    assert len(identifiers) > 50
+    scanned = 0
+    for path in stack.settings.dsh_dir.rglob("*"):
+        if not path.is_file():
+            continue
+        blobs = [(str(path.relative_to(stack.settings.dsh_dir)).encode(), path.read_bytes())]
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path) as archive:
+                blobs += [(n.encode(), archive.read(n)) for n in archive.namelist()]
+        for name, data in blobs:
+            scanned += 1
+            for value in identifiers:
+                needle = value.encode()
+                assert needle not in name, f"identifier in a DSH file name ({path.name})"
+                assert needle not in data, f"identifier in DSH content ({path.name})"
+    assert scanned > 10
+
+
+def _stor_count(stack: Stack, pseudo_uid: str) -> int:
+    log = (stack.settings.logs_dir / "dsh.log").read_text(errors="replace")
+    return sum(1 for line in log.splitlines() if "STOR" in line and pseudo_uid in line)
+
+
+def test_dsh_down_then_back_exports_each_study_once(stack: Stack, cohort: Cohort, first_run):
+    project = "retry-ftps"
+    studies = [s for s in cohort.studies_for(MAIN) if s.expected_outcome == "exported"]
+    csv = stack.settings.root / f"{project}.csv"
+    csv.write_text(
+        "mrn,accession_number,study_datetime\n"
+        + "".join(f"{s.mrn},{s.accession_number},\n" for s in studies)
+    )
+    stack.supervisor("stop", "dsh")
+    try:
+        stack.pixl("populate", str(csv), "--project", project)
+        deadline = time.monotonic() + 120
+        while True:
+            (retrying,) = stack.query(
+                "SELECT count(*) FROM study WHERE project = %s AND state = 'anonymising' "
+                "AND export_attempts > 0",
+                project,
+            )[0]
+            if retrying == len(studies):
+                break
+            assert time.monotonic() < deadline, "studies did not wait for the DSH"
+            time.sleep(1)
+        assert stack.status()[project]["exported"] == 0
+    finally:
+        stack.supervisor("start", "dsh")
+    counts = stack.wait_until_settled(project)
+    assert counts["exported"] == len(studies)
+    for study in studies:
+        pseudo_uid = hasher(stack, project).uid(study.study_uid)
+        assert pseudo_uid in zips(stack, project)
+        assert _stor_count(stack, pseudo_uid) == 1
+
+
+def test_orthanc_raw_killed_mid_run_loses_nothing(stack: Stack, cohort: Cohort, first_run):
+    project = "retry-raw"
+    studies = [s for s in cohort.studies_for(MAIN) if s.expected_outcome == "exported"]
+    raw = requests.Session()
+    raw.auth = ("pixl", stack.settings.secrets["PIXL_ORTHANC_PASSWORD"])
+    for study_id in raw.get(stack.settings.url("raw") + "/studies", timeout=30).json():
+        raw.delete(f"{stack.settings.url('raw')}/studies/{study_id}", timeout=30)
+    stack.pixl("rate", "0.5", "--in-flight", "1")
+    csv = stack.settings.root / f"{project}.csv"
+    csv.write_text(
+        "mrn,accession_number,study_datetime\n"
+        + "".join(f"{s.mrn},{s.accession_number},\n" for s in studies)
+    )
+    try:
+        stack.pixl("populate", str(csv), "--project", project)
+        deadline = time.monotonic() + 60
+        while stack.status()[project]["queued"] == len(studies):
+            assert time.monotonic() < deadline, "orthanc-raw never started on the studies"
+            time.sleep(0.2)
+        stack.supervisor("signal", "KILL", "orthanc-raw")  # supervisord restarts it
+        counts = stack.wait_until_settled(project, timeout=240)
+    finally:
+        stack.pixl("rate", "10", "--in-flight", "4")
+    assert counts["exported"] == len(studies)
+    assert counts["failed"] == 0
+    for study in studies:
+        pseudo_uid = hasher(stack, project).uid(study.study_uid)
+        assert _stor_count(stack, pseudo_uid) == 1
