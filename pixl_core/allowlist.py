@@ -76,6 +76,8 @@ ENTRY_KEYS = frozenset(
 )
 FILE_KEYS = frozenset({"description", "attributes", "match"})
 MATCH_KEYS = frozenset({"manufacturer", "model"})
+# orthanc-raw's signed hand-off block (pixl_core.handoff) may never be allow-listed.
+RESERVED_CREATOR_PREFIX = "PIXL HANDOFF"
 
 _TAG_RE = re.compile(r"^\(?\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-fxX]{4})\s*\)?$")
 _REPEATING_GROUPS = ((0x5000, 0x50FF), (0x6000, 0x60FF))
@@ -317,6 +319,11 @@ def _parse_attribute(entry: dict[str, Any], where: str) -> tuple[AttributeKey, s
             raise PixlConfigError(
                 f"{where}: private attribute needs 'private_creator:' and an offset like "
                 f'"({group:04X},xx10)"'
+            )
+        if str(creator).strip().upper().startswith(RESERVED_CREATOR_PREFIX):
+            raise PixlConfigError(
+                f"{where}: private creator '{str(creator).strip()}' is PIXL's own hand-off "
+                "block, which must never leave; remove this entry"
             )
         if not element_text.startswith("xx"):
             raise PixlConfigError(

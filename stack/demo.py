@@ -30,7 +30,7 @@ DEMO_DIR = REPO_DIR / ".demo"
 PIXL = str(REPO_DIR / ".venv" / "bin" / "pixl")
 BUSY_STATES = ("queued", "fetching", "anonymising")
 REPORT_BUSY_STATES = ("queued", "fetching", "deidentifying")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 def pixl(settings: StackSettings, *args: str) -> str:
