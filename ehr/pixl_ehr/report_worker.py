@@ -1,0 +1,463 @@
+"""The EHR module's worker: fetch each study's report from EMAP, de-identify it, check it.
+
+It follows orthanc-raw's worker (``pixl_core.raw_worker``): Postgres is the queue, rows are
+claimed with a lease (``work_queue.claim``), so a crashed worker's reports are taken again once
+the lease runs out, and failures go back to the queue with exponential backoff
+(``work_queue.fail``) until ``max_attempts``, then end ``failed`` with a short error code.
+
+For each claimed report (state ``fetching``):
+
+1. EMAP (``emap.fetch_report``): no report → ``missing`` (terminal, not an error).
+2. ``deidentifying`` while the Cogstack de-identification API is called, one bulk request for
+   the whole round when there are several reports. If Cogstack is down the reports go back to
+   the queue (``cogstack_<code>``), and the worker waits before claiming more so that an outage
+   does not use up every report's attempts in a few seconds.
+3. The second, independent method (``pixl_ehr.checker.check_report``) looks for the patient's
+   own identifiers (EMAP's, plus the MRN and accession number of the work item) and identifier
+   patterns in the de-identified text. Nothing found → ``checked`` (ready for export);
+   anything found → ``flagged`` (withheld until a person approves or rejects it). The
+   de-identified text, the verdict and the findings as kinds and offsets (never the matched
+   text) are stored; each round that checks reports adds a ``check_run`` row per project with
+   the share flagged by kind.
+
+Fail closed: an unexpected error anywhere between EMAP and the checker sends the report back to
+the queue (and eventually to ``failed``) with a code; nothing unchecked is ever marked
+``checked``. Log lines carry work-item ids, counts and error codes only: never report text or
+identifiers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import os
+import re
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import psycopg2
+from psycopg2.extras import Json
+
+from pixl_core import db, work_queue
+from pixl_core.errors import PixlConfigError, PixlError
+from pixl_core.work_queue import WorkItem
+from pixl_ehr.emap import EmapReport, emap_url, fetch_report, load_report_query
+
+logger = logging.getLogger("pixl.ehr.worker")
+TABLE = "report"
+
+
+class Deidentifier(Protocol):
+    """What the worker needs of the Cogstack client (``pixl_ehr.cogstack.CogstackClient``)."""
+
+    def deidentify(self, text: str) -> str: ...
+
+    def deidentify_bulk(self, texts: list[str]) -> list[str]: ...
+
+
+# check_report(text, identifiers) -> CheckResult(flagged, findings[Finding(kind, start, end)])
+Checker = Callable[[str, Any], Any]
+# Builds the checker's PatientIdentifiers from keyword arguments.
+IdentifiersFactory = Callable[..., Any]
+
+
+@dataclass
+class ReportWorkerSettings:
+    """How the report worker claims and retries; every field can be set from the environment
+    (``from_env``) so system tests can shorten leases and backoffs."""
+
+    worker_id: str
+    batch_size: int = 8
+    lease_seconds: float = 300.0
+    max_attempts: int = 5
+    backoff_base_seconds: float = 10.0
+    max_backoff_seconds: float = 3600.0
+    poll_seconds: float = 1.0
+
+    @classmethod
+    def from_env(cls, worker_id: str) -> ReportWorkerSettings:
+        """``PIXL_REPORT_BATCH``, ``PIXL_REPORT_LEASE_SECONDS``, ``PIXL_REPORT_MAX_ATTEMPTS``,
+        ``PIXL_REPORT_BACKOFF_SECONDS``, ``PIXL_REPORT_POLL_SECONDS`` (defaults above)."""
+
+        def number(name: str, default: float, kind: type[int] | type[float]) -> Any:
+            value = os.environ.get(name, "").strip()
+            if not value:
+                return default
+            try:
+                result = kind(value)
+            except ValueError:
+                raise PixlConfigError(f"{name} must be a number, e.g. {default}") from None
+            if result <= 0:
+                raise PixlConfigError(f"{name} must be greater than 0")
+            return result
+
+        return cls(
+            worker_id=worker_id,
+            batch_size=number("PIXL_REPORT_BATCH", cls.batch_size, int),
+            lease_seconds=number("PIXL_REPORT_LEASE_SECONDS", cls.lease_seconds, float),
+            max_attempts=number("PIXL_REPORT_MAX_ATTEMPTS", cls.max_attempts, int),
+            backoff_base_seconds=number(
+                "PIXL_REPORT_BACKOFF_SECONDS", cls.backoff_base_seconds, float
+            ),
+            poll_seconds=number("PIXL_REPORT_POLL_SECONDS", cls.poll_seconds, float),
+        )
+
+
+@dataclass
+class Counters:
+    """What this worker has done since it started, for ``GET /status`` (counts only)."""
+
+    claimed: int = 0
+    missing: int = 0
+    checked: int = 0
+    flagged: int = 0
+    retried: int = 0
+    failed: int = 0
+    rounds: int = 0
+    last_error_code: str | None = None
+
+
+@dataclass
+class RoundResult:
+    """Outcome of one ``run_once``: how many reports ended in each state (or were retried)."""
+
+    claimed: int = 0
+    states: Counter[str] = field(default_factory=Counter)
+    cogstack_error: str | None = None
+
+
+def error_code(prefix: str, raw: object) -> str:
+    """A work-queue error code (``^[a-z][a-z0-9_.-]{0,63}$``) from an arbitrary short code."""
+    cleaned = re.sub(r"[^a-z0-9_.-]+", "_", str(raw).lower()).strip("_") or "error"
+    return f"{prefix}_{cleaned}"[:64]
+
+
+def _default_checker() -> tuple[Checker, IdentifiersFactory, str | None]:
+    from pixl_ehr import checker
+
+    version = getattr(checker, "CHECKER_VERSION", None) or getattr(checker, "__version__", None)
+    return checker.check_report, checker.PatientIdentifiers, version
+
+
+class ReportWorker:
+    """Claims report work items and takes each from EMAP to ``checked``/``flagged``/``missing``.
+
+    ``deidentifier`` is the Cogstack client (a fake in unit tests); ``checker`` and
+    ``identifiers_factory`` default to ``pixl_ehr.checker``'s ``check_report`` and
+    ``PatientIdentifiers``.
+    """
+
+    def __init__(
+        self,
+        db_url: str,
+        deidentifier: Deidentifier,
+        settings: ReportWorkerSettings,
+        *,
+        emap_db_url: str | None = None,
+        report_query: str | None = None,
+        checker: Checker | None = None,
+        identifiers_factory: IdentifiersFactory | None = None,
+        checker_version: str | None = None,
+        cogstack_errors: tuple[type[BaseException], ...] | None = None,
+    ) -> None:
+        self.db_url = db_url
+        self.emap_db_url = emap_db_url or emap_url()
+        self.report_query = report_query if report_query is not None else load_report_query()
+        self.deidentifier = deidentifier
+        self.settings = settings
+        if checker is None or identifiers_factory is None:
+            default_check, default_ids, default_version = _default_checker()
+            checker = checker or default_check
+            identifiers_factory = identifiers_factory or default_ids
+            checker_version = checker_version or default_version
+        self.checker = checker
+        self.identifiers_factory = identifiers_factory
+        self.checker_version = checker_version
+        self._identifier_fields = _accepted_fields(identifiers_factory)
+        self.cogstack_errors = cogstack_errors or _cogstack_error_types()
+        self.counters = Counters()
+        self._lock = threading.Lock()
+        self._conn_obj: db.Connection | None = None
+        self._emap_conn_obj: db.Connection | None = None
+        # Pause before the next claim after Cogstack failed, growing while it stays down.
+        self._outage_rounds = 0
+
+    # --- connections ------------------------------------------------------------------------
+
+    def _conn(self) -> db.Connection:
+        if self._conn_obj is None or self._conn_obj.closed:
+            self._conn_obj = db.connect(self.db_url, application_name=self.settings.worker_id)
+        return self._conn_obj
+
+    def _emap(self) -> db.Connection:
+        if self._emap_conn_obj is None or self._emap_conn_obj.closed:
+            conn = db.connect(self.emap_db_url, application_name=self.settings.worker_id)
+            conn.set_session(readonly=True)
+            self._emap_conn_obj = conn
+        return self._emap_conn_obj
+
+    def close(self) -> None:
+        for conn in (self._conn_obj, self._emap_conn_obj):
+            if conn is not None and not conn.closed:
+                conn.close()
+        self._conn_obj = self._emap_conn_obj = None
+
+    # --- loop -------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Process reports until ``stop`` is set. Survives Postgres and Cogstack outages."""
+        if not db.migrate_when_ready(self.db_url, stop, logger):
+            return
+        try:
+            while not stop.is_set():
+                try:
+                    result = self.run_once()
+                except Exception as exc:  # database down: wait and try again
+                    logger.warning(
+                        "report worker cannot claim work (%s); retrying", type(exc).__name__
+                    )
+                    self.close()
+                    stop.wait(5)
+                    continue
+                if result.cogstack_error:
+                    self._outage_rounds += 1
+                    stop.wait(self._outage_pause())
+                elif not result.claimed:
+                    stop.wait(self.settings.poll_seconds)
+                else:
+                    self._outage_rounds = 0
+        finally:
+            self.close()
+
+    def _outage_pause(self) -> float:
+        exponent = min(self._outage_rounds - 1, 16)
+        return min(
+            self.settings.backoff_base_seconds * 2**exponent, self.settings.max_backoff_seconds
+        )
+
+    def run_once(self, project: str | None = None) -> RoundResult:
+        """Claim up to ``batch_size`` reports and take each as far as it goes; return counts."""
+        items = work_queue.claim(
+            self._conn(),
+            TABLE,
+            self.settings.worker_id,
+            self.settings.batch_size,
+            self.settings.lease_seconds,
+            project,
+            max_attempts=self.settings.max_attempts,
+        )
+        result = RoundResult(claimed=len(items))
+        if not items:
+            return result
+        self._count("claimed", len(items))
+        self._count("rounds")
+        started = datetime.now(UTC)
+        fetched = self._fetch_all(items, result)
+        if fetched:
+            texts = self._deidentify_all(fetched, result)
+            if texts is not None:
+                self._check_all(fetched, texts, result, started)
+        logger.info(
+            "report round: %d claimed, %s",
+            len(items),
+            ", ".join(f"{state} {n}" for state, n in sorted(result.states.items())) or "nothing",
+        )
+        return result
+
+    # --- steps ------------------------------------------------------------------------------
+
+    def _fetch_all(
+        self, items: Sequence[WorkItem], result: RoundResult
+    ) -> list[tuple[WorkItem, EmapReport]]:
+        fetched: list[tuple[WorkItem, EmapReport]] = []
+        for item in items:
+            try:
+                emap = self._emap()
+            except (psycopg2.Error, PixlError):  # EMAP unreachable: back to the queue
+                self._retry(item, "emap_unavailable", result)
+                continue
+            try:
+                report = fetch_report(emap, item.mrn, item.accession_number, self.report_query)
+            except PixlConfigError:
+                self._retry(item, "emap_query_error", result)
+                continue
+            except psycopg2.Error as exc:
+                self._drop_emap()
+                self._retry(item, error_code("emap", type(exc).__name__), result)
+                continue
+            if report is None:
+                if self._complete(item, "missing", "fetching", last_error_code=None):
+                    self._note(result, "missing")
+                continue
+            if self._complete(
+                item, "deidentifying", "fetching", lease_seconds=self.settings.lease_seconds
+            ):
+                fetched.append((item, report))
+        return fetched
+
+    def _deidentify_all(
+        self, fetched: Sequence[tuple[WorkItem, EmapReport]], result: RoundResult
+    ) -> list[str] | None:
+        """De-identified texts in the order of ``fetched``, or None after sending all back."""
+        texts = [report.text for _item, report in fetched]
+        try:
+            if len(texts) == 1:
+                out = [self.deidentifier.deidentify(texts[0])]
+            else:
+                out = list(self.deidentifier.deidentify_bulk(texts))
+        except self.cogstack_errors as exc:
+            code = error_code("cogstack", getattr(exc, "code", None) or type(exc).__name__)
+            result.cogstack_error = code
+            for item, _report in fetched:
+                self._retry(item, code, result)
+            return None
+        except Exception as exc:  # fail closed: whatever went wrong, nothing goes forward
+            code = error_code("cogstack", type(exc).__name__)
+            logger.warning("de-identification failed unexpectedly (%s)", type(exc).__name__)
+            result.cogstack_error = code
+            for item, _report in fetched:
+                self._retry(item, code, result)
+            return None
+        if len(out) != len(texts) or not all(isinstance(text, str) for text in out):
+            for item, _report in fetched:
+                self._retry(item, "cogstack_bad_response", result)
+            return None
+        return out
+
+    def _check_all(
+        self,
+        fetched: Sequence[tuple[WorkItem, EmapReport]],
+        texts: Sequence[str],
+        result: RoundResult,
+        started: datetime,
+    ) -> None:
+        runs: dict[str, Counter[str]] = {}
+        for (item, report), text in zip(fetched, texts, strict=True):
+            try:
+                verdict = self.checker(text, self._identifiers(item, report))
+                findings = [
+                    {"kind": str(f.kind), "start": int(f.start), "end": int(f.end)}
+                    for f in verdict.findings
+                ]
+                flagged = bool(verdict.flagged) or bool(findings)
+            except Exception as exc:  # fail closed: an unchecked report never goes forward
+                logger.warning("checker failed on report item %s (%s)", item.id, type(exc).__name__)
+                self._retry(item, "checker_error", result)
+                continue
+            state = "flagged" if flagged else "checked"
+            applied = self._complete(
+                item,
+                state,
+                "deidentifying",
+                deidentified_text=text,
+                check_flagged=flagged,
+                check_findings=findings,
+                checked_at=datetime.now(UTC),
+                last_error_code=None,
+            )
+            if not applied:  # the lease ran out and another worker took it: its verdict counts
+                continue
+            self._note(result, state)
+            run = runs.setdefault(item.project, Counter())
+            run["__checked__"] += 1
+            if flagged:
+                run["__flagged__"] += 1
+                for kind in {finding["kind"] for finding in findings}:
+                    run[kind] += 1
+        for project, run in runs.items():
+            self._record_check_run(project, run, started)
+
+    def _identifiers(self, item: WorkItem, report: EmapReport) -> Any:
+        """The checker's ``PatientIdentifiers``: EMAP's, plus the work item's MRN and accession
+        number (passed only if the checker accepts a field for it)."""
+        values: dict[str, Any] = {**report.identifiers, "mrn": item.mrn}
+        for name in ("accession_number", "accession"):
+            values[name] = item.accession_number
+        if self._identifier_fields is not None:
+            values = {k: v for k, v in values.items() if k in self._identifier_fields}
+        return self.identifiers_factory(**values)
+
+    def _record_check_run(self, project: str, run: Counter[str], started: datetime) -> None:
+        checked = run.pop("__checked__", 0)
+        flagged = run.pop("__flagged__", 0)
+        try:
+            with self._conn() as conn, conn.cursor() as cur:
+                cur.execute(
+                    "INSERT INTO check_run (project, checker_version, started_at, finished_at, "
+                    "reports_checked, reports_flagged, flagged_by_kind) "
+                    "VALUES (%s, %s, %s, now(), %s, %s, %s)",
+                    (
+                        project,
+                        self.checker_version,
+                        started,
+                        checked,
+                        flagged,
+                        Json(dict(sorted(run.items()))),
+                    ),
+                )
+        except psycopg2.Error as exc:  # the metric is lost, the verdicts are already stored
+            logger.warning("could not record the check run (%s)", type(exc).__name__)
+
+    # --- state changes ----------------------------------------------------------------------
+
+    def _complete(self, item: WorkItem, state: str, expected: str, **fields: Any) -> bool:
+        return work_queue.complete(self._conn(), TABLE, item.id, state, expected, **fields)
+
+    def _retry(self, item: WorkItem, code: str, result: RoundResult) -> None:
+        new_state = work_queue.fail(
+            self._conn(),
+            TABLE,
+            item.id,
+            code,
+            self.settings.max_attempts,
+            self.settings.backoff_base_seconds,
+            max_backoff_seconds=self.settings.max_backoff_seconds,
+        )
+        outcome = "failed" if new_state == "failed" else "retried"
+        self._note(result, outcome)
+        with self._lock:
+            self.counters.last_error_code = code
+        logger.warning("report item %s: %s (now %s)", item.id, code, new_state)
+
+    def _drop_emap(self) -> None:
+        conn, self._emap_conn_obj = self._emap_conn_obj, None
+        if conn is not None and not conn.closed:
+            conn.close()
+
+    def _note(self, result: RoundResult, state: str) -> None:
+        result.states[state] += 1
+        self._count(state)
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            setattr(self.counters, name, getattr(self.counters, name) + amount)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return dataclasses.asdict(self.counters)
+
+
+def _accepted_fields(factory: IdentifiersFactory) -> frozenset[str] | None:
+    """The keyword arguments ``factory`` accepts, or None if it takes any."""
+    if dataclasses.is_dataclass(factory):
+        return frozenset(f.name for f in dataclasses.fields(factory))
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return frozenset(p.name for p in parameters)
+
+
+def _cogstack_error_types() -> tuple[type[BaseException], ...]:
+    try:
+        from pixl_ehr.cogstack import CogstackError
+    except ImportError:
+        return (PixlError,)
+    return (CogstackError,)
