@@ -134,6 +134,8 @@ class RoundResult:
 def error_code(prefix: str, raw: object) -> str:
     """A work-queue error code (``^[a-z][a-z0-9_.-]{0,63}$``) from an arbitrary short code."""
     cleaned = re.sub(r"[^a-z0-9_.-]+", "_", str(raw).lower()).strip("_") or "error"
+    if cleaned.startswith(prefix + "_"):  # CogstackError codes already say "cogstack_…"
+        return cleaned[:64]
     return f"{prefix}_{cleaned}"[:64]
 
 

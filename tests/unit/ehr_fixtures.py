@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from pixl_core.db import Connection
-from pixl_core.errors import PixlError
+from pixl_ehr.cogstack import CogstackError
 from stack.emap_load import load_reports
 
 PROJECT = "chest-xray"
@@ -139,14 +139,6 @@ def row(conn: Connection, report_id: int) -> dict[str, Any]:
         return dict(zip(names, cur.fetchone(), strict=True))
 
 
-class FakeCogstackError(PixlError):
-    """Stands in for ``pixl_ehr.cogstack.CogstackError`` (a PixlError with ``.code``)."""
-
-    def __init__(self, code: str) -> None:
-        super().__init__(f"Cogstack failed ({code})")
-        self.code = code
-
-
 @dataclass
 class FakeCogstack:
     """Replaces each word of ``remove`` by ``[REDACTED]``; or raises ``error`` if set."""
@@ -163,13 +155,13 @@ class FakeCogstack:
     def deidentify(self, text: str) -> str:
         self.calls.append(("single", 1))
         if self.error:
-            raise FakeCogstackError(self.error)
+            raise CogstackError(self.error, f"Cogstack API fake: failed ({self.error})")
         return self._clean(text)
 
     def deidentify_bulk(self, texts: list[str]) -> list[str]:
         self.calls.append(("bulk", len(texts)))
         if self.error:
-            raise FakeCogstackError(self.error)
+            raise CogstackError(self.error, f"Cogstack API fake: failed ({self.error})")
         return [self._clean(t) for t in texts]
 
 

@@ -14,7 +14,6 @@ from pixl_core.db import connect
 from pixl_ehr.report_worker import ReportWorker, ReportWorkerSettings, error_code
 from tests.unit.ehr_fixtures import (
     FakeCogstack,
-    FakeCogstackError,
     Identifiers,
     add_extract,
     fake_check,
@@ -40,7 +39,6 @@ def make_worker(db_url: str, cogstack: FakeCogstack, **settings) -> ReportWorker
         checker=fake_check,
         identifiers_factory=Identifiers,
         checker_version="fake-1",
-        cogstack_errors=(FakeCogstackError,),
     )
 
 
@@ -123,14 +121,14 @@ def test_checker_gets_emap_identifiers_and_the_work_items_mrn(db_url, conn, tmp_
 def test_cogstack_error_retries_then_fails_with_its_code(db_url, conn, tmp_path: Path):
     load_emap(db_url, tmp_path)
     _extract, (report_id,) = add_extract(conn, STUDIES[:1])
-    worker = make_worker(db_url, FakeCogstack(error="unavailable"), max_attempts=2)
+    worker = make_worker(db_url, FakeCogstack(error="cogstack_unreachable"), max_attempts=2)
 
     first = worker.run_once()
-    assert first.cogstack_error == "cogstack_unavailable"
+    assert first.cogstack_error == "cogstack_unreachable"
     state = row(conn, report_id)
     assert (state["state"], state["last_error_code"], state["attempts"]) == (
         "queued",
-        "cogstack_unavailable",
+        "cogstack_unreachable",
         1,
     )
     assert state["deidentified_text"] is None
@@ -139,7 +137,7 @@ def test_cogstack_error_retries_then_fails_with_its_code(db_url, conn, tmp_path:
     state = row(conn, report_id)
     assert (state["state"], state["last_error_code"], state["attempts"]) == (
         "failed",
-        "cogstack_unavailable",
+        "cogstack_unreachable",
         2,
     )
 
@@ -147,7 +145,7 @@ def test_cogstack_error_retries_then_fails_with_its_code(db_url, conn, tmp_path:
 def test_cogstack_back_after_an_outage_finishes_the_report(db_url, conn, tmp_path: Path):
     load_emap(db_url, tmp_path)
     _extract, (report_id,) = add_extract(conn, STUDIES[:1])
-    cogstack = FakeCogstack(error="connection_refused")
+    cogstack = FakeCogstack(error="cogstack_timeout")
     worker = make_worker(db_url, cogstack)
     worker.run_once()
     assert row(conn, report_id)["state"] == "queued"
@@ -227,7 +225,7 @@ def test_logs_hold_no_text_or_identifiers(db_url, conn, tmp_path: Path, caplog):
     load_emap(db_url, tmp_path)
     add_extract(conn, STUDIES)
     caplog.set_level(logging.DEBUG)
-    make_worker(db_url, FakeCogstack(error="down")).run_once()
+    make_worker(db_url, FakeCogstack(error="cogstack_http_503")).run_once()
     with conn, conn.cursor() as cur:
         cur.execute("UPDATE report SET next_attempt_at = now()")
     make_worker(db_url, FakeCogstack()).run_once()
@@ -255,6 +253,7 @@ def test_run_loop_stops_when_asked(db_url, conn, tmp_path: Path):
 
 
 def test_error_codes_are_valid_work_queue_codes():
+    assert error_code("cogstack", "cogstack_http_503") == "cogstack_http_503"
     assert (
         error_code("cogstack", "HTTP 503: Service Unavailable")
         == "cogstack_http_503_service_unavailable"
