@@ -341,12 +341,7 @@ class ReportWorker:
         runs: dict[str, Counter[str]] = {}
         for (item, report), text in zip(fetched, texts, strict=True):
             try:
-                verdict = self.checker(text, self._identifiers(item, report))
-                findings = [
-                    {"kind": str(f.kind), "start": int(f.start), "end": int(f.end)}
-                    for f in verdict.findings
-                ]
-                flagged = bool(verdict.flagged) or bool(findings)
+                flagged, findings = self._check(text, item, report)
             except Exception as exc:  # fail closed: an unchecked report never goes forward
                 logger.warning("checker failed on report item %s (%s)", item.id, type(exc).__name__)
                 self._retry(item, "checker_error", result)
@@ -373,6 +368,37 @@ class ReportWorker:
                     run[kind] += 1
         for project, run in runs.items():
             self._record_check_run(project, run, started)
+
+    def _check(
+        self, text: str, item: WorkItem, report: EmapReport
+    ) -> tuple[bool, list[dict[str, Any]]]:
+        """The checker's verdict as ``(flagged, [{"kind", "start", "end"}, ...])``.
+
+        The checker's ``PatientIdentifiers`` has no field for the accession number, which is
+        an identifier too (it is what the export pseudonymises). So, when it lacks one, the
+        checker is run a second time with the accession number in the MRN's place and its
+        ``mrn`` findings are kept as ``accession_number``: the checker's own whole-token
+        search, not a second implementation of it.
+        """
+        verdict = self.checker(text, self._identifiers(item, report))
+        findings = [
+            {"kind": str(f.kind), "start": int(f.start), "end": int(f.end)}
+            for f in verdict.findings
+        ]
+        fields = self._identifier_fields
+        if (
+            fields is not None
+            and "mrn" in fields
+            and not fields & {"accession_number", "accession"}
+        ):
+            again = self.checker(text, self.identifiers_factory(mrn=item.accession_number))
+            findings.extend(
+                {"kind": "accession_number", "start": int(f.start), "end": int(f.end)}
+                for f in again.findings
+                if f.kind == "mrn"
+            )
+            findings.sort(key=lambda f: (f["start"], f["end"], f["kind"]))
+        return bool(verdict.flagged) or bool(findings), findings
 
     def _identifiers(self, item: WorkItem, report: EmapReport) -> Any:
         """The checker's ``PatientIdentifiers``: EMAP's, plus the work item's MRN and accession

@@ -109,7 +109,9 @@ def test_checker_gets_emap_identifiers_and_the_work_items_mrn(db_url, conn, tmp_
     worker = make_worker(db_url, FakeCogstack())
     worker.checker = spy
     worker.run_once()
-    [ids] = seen
+    # First the patient's identifiers; then the accession number in the MRN's place.
+    ids, accession = seen
+    assert accession == Identifiers(mrn="ACC0001")
     assert (ids.mrn, ids.family_name, ids.date_of_birth, ids.postcode) == (
         "MRN0001",
         "Quintrell",
@@ -267,3 +269,34 @@ def test_settings_from_env(monkeypatch):
     monkeypatch.setenv("PIXL_REPORT_MAX_ATTEMPTS", "3")
     settings = ReportWorkerSettings.from_env("ehr:x")
     assert (settings.lease_seconds, settings.max_attempts, settings.batch_size) == (7.5, 3, 8)
+
+
+def test_accession_number_in_the_text_is_flagged(db_url, conn, tmp_path: Path):
+    """The checker has no accession field: the worker runs its MRN search on it."""
+    report = {"mrn": "MRN0001", "accession_number": "ACC0001", "narrative": "See ACC0001."}
+    load_emap(db_url, tmp_path, reports=[report])
+    _extract, (report_id,) = add_extract(conn, STUDIES[:1])
+    make_worker(db_url, FakeCogstack()).run_once()
+    state = row(conn, report_id)
+    assert state["state"] == "flagged"
+    assert state["check_findings"] == [{"kind": "accession_number", "start": 4, "end": 11}]
+
+
+def test_with_the_real_checker(db_url, conn, tmp_path: Path):
+    """The default checker (pixl_ehr.checker) through the worker, on EMAP's identifiers."""
+    load_emap(db_url, tmp_path)
+    _extract, (clean, leaky) = add_extract(conn, STUDIES[:2])
+    worker = ReportWorker(
+        db_url,
+        FakeCogstack(remove=()),  # misses "Mr Oakhurst"
+        ReportWorkerSettings(worker_id="ehr:test", backoff_base_seconds=0.0),
+        emap_db_url=db_url,
+    )
+    worker.run_once()
+    assert row(conn, clean)["state"] == "checked"
+    flagged = row(conn, leaky)
+    assert flagged["state"] == "flagged"
+    kinds = {f["kind"] for f in flagged["check_findings"]}
+    assert kinds == {"name"}
+    [finding] = flagged["check_findings"]
+    assert "Oakhurst" in flagged["deidentified_text"][finding["start"] : finding["end"]]
