@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -12,12 +15,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import requests
 from fastapi.testclient import TestClient
 
 from pixl_core.db import connect
 from pixl_core.hashing import ProjectHasher, hash_accession_number
 from pixl_ehr.report_worker import ReportWorkerSettings
 from pixl_ehr.service import DshClient, ServiceConfig, create_app
+from tests.fixtures.ftps import free_port
 from tests.unit.ehr_fixtures import (
     PROJECT,
     SECRET,
@@ -268,3 +273,76 @@ def test_radiology_parquet_read_back_has_no_identifiers(client, ready, dsh_ftps_
     data = (folder / "radiology" / "radiology.parquet").read_bytes()
     frame = pd.read_parquet(io.BytesIO(data))
     assert not frame.isin(["MRN1", "ACC1"]).any().any()
+
+
+def _wait_http(url: str, deadline: float, process: subprocess.Popen[bytes]) -> None:
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read().decode(errors="replace") if process.stdout else ""
+            pytest.fail(f"process exited early: {output[-2000:]}")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"{url} did not answer 200")
+
+
+def _start(module: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", module, "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> str:
+    process.terminate()
+    try:
+        output, _ = process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    return output.decode(errors="replace")
+
+
+def test_service_process_with_the_cogstack_standin(db_url, conn, tmp_path):
+    """``python -m pixl_ehr.service`` as the stack runs it, against the real Cogstack stand-in:
+    healthy, works the queue, stops on SIGTERM, and logs no identifier or report text."""
+    load_emap(db_url, tmp_path)
+    _extract, ids = add_extract(conn, [("MRN0001", "ACC0001", 1), ("MRN0002", "ACC0002", 2)])
+    repo = Path(__file__).resolve().parents[2]
+    cogstack_port, ehr_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(repo), str(repo / "cli"), str(repo / "ehr")]),
+        "PIXL_DB_URL": db_url,
+        "PIXL_COGSTACK_URL": f"http://127.0.0.1:{cogstack_port}",
+        "PIXL_HASH_KEY": SECRET.decode(),
+        "PIXL_REPORT_POLL_SECONDS": "0.1",
+    }
+    cogstack = _start("pixl_ehr.cogstack_standin", cogstack_port, env)
+    ehr = _start("pixl_ehr.service", ehr_port, env)
+    output = ""
+    try:
+        deadline = time.monotonic() + 20
+        _wait_http(f"http://127.0.0.1:{cogstack_port}/api/health", deadline, cogstack)
+        _wait_http(f"http://127.0.0.1:{ehr_port}/health", deadline, ehr)
+        while time.monotonic() < deadline:
+            states = {row(conn, i)["state"] for i in ids}
+            if states <= {"checked", "flagged"}:
+                break
+            time.sleep(0.1)
+        status = requests.get(f"http://127.0.0.1:{ehr_port}/status", timeout=5).json()
+        assert status["worker"]["running"] is True
+    finally:
+        output = _stop(ehr)
+        _stop(cogstack)
+    assert ehr.returncode is not None
+    assert states <= {"checked", "flagged"}, states
+    text = row(conn, ids[1])["deidentified_text"]
+    assert "Oakhurst" not in text  # the stand-in redacted "Mr Oakhurst"
+    for forbidden in ("MRN000", "ACC000", "Quintrell", "Oakhurst", "radiograph"):
+        assert forbidden not in output
