@@ -411,3 +411,18 @@ def set_fetch_rate(
             "max_in_flight = EXCLUDED.max_in_flight, updated_at = now()",
             (project, studies_per_second, max_in_flight),
         )
+
+
+def requeue_failed(conn: Connection, table: str, project: str) -> int:
+    """Give a project's failed items a fresh start (attempts reset); returns how many."""
+    spec = _spec(table)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "UPDATE {t} SET state = 'queued', attempts = 0, next_attempt_at = now(), "
+                "claimed_by = NULL, claimed_until = NULL "
+                "WHERE project = %s AND state = 'failed'"
+            ).format(t=sql.Identifier(spec.table)),
+            (project,),
+        )
+        return cur.rowcount

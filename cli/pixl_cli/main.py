@@ -6,7 +6,8 @@ import typer
 
 from pixl_cli.allowlist_cmd import allowlist_app
 from pixl_cli.anonymise_cmd import anonymise
-from pixl_cli.work_cmds import populate, rate, status
+from pixl_cli.export_cmd import export_patient_data
+from pixl_cli.work_cmds import populate, rate, retry, status
 
 app = typer.Typer(
     name="pixl",
@@ -27,6 +28,8 @@ app.add_typer(allowlist_app, name="allowlist")
 app.command("populate")(populate)
 app.command("status")(status)
 app.command("rate")(rate)
+app.command("export-patient-data")(export_patient_data)
+app.command("retry")(retry)
 
 
 if __name__ == "__main__":

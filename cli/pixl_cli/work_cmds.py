@@ -127,3 +127,14 @@ def rate(
         f"{project}: {current.studies_per_second:g} studies/s, {current.max_in_flight} in flight",
         highlight=False,
     )
+
+
+def retry(
+    project: str = typer.Argument(..., help="Project whose failed studies to queue again."),
+) -> None:
+    """Queue a project's failed studies again (after fixing what made them fail)."""
+    with operator_errors():
+        load_project(project)
+        conn = _connect()
+        requeued = work_queue.requeue_failed(conn, "study", project)
+    console.print(f"{project}: {requeued} failed studies queued again", highlight=False)

@@ -77,7 +77,7 @@ class Stack:
 
 
 # Test-only projects (same allow-lists as chest-xray) so failure tests get fresh work items.
-TEST_PROJECTS = ("retry-ftps", "retry-raw")
+TEST_PROJECTS = ("retry-ftps", "retry-raw", "retry-vna")
 
 
 def _projects_dir(root: Path) -> Path:

@@ -16,6 +16,7 @@ import requests
 from pydicom import dcmread
 
 from pixl_core.hashing import ProjectHasher, hash_accession_number
+from stack import local_stack
 from stack.cohort import Cohort, generate_cohort, load_into_vna
 from tests.system.conftest import Stack
 
@@ -208,3 +209,48 @@ def test_orthanc_raw_killed_mid_run_loses_nothing(stack: Stack, cohort: Cohort, 
     for study in studies:
         pseudo_uid = hasher(stack, project).uid(study.study_uid)
         assert _stor_count(stack, pseudo_uid) == 1
+
+
+def test_both_orthancs_report_status_and_prometheus_metrics(stack: Stack, first_run):
+    session = requests.Session()
+    session.auth = ("pixl", stack.settings.secrets["PIXL_ORTHANC_PASSWORD"])
+    raw = session.get(stack.settings.url("raw") + "/pixl/status", timeout=10).json()
+    anon = session.get(stack.settings.url("anon") + "/pixl/status", timeout=10).json()
+    # counters are per process (orthanc-raw was restarted by an earlier test)
+    assert raw["service"] == "orthanc-raw" and raw["running"] and "handed_off" in raw
+    assert anon["service"] == "orthanc-anon" and anon["deidentified"] > 0
+    deadline = time.monotonic() + 15  # metrics are published every 5 s
+    while True:
+        metrics = session.get(
+            stack.settings.url("anon") + "/tools/metrics-prometheus", timeout=10
+        ).text
+        if "pixl_anon_deidentified" in metrics:
+            break
+        assert time.monotonic() < deadline, "orthanc-anon publishes no PIXL metrics"
+        time.sleep(1)
+    assert "pixl_anon_export_exported" in metrics
+
+
+def test_vna_down_fails_after_retries_and_pixl_retry_recovers(
+    stack: Stack, cohort: Cohort, first_run
+):
+    project = "retry-vna"
+    study = next(s for s in cohort.studies_for(MAIN) if s.expected_outcome == "exported")
+    csv = stack.settings.root / f"{project}.csv"
+    csv.write_text(f"mrn,accession_number,study_datetime\n{study.mrn},{study.accession_number},\n")
+    stack.supervisor("stop", "vna")
+    try:
+        stack.pixl("populate", str(csv), "--project", project)
+        counts = stack.wait_until_settled(project, timeout=120)  # 5 tries, 1-8 s apart
+        assert counts["failed"] == 1
+        ((attempts, code),) = stack.query(
+            "SELECT attempts, last_error_code FROM study WHERE project = %s", project
+        )
+        assert attempts == 5
+        assert code.startswith("orthanc_")
+        assert study.mrn not in code and study.accession_number not in code
+    finally:
+        stack.supervisor("start", "vna")
+    local_stack.wait_healthy(stack.settings)
+    assert "1 failed studies queued again" in stack.pixl("retry", project).stdout
+    assert stack.wait_until_settled(project)["exported"] == 1
