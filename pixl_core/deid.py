@@ -15,11 +15,15 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import datetime as dt
+import re
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import BytesLengthException
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
@@ -67,6 +71,15 @@ REFUSED_BURNED_IN = "burned_in_annotation"
 REFUSED_SERIES = "series_filtered"
 REFUSED_INVALID_VALUE = "invalid_value"
 REFUSED_MISSING_UID = "missing_uid"
+# What pydicom raises when it decodes a corrupt element (it decodes lazily, on first access).
+_PARSE_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    NotImplementedError,
+    struct.error,
+    BytesLengthException,
+)
 
 
 @dataclass(frozen=True)
@@ -112,7 +125,14 @@ def deidentify_parsed(
 ) -> Deidentified:
     """As ``deidentify_bytes``, for a header already parsed (orthanc-anon parses it once)."""
     source = parsed.dataset
-    result = deidentify_dataset(source, project, hasher)
+    try:
+        if not parsed.pixel_element and PIXEL_DATA_TAG not in source and _declares_image(source):
+            raise Refused(REFUSED_UNREADABLE)  # an image whose Pixel Data never came: truncated
+        if parsed.pixel_element and not _pixel_element_fits(source, parsed.pixel_element):
+            raise Refused(REFUSED_UNREADABLE)  # the raw bytes copied are not this image's pixels
+        result = deidentify_dataset(source, project, hasher)
+    except _PARSE_ERRORS:  # elements are decoded lazily: a corrupt one fails only here
+        raise Refused(REFUSED_UNREADABLE) from None
     pixel_rule = _rule_for(project.allowlist_for(*_device(source)), PIXEL_DATA_TAG)
     keeps_pixels = pixel_rule is not None and pixel_rule.action is Action.KEEP
     return Deidentified(
@@ -121,6 +141,33 @@ def deidentify_parsed(
         series_uid=result.SeriesInstanceUID,
         sop_instance_uid=result.SOPInstanceUID,
     )
+
+
+def _declares_image(ds: Dataset) -> bool:
+    """Whether the file meta or the data set names an image SOP class (which has Pixel Data)."""
+    for sop_class in (ds.file_meta.get("MediaStorageSOPClassUID"), ds.get("SOPClassUID")):
+        if sop_class and "Image Storage" in UID(str(sop_class)).name:
+            return True
+    return False
+
+
+def _pixel_element_fits(ds: Dataset, element: bytes) -> bool:
+    """Whether the raw Pixel Data element has the shape the header describes.
+
+    The element is copied without being parsed, so a corrupt header that makes the parser stop
+    at the wrong place (inside an icon, or with header bytes after it) must not be copied.
+    """
+    transfer_syntax = ds.file_meta.TransferSyntaxUID
+    if transfer_syntax.is_encapsulated:  # fragments of undefined length, walked by the parser
+        return element[8:12] == b"\xff\xff\xff\xff" or element[4:8] == b"\xff\xff\xff\xff"
+    length = len(element) - (8 if transfer_syntax.is_implicit_VR else 12)
+    bits = int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0)
+    bits *= int(ds.get("SamplesPerPixel") or 1) * int(ds.get("NumberOfFrames") or 1)
+    expected = (bits * int(ds.get("BitsAllocated") or 0) + 7) // 8
+    if ds.get("PhotometricInterpretation") == "YBR_FULL_422":
+        expected = expected * 2 // 3
+    padding = bytes(element[len(element) - (length - expected) :]) if length > expected else b""
+    return length >= expected and not padding.strip(b"\0")  # zero padding cannot hide text
 
 
 def _device(ds: Dataset) -> tuple[str, str]:
@@ -205,7 +252,59 @@ def _keep(rule: Rule, element: DataElement, context: _Context) -> DataElement:
             raise Refused(REFUSED_INVALID_VALUE)
         items = Sequence([_filter(item, rule.items, context) for item in element.value])
         return DataElement(element.tag, "SQ", items)
+    _check_shape(rule, element)
     return element
+
+
+# Values of these VRs cannot carry text, which is why an allow-list may keep them. A kept value
+# that does not have its VR's shape (text in an IS, a private "DS" written as LO or as UN text),
+# a kept text value with control characters (a corrupt length swallowing the next elements), or
+# an attribute that arrives with another VR than the allow-list was written for refuses the
+# instance instead of being copied.
+_SHAPES = {
+    "AS": re.compile(r"\d{1,3} ?[DWMYdwmy]?"),  # loose: ages are often written "45Y"
+    "DA": re.compile(r"\d{8}"),
+    "DS": re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"),
+    "DT": re.compile(r"\d{4,14}(\.\d{1,6})?([+-]\d{4})?"),
+    "IS": re.compile(r"[+-]?\d+"),
+    "TM": re.compile(r"\d{2}(:?\d{2}(:?\d{2}(\.\d{1,6})?)?)?"),
+    "UI": re.compile(r"[0-9.]+"),
+}
+_TEXT_VRS = frozenset(_SHAPES) | {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"}
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")  # TAB LF FF CR ESC allowed
+
+
+def _declared_vrs(rule: Rule, element: DataElement) -> set[str]:
+    if rule.key.is_private:
+        return {rule.vr} if rule.vr else set()
+    try:
+        return set(dictionary_VR(element.tag).split(" or "))
+    except KeyError:
+        return {rule.vr} if rule.vr else set()
+
+
+def _check_shape(rule: Rule, element: DataElement) -> None:
+    vr = str(element.VR)
+    declared = _declared_vrs(rule, element)
+    if declared and vr not in declared:
+        target = next(iter(declared)) if len(declared) == 1 else None
+        text_for_text = rule.key.is_private and vr in _TEXT_VRS  # vendors are loose with VRs
+        if target not in _TEXT_VRS or not (vr == "UN" or text_for_text):
+            raise Refused(REFUSED_INVALID_VALUE)
+        vr = target  # text standing in for the declared VR is judged as that VR
+    if vr not in _TEXT_VRS or element.value is None:
+        return
+    value = element.value
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")  # any byte is a character: shapes and controls still tell
+    texts = value.split("\\") if isinstance(value, str) else value
+    if not isinstance(texts, MultiValue | list | tuple):
+        texts = [texts]
+    shape = _SHAPES.get(vr)
+    for text in texts:
+        text = str(text).strip(" \0")
+        if _CONTROL.search(text) or (shape is not None and text and not shape.fullmatch(text)):
+            raise Refused(REFUSED_INVALID_VALUE)
 
 
 def _empty(rule: Rule, element: DataElement, context: _Context) -> DataElement:
@@ -244,6 +343,9 @@ def _shift(rule: Rule, element: DataElement, context: _Context) -> DataElement:
         text = str(value).strip()
         if not text:
             return ""
+        shape = _SHAPES.get(str(element.VR))
+        if shape is None or not shape.fullmatch(text):
+            raise Refused(REFUSED_INVALID_VALUE)  # e.g. text after the date: never copied
         day = _parse_day(text)
         shifted = day + dt.timedelta(days=context.day_offset())
         return shifted.strftime("%Y%m%d") + text[8:]
