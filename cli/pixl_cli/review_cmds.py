@@ -1,0 +1,110 @@
+"""``pixl reports flagged|approve|reject``: a person's review of reports the check flagged.
+
+Flagged reports are withheld from the radiology parquet until someone decides. The listing
+shows report ids and the findings' kinds and offsets only (never text), so it can be pasted into
+a ticket; the decision is recorded with the operating-system user name of whoever ran it.
+The logic is in ``pixl_ehr.review``; these are the typer commands around it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from pixl_cli.output import EXIT_DATA_ERROR, console, err_console, operator_errors
+from pixl_core import db
+from pixl_core.errors import PixlConfigError
+from pixl_core.projects import load_project
+from pixl_ehr import review
+
+
+def _connect() -> db.Connection:
+    """Connect and bring the schema up to date (migrations are idempotent and locked)."""
+    url = db.database_url()
+    try:
+        db.migrate(url)
+        return db.connect(url, application_name="pixl-cli")
+    except Exception as exc:
+        if isinstance(exc, PixlConfigError):
+            raise
+        raise PixlConfigError(
+            f"cannot reach the PIXL database ({type(exc).__name__}): check PIXL_DB_URL and that "
+            "Postgres is running (`make demo` starts one)"
+        ) from None
+
+
+def _state_of(conn: db.Connection, report_id: int) -> str | None:
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT state FROM report WHERE id = %s", (report_id,))
+        row = cur.fetchone()
+    return row[0] if row else None
+
+
+def flagged(
+    project: str = typer.Argument(..., help="Project slug, e.g. chest-xray."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON list."),
+) -> None:
+    """List the project's flagged reports: ids, and the kinds and offsets of the findings."""
+    with operator_errors():
+        load_project(project)
+        conn = _connect()
+        try:
+            reports = review.list_flagged(conn, project)
+        finally:
+            conn.close()
+    if json_output:
+        console.print_json(
+            json.dumps([{"report_id": rid, "findings": findings} for rid, findings in reports])
+        )
+        return
+    if not reports:
+        console.print(f"{project}: no flagged report awaits review")
+        return
+    table = Table(title=f"{project}: flagged reports awaiting review")
+    table.add_column("report id", justify="right")
+    table.add_column("findings (kind start-end)")
+    for report_id, findings in reports:
+        table.add_row(
+            str(report_id),
+            ", ".join(f"{f['kind']} {f['start']}-{f['end']}" for f in findings) or "-",
+        )
+    console.print(table)
+
+
+def _decide(report_id: int, decision: str) -> None:
+    with operator_errors():
+        conn = _connect()
+        try:
+            reviewer = review.reviewer_name()
+            action = review.approve if decision == "approved" else review.reject
+            applied = action(conn, report_id, reviewer)
+            state = None if applied else _state_of(conn, report_id)
+        finally:
+            conn.close()
+    if applied:
+        console.print(f"report {report_id} {decision} by {reviewer}", soft_wrap=True)
+        return
+    if state is None:
+        err_console.print(
+            f"[red]error:[/red] there is no report {report_id}", highlight=False, soft_wrap=True
+        )
+    else:
+        err_console.print(
+            f"[red]error:[/red] report {report_id} is {state}, not flagged: only flagged reports "
+            f"can be {decision} (see `pixl reports flagged PROJECT`)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    raise typer.Exit(EXIT_DATA_ERROR)
+
+
+def approve(report_id: int = typer.Argument(..., metavar="ID", help="Report id.")) -> None:
+    """Release a flagged report: it goes into the next radiology parquet."""
+    _decide(report_id, "approved")
+
+
+def reject(report_id: int = typer.Argument(..., metavar="ID", help="Report id.")) -> None:
+    """Withhold a flagged report for good: it never leaves."""
+    _decide(report_id, "rejected")
