@@ -10,8 +10,8 @@ For each claimed report (state ``fetching``):
 1. EMAP (``emap.fetch_report``): no report → ``missing`` (terminal, not an error).
 2. ``deidentifying`` while the Cogstack de-identification API is called, one bulk request for
    the whole round when there are several reports. If Cogstack is down the reports go back to
-   the queue (``cogstack_<code>``), and the worker waits before claiming more so that an outage
-   does not use up every report's attempts in a few seconds.
+   the queue (``cogstack_<code>``, one attempt used) and the worker claims nothing more until
+   Cogstack answers a probe again, so an outage of any length leaves them queued, not failed.
 3. The second, independent method (``pixl_ehr.checker.check_report``) looks for the patient's
    own identifiers (EMAP's, plus the MRN and accession number of the work item) and identifier
    patterns in the de-identified text. Nothing found → ``checked`` (ready for export);
@@ -50,6 +50,8 @@ from pixl_ehr.emap import EmapReport, emap_url, fetch_report, load_report_query
 
 logger = logging.getLogger("pixl.ehr.worker")
 TABLE = "report"
+# What the worker sends Cogstack to learn whether it is back after an outage: no patient data.
+PROBE_TEXT = "PA chest radiograph. No acute cardiopulmonary abnormality."
 
 
 class Deidentifier(Protocol):
@@ -119,6 +121,7 @@ class Counters:
     retried: int = 0
     failed: int = 0
     rounds: int = 0
+    cogstack_probes_failed: int = 0
     last_error_code: str | None = None
 
 
@@ -212,11 +215,24 @@ class ReportWorker:
     # --- loop -------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Process reports until ``stop`` is set. Survives Postgres and Cogstack outages."""
+        """Process reports until ``stop`` is set. Survives Postgres and Cogstack outages.
+
+        Once a round finds Cogstack failing, no report is claimed until a probe (a fixed text
+        with no patient data) goes through again: claims count towards ``max_attempts``, so
+        claiming during an outage would turn a long outage into failed reports. The pause
+        between probes doubles from ``backoff_base_seconds`` up to ``max_backoff_seconds``.
+        """
         if not db.migrate_when_ready(self.db_url, stop, logger):
             return
         try:
             while not stop.is_set():
+                if self._outage_rounds and not self._cogstack_answers():
+                    self._outage_rounds += 1
+                    stop.wait(self._outage_pause())
+                    continue
+                if self._outage_rounds:
+                    logger.info("Cogstack answers again; claiming reports")
+                    self._outage_rounds = 0
                 try:
                     result = self.run_once()
                 except Exception as exc:  # database down: wait and try again
@@ -227,14 +243,23 @@ class ReportWorker:
                     stop.wait(5)
                     continue
                 if result.cogstack_error:
-                    self._outage_rounds += 1
+                    self._outage_rounds = 1
                     stop.wait(self._outage_pause())
                 elif not result.claimed:
                     stop.wait(self.settings.poll_seconds)
-                else:
-                    self._outage_rounds = 0
         finally:
             self.close()
+
+    def _cogstack_answers(self) -> bool:
+        """Whether the de-identification API works again, asked with a text that names no one."""
+        try:
+            self.deidentifier.deidentify(PROBE_TEXT)
+        except Exception as exc:
+            with self._lock:
+                self.counters.cogstack_probes_failed += 1
+            logger.info("Cogstack still failing (%s)", type(exc).__name__)
+            return False
+        return True
 
     def _outage_pause(self) -> float:
         exponent = min(self._outage_rounds - 1, 16)

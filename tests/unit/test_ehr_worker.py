@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -300,3 +301,32 @@ def test_with_the_real_checker(db_url, conn, tmp_path: Path):
     assert kinds == {"name"}
     [finding] = flagged["check_findings"]
     assert "Oakhurst" in flagged["deidentified_text"][finding["start"] : finding["end"]]
+
+
+def test_a_long_cogstack_outage_leaves_reports_queued(db_url, conn, tmp_path: Path):
+    """While Cogstack is down the loop only probes it: no claim, so no attempt is used up."""
+    load_emap(db_url, tmp_path)
+    _extract, (report_id,) = add_extract(conn, STUDIES[:1])
+    cogstack = FakeCogstack(error="cogstack_unreachable")
+    worker = make_worker(
+        db_url, cogstack, max_attempts=2, backoff_base_seconds=0.01, max_backoff_seconds=0.02
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while worker.snapshot()["cogstack_probes_failed"] < 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        state = row(conn, report_id)
+        assert (state["state"], state["attempts"]) == ("queued", 1)
+        assert state["last_error_code"] == "cogstack_unreachable"
+
+        cogstack.error = None  # Cogstack is back
+        while row(conn, report_id)["state"] == "queued" and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert row(conn, report_id)["state"] == "checked"
+    assert row(conn, report_id)["attempts"] == 2
