@@ -90,8 +90,10 @@ def export_patient_data(
     ),
     json_output: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
 ) -> None:
-    """Push the project's public parquet files and radiology parquet to the DSH (via the EHR
-    service). Running it again sends only what is not already there."""
+    """Push the project's public and radiology parquet files to the DSH via the EHR service.
+
+    Running it again sends only what is not already there.
+    """
     with operator_errors():
         result = request_export(project, extract_id)
     if json_output:
