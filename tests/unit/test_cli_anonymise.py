@@ -1,0 +1,227 @@
+"""``pixl anonymise`` as an operator runs it: exit codes, summary line, --verbose, output names.
+
+Every test runs the installed ``pixl`` command in a subprocess, with its own environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from tests.phi_corpus import MR_STORAGE, TEST_HASH_KEY, base_dataset, to_bytes
+
+PIXL = Path(sys.executable).with_name("pixl")
+ROOT = "1.2.826.0.1.3680043.10.979."
+MRN = "PHIXMRN7Q2K9"
+ACCESSION = "PHIXACC3M8T1"
+PSEUDONYM = re.compile(r"2\.25\.\d{1,39}")
+
+
+def pixl(
+    *args: str | Path, key: str | None = TEST_HASH_KEY, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIXL_")}
+    if key is not None:
+        env["PIXL_HASH_KEY"] = key
+    env["COLUMNS"] = "200"  # one summary line, however long the paths
+    return subprocess.run(
+        [str(PIXL), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
+
+
+def instance(number: int, **attributes: object) -> bytes:
+    options = {k: attributes.pop(k) for k in ("modality", "sop_class") if k in attributes}
+    ds = base_dataset(
+        sop_uid=f"{ROOT}1.1.{number}",
+        study_uid=f"{ROOT}1",
+        series_uid=f"{ROOT}1.1",
+        patient_id=MRN,
+        accession=ACCESSION,
+        **options,  # type: ignore[arg-type]
+    )
+    ds.InstanceNumber = number
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    return to_bytes(ds)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Input files named as a PACS export names them: MRN and accession number."""
+    folder = tmp_path_factory.mktemp("inputs") / f"{MRN}_{ACCESSION}"
+    (folder / "nested" / "deeper").mkdir(parents=True)
+    good = instance(1)
+    files = {
+        "good1": (folder / f"{MRN}_{ACCESSION}_1.dcm", good),
+        "good2": (folder / "nested" / f"{MRN}_2.dcm", instance(2)),
+        "good3": (folder / "nested" / "deeper" / f"{ACCESSION}_3", instance(3)),
+        "mr": (folder.parent / f"{MRN}_mr.dcm", instance(4, modality="MR", sop_class=MR_STORAGE)),
+        "scout": (folder.parent / f"{MRN}_scout.dcm", instance(5, SeriesDescription="SCOUT")),
+        "garbage": (folder.parent / f"{MRN}_garbage.dcm", b"not dicom\n" * 50),
+        "truncated": (folder.parent / f"{MRN}_truncated.dcm", good[: len(good) // 2]),
+    }
+    for path, data in files.values():
+        path.write_bytes(data)
+    return {name: path for name, (path, _) in files.items()}
+
+
+def written(output: Path) -> list[Path]:
+    return sorted(p for p in output.rglob("*") if p.is_file())
+
+
+def summary(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stdout
+    return lines[0]
+
+
+def test_all_done_exits_0(inputs: dict[str, Path], tmp_path: Path) -> None:
+    result = pixl(
+        "anonymise",
+        "--project",
+        "chest-xray",
+        "--output",
+        tmp_path / "out",
+        inputs["good1"],
+        inputs["good2"],
+    )
+    assert result.returncode == 0, result.stderr
+    assert summary(result) == "de-identified 2, refused 0"
+    assert len(written(tmp_path / "out")) == 2
+
+
+def test_refusals_by_policy_still_exit_0(inputs: dict[str, Path], tmp_path: Path) -> None:
+    result = pixl(
+        "anonymise",
+        "-p",
+        "chest-xray",
+        "-o",
+        tmp_path / "out",
+        inputs["good1"],
+        inputs["mr"],
+        inputs["scout"],
+    )
+    assert result.returncode == 0, result.stderr
+    assert summary(result) == (
+        "de-identified 1, refused 2 (modality_not_allowed 1, series_filtered 1)"
+    )
+    assert len(written(tmp_path / "out")) == 1
+    # Without --verbose nothing names an input (input names carry MRNs).
+    assert MRN not in result.stdout + result.stderr
+
+
+def test_unreadable_input_exits_1_and_the_others_are_still_done(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    result = pixl(
+        "anonymise",
+        "-p",
+        "chest-xray",
+        "-o",
+        tmp_path / "out",
+        inputs["garbage"],
+        inputs["good1"],
+        inputs["truncated"],
+        inputs["mr"],
+    )
+    assert result.returncode == 1, result.stderr
+    assert summary(result) == "de-identified 1, refused 3 (modality_not_allowed 1, unreadable 2)"
+    assert len(written(tmp_path / "out")) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_verbose_lists_each_refused_path(inputs: dict[str, Path], tmp_path: Path) -> None:
+    result = pixl(
+        "anonymise",
+        "-p",
+        "chest-xray",
+        "-o",
+        tmp_path / "out",
+        "--verbose",
+        inputs["good1"],
+        inputs["mr"],
+        inputs["garbage"],
+    )
+    assert result.returncode == 1
+    listed = [line for line in result.stderr.splitlines() if line.startswith("refused ")]
+    assert sorted(listed) == sorted(
+        [
+            f"refused modality_not_allowed: {inputs['mr']}",
+            f"refused unreadable: {inputs['garbage']}",
+        ]
+    )
+    assert str(inputs["good1"]) not in result.stderr + result.stdout
+
+
+def test_folders_are_searched_recursively(inputs: dict[str, Path], tmp_path: Path) -> None:
+    result = pixl("anonymise", "-p", "chest-xray", "-o", tmp_path / "out", inputs["good1"].parent)
+    assert result.returncode == 0, result.stderr
+    assert summary(result) == "de-identified 3, refused 0"
+    assert len(written(tmp_path / "out")) == 3
+
+
+def test_output_is_named_by_pseudonymised_uids_only(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    output = tmp_path / "out"
+    result = pixl("anonymise", "-p", "chest-xray", "-o", output, inputs["good1"].parent)
+    assert result.returncode == 0, result.stderr
+    files = written(output)
+    assert len(files) == 3
+    for path in files:
+        study, series, name = path.relative_to(output).parts
+        assert name.endswith(".dcm")
+        instance_uid = name.removesuffix(".dcm")
+        for part in (study, series, instance_uid):
+            assert PSEUDONYM.fullmatch(part), part
+            assert ROOT.rstrip(".") not in part
+        ds = dcmread(path, stop_before_pixels=True)
+        assert (study, series, instance_uid) == (
+            ds.StudyInstanceUID,
+            ds.SeriesInstanceUID,
+            ds.SOPInstanceUID,
+        )
+    relative = " ".join(p.relative_to(output).as_posix() for p in files)
+    assert MRN not in relative and ACCESSION not in relative
+    assert len({p.parent for p in files}) == 1  # one study, one series
+
+
+@pytest.mark.parametrize(
+    ("args", "key", "message"),
+    [
+        (["--project", "no-such-project"], TEST_HASH_KEY, "unknown project 'no-such-project'"),
+        (["--project", "chest-xray"], None, "PIXL_HASH_KEY is not set"),
+        (["--project", "chest-xray"], "too-short", "PIXL_HASH_KEY is too short"),
+    ],
+)
+def test_configuration_errors_exit_2_with_one_line(
+    inputs: dict[str, Path], tmp_path: Path, args: list[str], key: str | None, message: str
+) -> None:
+    output = tmp_path / "out"
+    result = pixl("anonymise", *args, "--output", output, inputs["good1"], key=key)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not output.exists()
+
+
+def test_missing_input_path_exits_2(inputs: dict[str, Path], tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    missing = tmp_path / "not-here.dcm"
+    result = pixl("anonymise", "-p", "chest-xray", "-o", output, inputs["good1"], missing)
+    assert result.returncode == 2
+    assert "input not found" in result.stderr and "Traceback" not in result.stderr
+    assert not output.exists()  # nothing is done when an input is missing
