@@ -19,6 +19,9 @@ from pixl_core.errors import PixlConfigError
 from pixl_core.hashing import ProjectHasher
 from pixl_core.projects import load_project
 
+REFUSED_INTERNAL = "internal_error"
+REFUSED_DUPLICATE = "duplicate_instance"
+
 
 def iter_inputs(paths: list[Path]) -> Iterator[Path]:
     """Files given directly, and every file under folders given (recursively, sorted)."""
@@ -51,6 +54,7 @@ def anonymise(
     done = 0
     refused: Counter[str] = Counter()
     refused_paths: list[tuple[Path, str]] = []
+    written: set[str] = set()
     with Progress(
         TextColumn("de-identifying"),
         BarColumn(),
@@ -69,11 +73,21 @@ def anonymise(
             except Refused as refusal:
                 refused[refusal.reason] += 1
                 refused_paths.append((path, refusal.reason))
+            except Exception:  # an engine error on one file must not stop the others
+                refused[REFUSED_INTERNAL] += 1
+                refused_paths.append((path, REFUSED_INTERNAL))
             else:
-                target = output / result.study_uid / result.series_uid
-                target.mkdir(parents=True, exist_ok=True)
-                (target / f"{result.sop_instance_uid}.dcm").write_bytes(result.data)
-                done += 1
+                if result.sop_instance_uid in written:
+                    # Two inputs of the same instance (e.g. two transfer syntaxes of one file):
+                    # the first is kept, the second is not written over it.
+                    refused[REFUSED_DUPLICATE] += 1
+                    refused_paths.append((path, REFUSED_DUPLICATE))
+                else:
+                    target = output / result.study_uid / result.series_uid
+                    target.mkdir(parents=True, exist_ok=True)
+                    (target / f"{result.sop_instance_uid}.dcm").write_bytes(result.data)
+                    written.add(result.sop_instance_uid)
+                    done += 1
             progress.advance(task)
     reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(refused.items()))
     console.print(
@@ -84,4 +98,5 @@ def anonymise(
     if verbose:
         for path, reason in refused_paths:
             err_console.print(f"refused {reason}: {path}", highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_DATA_ERROR if refused[REFUSED_UNREADABLE] else EXIT_OK)
+    failed = refused[REFUSED_UNREADABLE] + refused[REFUSED_INTERNAL]
+    raise typer.Exit(EXIT_DATA_ERROR if failed else EXIT_OK)

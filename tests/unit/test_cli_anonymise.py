@@ -225,3 +225,35 @@ def test_missing_input_path_exits_2(inputs: dict[str, Path], tmp_path: Path) -> 
     assert result.returncode == 2
     assert "input not found" in result.stderr and "Traceback" not in result.stderr
     assert not output.exists()  # nothing is done when an input is missing
+
+
+def test_the_same_instance_given_twice_is_written_once(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+
+    from pydicom.data import get_testdata_file
+
+    source = get_testdata_file("RG1_UNCI.dcm")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(source, inputs / "a.dcm")
+    shutil.copy(source, inputs / "b.dcm")
+    env = {"PIXL_HASH_KEY": "test-key-0123456789abcdef", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [
+            ".venv/bin/pixl",
+            "anonymise",
+            "-p",
+            "chest-xray",
+            "-o",
+            str(tmp_path / "out"),
+            str(inputs),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "de-identified 1, refused 1 (duplicate_instance 1)" in result.stdout
+    assert len(list((tmp_path / "out").rglob("*.dcm"))) == 1
