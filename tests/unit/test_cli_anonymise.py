@@ -241,7 +241,7 @@ def test_the_same_instance_given_twice_is_written_once(tmp_path, monkeypatch):
     env = {"PIXL_HASH_KEY": "test-key-0123456789abcdef", "PATH": "/usr/bin:/bin"}
     result = subprocess.run(
         [
-            ".venv/bin/pixl",
+            str(PIXL),
             "anonymise",
             "-p",
             "chest-xray",
