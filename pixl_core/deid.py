@@ -21,11 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import BytesLengthException
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
 from pixl_core.allowlist import Action, AllowList, AttributeKey, Rule, canonical_group
@@ -204,22 +205,52 @@ def deidentify_dataset(source: Dataset, project: Project, hasher: ProjectHasher)
 
 
 def _filter(source: Dataset, allowlist: AllowList, context: _Context) -> Dataset:
-    """Copy into a new dataset only what ``allowlist`` lets through."""
+    """Copy into a new dataset only what ``allowlist`` lets through.
+
+    Kept plain values are copied as the raw bytes they were read as (after their shape check),
+    and the result keeps the source's encoding, so pydicom neither decodes nor re-encodes them:
+    that is most of the cost of a header rewrite.
+    """
     result = Dataset()
-    for element in source:
-        group, number = element.tag.group, element.tag.element
+    for tag in list(source.keys()):
+        group, number = tag >> 16, tag & 0xFFFF
         if number == 0x0000:  # group lengths are recomputed, never copied
             continue
         if group % 2 == 1:
-            _copy_private(source, element, allowlist, context, result)
+            _copy_private(source, source[tag], allowlist, context, result)
             continue
         rule = allowlist.rule_for(AttributeKey(canonical_group(group), number))
         if rule is None:
             continue  # not listed: removed
-        new = _apply(rule, element, context)
+        if rule.action is Action.KEEP and rule.items is None:
+            raw = source.get_item(tag)
+            if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF:
+                vr = raw.VR or _dictionary_vr(tag)
+                if vr != "SQ":
+                    _check_shape(rule, _RawView(Tag(tag), vr, raw.value))
+                    result[tag] = raw
+                    continue
+        new = _apply(rule, source[tag], context)
         if new is not None:
             result.add(new)
+    result.set_original_encoding(*source.original_encoding, source.original_character_set)
     return result
+
+
+@dataclass(frozen=True)
+class _RawView:
+    """What ``_check_shape`` reads of an element, for a value still in its raw bytes."""
+
+    tag: BaseTag
+    VR: str
+    value: bytes | None
+
+
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return dictionary_VR(tag).split(" or ")[0]
+    except KeyError:
+        return "UN"
 
 
 def _copy_private(
