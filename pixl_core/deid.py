@@ -19,6 +19,7 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
@@ -440,17 +441,22 @@ def _mark_deidentified(ds: Dataset, project: Project, context: _Context) -> None
     """Record what was done, as PS3.15 E.1.1 asks, from the project's own claims."""
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = f"PIXL allow-list, project {project.slug}"[:64]
-    codes = [BASIC_PROFILE_CODE] + [PS315_OPTIONS[o] for o in project.ps315_options]
+    ds.add(DataElement(0x00120064, "SQ", _method_codes(project.ps315_options)))
+    if context.dates_modified:
+        ds.LongitudinalTemporalInformationModified = "MODIFIED"
+
+
+@cache
+def _method_codes(options: tuple[str, ...]) -> Sequence:
+    """DeidentificationMethodCodeSequence for a set of claims (built once; only ever written)."""
     items = []
-    for value, meaning in codes:
+    for value, meaning in [BASIC_PROFILE_CODE] + [PS315_OPTIONS[o] for o in options]:
         item = Dataset()
         item.CodeValue = value
         item.CodingSchemeDesignator = "DCM"
         item.CodeMeaning = meaning
         items.append(item)
-    ds.DeidentificationMethodCodeSequence = Sequence(items)
-    if context.dates_modified:
-        ds.LongitudinalTemporalInformationModified = "MODIFIED"
+    return Sequence(items)
 
 
 def _file_meta(ds: Dataset, transfer_syntax: UID) -> FileMetaDataset:
