@@ -22,6 +22,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pixl_cli.output import console, err_console, operator_errors
+from pixl_cli.review_cmds import approve, flagged, reject
 from pixl_ehr.checker_io import CheckSummary, check_file
 
 reports_app = typer.Typer(
@@ -77,3 +78,9 @@ def _run(input_path: Path, output_path: Path) -> CheckSummary:
     ) as progress:
         task = progress.add_task("reports", total=size)
         return check_file(input_path, output_path, progress=lambda n: progress.advance(task, n))
+
+
+# The review of flagged reports (pixl_cli.review_cmds, on pixl_ehr.review).
+reports_app.command("flagged")(flagged)
+reports_app.command("approve")(approve)
+reports_app.command("reject")(reject)

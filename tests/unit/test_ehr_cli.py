@@ -8,12 +8,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import typer
 import uvicorn
 from typer.testing import CliRunner
 
 from pixl_cli.main import app as pixl_app
-from pixl_cli.review_cmds import approve, flagged, reject
 from pixl_core.db import connect
 from pixl_ehr.service import DshClient, ServiceConfig, create_app
 from tests.fixtures.ftps import free_port
@@ -22,13 +20,9 @@ from tests.unit.ehr_fixtures import PROJECT, SECRET, add_extract, row, set_state
 runner = CliRunner()
 
 
-def reports_app() -> typer.Typer:
-    """The review commands as ``pixl reports`` registers them."""
-    app = typer.Typer()
-    app.command("flagged")(flagged)
-    app.command("approve")(approve)
-    app.command("reject")(reject)
-    return app
+def pixl_reports(*args: str):
+    """``pixl reports ARGS...`` through the real CLI."""
+    return runner.invoke(pixl_app, ["reports", *args])
 
 
 @pytest.fixture
@@ -41,7 +35,7 @@ def conn(db_url, monkeypatch):
 
 
 @pytest.fixture
-def reports(conn) -> dict[str, int]:
+def items(conn) -> dict[str, int]:
     _extract, ids = add_extract(conn, [("MRN1", "ACC1", 1), ("MRN2", "ACC2", 2)])
     findings = [
         {"kind": "name", "start": 5, "end": 12},
@@ -52,45 +46,45 @@ def reports(conn) -> dict[str, int]:
     return {"flagged": ids[0], "checked": ids[1]}
 
 
-def test_flagged_lists_ids_kinds_and_offsets(reports):
-    result = runner.invoke(reports_app(), ["flagged", PROJECT, "--json"])
+def test_flagged_lists_ids_kinds_and_offsets(items):
+    result = pixl_reports("flagged", PROJECT, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == [
         {
-            "report_id": reports["flagged"],
+            "report_id": items["flagged"],
             "findings": [
                 {"kind": "name", "start": 5, "end": 12},
                 {"kind": "postcode", "start": 30, "end": 37},
             ],
         }
     ]
-    table = runner.invoke(reports_app(), ["flagged", PROJECT])
+    table = pixl_reports("flagged", PROJECT)
     assert table.exit_code == 0
     assert "name 5-12, postcode 30-37" in table.output
 
 
-def test_flagged_for_an_unknown_project_is_one_line(reports):
-    result = runner.invoke(reports_app(), ["flagged", "nope"])
+def test_flagged_for_an_unknown_project_is_one_line(items):
+    result = pixl_reports("flagged", "nope")
     assert result.exit_code == 2
     assert "unknown project 'nope'" in result.output
 
 
-def test_approve_then_reject_again_exits_1(reports, conn):
-    result = runner.invoke(reports_app(), ["approve", str(reports["flagged"])])
+def test_approve_then_reject_again_exits_1(items, conn):
+    result = pixl_reports("approve", str(items["flagged"]))
     assert result.exit_code == 0, result.output
-    assert row(conn, reports["flagged"])["state"] == "approved"
+    assert row(conn, items["flagged"])["state"] == "approved"
 
-    again = runner.invoke(reports_app(), ["reject", str(reports["flagged"])])
+    again = pixl_reports("reject", str(items["flagged"]))
     assert again.exit_code == 1
-    assert f"report {reports['flagged']} is approved, not flagged" in again.output
+    assert f"report {items['flagged']} is approved, not flagged" in again.output
     assert len(again.output.strip().splitlines()) == 1
 
 
-def test_reject_of_a_checked_or_unknown_report_exits_1(reports, conn):
-    result = runner.invoke(reports_app(), ["reject", str(reports["checked"])])
+def test_reject_of_a_checked_or_unknown_report_exits_1(items, conn):
+    result = pixl_reports("reject", str(items["checked"]))
     assert result.exit_code == 1
-    assert row(conn, reports["checked"])["state"] == "checked"
-    missing = runner.invoke(reports_app(), ["approve", "999999"])
+    assert row(conn, items["checked"])["state"] == "checked"
+    missing = pixl_reports("approve", "999999")
     assert missing.exit_code == 1 and "no report 999999" in missing.output
 
 
