@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import requests
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -76,6 +77,23 @@ def wait_for(settings: StackSettings, projects: list[str], timeout: float) -> di
             time.sleep(1)
 
 
+def wait_for_reports(settings: StackSettings, timeout: float) -> None:
+    """Wait until the EHR module has no report queued or in progress."""
+    deadline = time.monotonic() + timeout
+    with console.status("waiting for reports (EMAP → Cogstack → check)…"):
+        while time.monotonic() < deadline:
+            status = requests.get(settings.url("ehr") + "/status", timeout=10).json()
+            busy = sum(
+                states.get(state, 0)
+                for states in status["reports"].values()
+                for state in REPORT_BUSY_STATES
+            )
+            if busy == 0:
+                return
+            time.sleep(1)
+    console.print("[red]timed out waiting for reports[/red]")
+
+
 def _has_reports() -> bool:
     return (REPO_DIR / "ehr" / "pixl_ehr" / "service.py").exists()
 
@@ -101,6 +119,7 @@ def run(settings: StackSettings, n_studies: int, timeout: float) -> int:
         projects.append(_project_of(extract))
     counts = wait_for(settings, projects, timeout)
     if _has_reports():
+        wait_for_reports(settings, timeout)
         for project in projects:
             console.print(pixl(settings, "export-patient-data", project).strip(), highlight=False)
     ok = summarise(settings, cohort, counts, projects)

@@ -22,7 +22,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pixl_cli.output import console, err_console, operator_errors
-from pixl_cli.review_cmds import approve, flagged, reject
+from pixl_cli.review_cmds import approve, flagged, reject, show
 from pixl_ehr.checker_io import CheckSummary, check_file
 
 reports_app = typer.Typer(
@@ -84,3 +84,4 @@ def _run(input_path: Path, output_path: Path) -> CheckSummary:
 reports_app.command("flagged")(flagged)
 reports_app.command("approve")(approve)
 reports_app.command("reject")(reject)
+reports_app.command("show")(show)

@@ -12,27 +12,13 @@ import json
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
+from pixl_cli.database import connect
 from pixl_cli.output import EXIT_DATA_ERROR, console, err_console, operator_errors
 from pixl_core import db
-from pixl_core.errors import PixlConfigError
 from pixl_core.projects import load_project
 from pixl_ehr import review
-
-
-def _connect() -> db.Connection:
-    """Connect and bring the schema up to date (migrations are idempotent and locked)."""
-    url = db.database_url()
-    try:
-        db.migrate(url)
-        return db.connect(url, application_name="pixl-cli")
-    except Exception as exc:
-        if isinstance(exc, PixlConfigError):
-            raise
-        raise PixlConfigError(
-            f"cannot reach the PIXL database ({type(exc).__name__}): check PIXL_DB_URL and that "
-            "Postgres is running (`make demo` starts one)"
-        ) from None
 
 
 def _state_of(conn: db.Connection, report_id: int) -> str | None:
@@ -49,7 +35,7 @@ def flagged(
     """List the project's flagged reports: ids, and the kinds and offsets of the findings."""
     with operator_errors():
         load_project(project)
-        conn = _connect()
+        conn = connect()
         try:
             reports = review.list_flagged(conn, project)
         finally:
@@ -75,7 +61,7 @@ def flagged(
 
 def _decide(report_id: int, decision: str) -> None:
     with operator_errors():
-        conn = _connect()
+        conn = connect()
         try:
             reviewer = review.reviewer_name()
             action = review.approve if decision == "approved" else review.reject
@@ -108,3 +94,30 @@ def approve(report_id: int = typer.Argument(..., metavar="ID", help="Report id."
 def reject(report_id: int = typer.Argument(..., metavar="ID", help="Report id.")) -> None:
     """Withhold a flagged report for good: it never leaves."""
     _decide(report_id, "rejected")
+
+
+def show(report_id: int = typer.Argument(..., metavar="ID", help="Report id.")) -> None:
+    """Print a report's de-identified text with the checker's findings highlighted.
+
+    The text may still hold what the checker flagged: run this inside the hospital only.
+    """
+    with operator_errors():
+        conn = connect()
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(
+                    "SELECT state, deidentified_text, check_findings FROM report WHERE id = %s",
+                    (report_id,),
+                )
+                row = cur.fetchone()
+        finally:
+            conn.close()
+    if row is None or row[1] is None:
+        err_console.print(f"[red]error:[/red] report {report_id} has no checked text yet")
+        raise typer.Exit(EXIT_DATA_ERROR)
+    state, text, findings = row
+    rendered = Text(text)
+    for finding in findings or []:
+        rendered.stylize("bold reverse red", finding["start"], finding["end"])
+    console.print(f"report {report_id} ({state}); findings highlighted:", highlight=False)
+    console.print(rendered, highlight=False, soft_wrap=True)

@@ -10,8 +10,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from pixl_cli.database import connect
 from pixl_cli.output import console, err_console, operator_errors
-from pixl_core import db, work_queue
+from pixl_core import work_queue
 from pixl_core.errors import PixlConfigError
 from pixl_core.extract import populate as populate_extract
 from pixl_core.extract import read_csv_cohort, read_extract
@@ -22,21 +23,6 @@ STATE_ORDER = ("queued", "fetching", "anonymising", "exported", "not_found", "re
 
 def _staging_dir() -> Path:
     return Path(os.environ.get("PIXL_STAGING_DIR", ".pixl-staging"))
-
-
-def _connect() -> db.Connection:
-    """Connect and bring the schema up to date (migrations are idempotent and locked)."""
-    url = db.database_url()
-    try:
-        db.migrate(url)
-        return db.connect(url, application_name="pixl-cli")
-    except Exception as exc:
-        if isinstance(exc, PixlConfigError):
-            raise
-        raise PixlConfigError(
-            f"cannot reach the PIXL database ({type(exc).__name__}): check PIXL_DB_URL and that "
-            "Postgres is running (`make demo` starts one)"
-        ) from None
 
 
 def populate(
@@ -62,7 +48,7 @@ def populate(
                 f"the extract is for project '{extract.project}', not '{project}'; drop --project"
             )
         load_project(extract.project)
-        conn = _connect()
+        conn = connect()
         with Progress(
             TextColumn("recording work items"),
             BarColumn(),
@@ -91,7 +77,7 @@ def status(
 ) -> None:
     """Count the studies of each project in each state."""
     with operator_errors():
-        conn = _connect()
+        conn = connect()
         counts = work_queue.counts_by_state(conn, project)
     if as_json:
         typer.echo(json.dumps(counts, sort_keys=True))
@@ -114,7 +100,7 @@ def rate(
 ) -> None:
     """Show or change how fast orthanc-raw asks the VNA (applies while it runs)."""
     with operator_errors():
-        conn = _connect()
+        conn = connect()
         current = work_queue.get_fetch_rate(conn, project)
         if studies_per_second is not None or in_flight is not None:
             new_rate = studies_per_second or current.studies_per_second
@@ -132,9 +118,13 @@ def rate(
 def retry(
     project: str = typer.Argument(..., help="Project whose failed studies to queue again."),
 ) -> None:
-    """Queue a project's failed studies again (after fixing what made them fail)."""
+    """Queue a project's failed studies and reports again (after fixing what made them fail)."""
     with operator_errors():
         load_project(project)
-        conn = _connect()
-        requeued = work_queue.requeue_failed(conn, "study", project)
-    console.print(f"{project}: {requeued} failed studies queued again", highlight=False)
+        conn = connect()
+        studies = work_queue.requeue_failed(conn, "study", project)
+        reports = work_queue.requeue_failed(conn, "report", project)
+    console.print(
+        f"{project}: {studies} failed studies and {reports} failed reports queued again",
+        highlight=False,
+    )

@@ -21,6 +21,8 @@ import psycopg2
 import pytest
 
 from stack import local_stack
+from stack.cohort import Cohort, generate_cohort, load_into_vna
+from stack.emap_load import load_cohort_reports
 from stack.settings import REPO_DIR, StackSettings
 
 PIXL = str(REPO_DIR / ".venv" / "bin" / "pixl")
@@ -77,7 +79,8 @@ class Stack:
 
 
 # Test-only projects (same allow-lists as chest-xray) so failure tests get fresh work items.
-TEST_PROJECTS = ("retry-ftps", "retry-raw", "retry-vna")
+TEST_PROJECTS = ("retry-ftps", "retry-raw", "retry-vna", "retry-cogstack")
+MAIN = "chest-xray"
 
 
 def _projects_dir(root: Path) -> Path:
@@ -102,6 +105,8 @@ def stack() -> Iterator[Stack]:
         "PIXL_FETCH_BACKOFF_SECONDS": "1",
         "PIXL_EXPORT_LEASE_SECONDS": "15",
         "PIXL_EXPORT_BACKOFF_SECONDS": "1",
+        "PIXL_REPORT_LEASE_SECONDS": "15",
+        "PIXL_REPORT_BACKOFF_SECONDS": "1",
         "PIXL_PROJECTS_DIR": str(_projects_dir(root)),
     }
     try:
@@ -110,3 +115,20 @@ def stack() -> Iterator[Stack]:
     finally:
         local_stack.down(settings)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cohort(stack: Stack) -> Cohort:
+    """The default synthetic cohort, its images in the VNA and its reports in EMAP."""
+    cohort = generate_cohort(stack.settings.root / "cohort")
+    assert load_into_vna(cohort, stack.settings.url("vna")) > 0
+    load_cohort_reports(stack.settings.db_url, cohort)
+    stack.pixl("rate", "10", "--in-flight", "4")
+    return cohort
+
+
+@pytest.fixture(scope="session")
+def first_run(stack: Stack, cohort: Cohort) -> dict[str, int]:
+    """The main project's extract populated once and settled (images)."""
+    stack.pixl("populate", str(cohort.extract_dir))
+    return stack.wait_until_settled(MAIN)

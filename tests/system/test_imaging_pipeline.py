@@ -17,25 +17,10 @@ from pydicom import dcmread
 
 from pixl_core.hashing import ProjectHasher, hash_accession_number
 from stack import local_stack
-from stack.cohort import Cohort, generate_cohort, load_into_vna
-from tests.system.conftest import Stack
+from stack.cohort import Cohort
+from tests.system.conftest import MAIN, Stack
 
 pytestmark = pytest.mark.system
-MAIN = "chest-xray"
-
-
-@pytest.fixture(scope="module")
-def cohort(stack: Stack) -> Cohort:
-    cohort = generate_cohort(stack.settings.root / "cohort", n_studies=8, seed=11)
-    assert load_into_vna(cohort, stack.settings.url("vna")) > 0
-    stack.pixl("rate", "10", "--in-flight", "4")
-    return cohort
-
-
-@pytest.fixture(scope="module")
-def first_run(stack: Stack, cohort: Cohort) -> dict[str, int]:
-    stack.pixl("populate", str(cohort.extract_dir))
-    return stack.wait_until_settled(MAIN)
 
 
 def hasher(stack: Stack, project: str) -> ProjectHasher:
@@ -252,5 +237,7 @@ def test_vna_down_fails_after_retries_and_pixl_retry_recovers(
     finally:
         stack.supervisor("start", "vna")
     local_stack.wait_healthy(stack.settings)
-    assert "1 failed studies queued again" in stack.pixl("retry", project).stdout
+    assert (
+        "1 failed studies and 0 failed reports queued again" in stack.pixl("retry", project).stdout
+    )
     assert stack.wait_until_settled(project)["exported"] == 1

@@ -1,0 +1,21 @@
+"""The CLI's one way to reach PIXL's database."""
+
+from __future__ import annotations
+
+from pixl_core import db
+from pixl_core.errors import PixlConfigError
+
+
+def connect() -> db.Connection:
+    """Connect and bring the schema up to date (migrations are idempotent and locked)."""
+    url = db.database_url()
+    try:
+        db.migrate(url)
+        return db.connect(url, application_name="pixl-cli")
+    except Exception as exc:
+        if isinstance(exc, PixlConfigError):
+            raise
+        raise PixlConfigError(
+            f"cannot reach the PIXL database ({type(exc).__name__}): check PIXL_DB_URL and that "
+            "Postgres is running (`make demo` starts one)"
+        ) from None
