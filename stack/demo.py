@@ -138,17 +138,18 @@ def summarise(
     settings: StackSettings, cohort: Any, counts: dict[str, Any], projects: list[str]
 ) -> bool:
     """Compare what arrived in the DSH with what the cohort says should arrive."""
+    reports = _has_reports()
     table = Table(title="PIXL demo: what reached the DSH")
-    for column in (
-        "project",
-        "expected",
-        "exported",
-        "zips in DSH",
-        "not_found",
-        "refused",
-        "failed",
-    ):
-        table.add_column(column, justify="right" if column != "project" else "left")
+    columns = ["project", "studies expected", "exported", "zips in DSH", "not_found", "refused"]
+    columns += ["failed"] + (
+        ["reports in parquet", "awaiting review", "public parquet"] if reports else []
+    )
+    for column in columns:
+        if column == "project":
+            table.add_column(column, no_wrap=True)
+        else:
+            table.add_column(column, justify="right")
+    report_states = _report_states(settings) if reports else {}
     ok = True
     for project in projects:
         expected = cohort.expected_counts(project)
@@ -160,25 +161,41 @@ def summarise(
             and states.get("refused", 0) == expected["refused"]
             and states.get("failed", 0) == 0
         )
-        ok = ok and row_ok
-        colour = "green" if row_ok else "red"
-        table.add_row(
-            f"[{colour}]{project}[/{colour}]",
+        row = [
             str(expected["exported"]),
             str(states.get("exported", 0)),
             str(zips),
             f"{states.get('not_found', 0)}/{expected['not_found']}",
             f"{states.get('refused', 0)}/{expected['refused']}",
             str(states.get("failed", 0)),
-        )
-        if _has_reports():
-            parquet = list((settings.dsh_dir / project).glob("*/parquet/radiology/*.parquet"))
-            if not parquet:
-                ok = False
-                console.print(f"[red]{project}: no radiology parquet in the DSH[/red]")
+        ]
+        if reports:
+            in_parquet, public = _parquet_contents(settings, project)
+            report = report_states.get(project, {})
+            # Every report that passed the check is in the parquet; flagged ones wait.
+            row_ok = row_ok and public and in_parquet == report.get("exported", 0) > 0
+            row += [str(in_parquet), str(report.get("flagged", 0)), "yes" if public else "NO"]
+        ok = ok and row_ok
+        colour = "green" if row_ok else "red"
+        table.add_row(f"[{colour}]{project}[/{colour}]", *row)
     console.print(table)
     console.print("[green]demo passed[/green]" if ok else "[red]demo failed[/red]")
     return ok
+
+
+def _report_states(settings: StackSettings) -> dict[str, dict[str, int]]:
+    return requests.get(settings.url("ehr") + "/status", timeout=10).json()["reports"]
+
+
+def _parquet_contents(settings: StackSettings, project: str) -> tuple[int, bool]:
+    """Rows of the radiology parquet and whether the public parquet arrived."""
+    import pandas as pd
+
+    folder = settings.dsh_dir / project
+    radiology = list(folder.glob("*/parquet/radiology/radiology.parquet"))
+    public = list(folder.glob("*/parquet/public/PROCEDURE_OCCURRENCE.parquet"))
+    rows = len(pd.read_parquet(radiology[0])) if radiology else 0
+    return rows, bool(public)
 
 
 def explore(settings: StackSettings) -> None:
