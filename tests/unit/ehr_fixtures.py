@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from pixl_core.db import Connection
+from pixl_ehr.checker import CheckResult, Finding, PatientIdentifiers
 from pixl_ehr.cogstack import CogstackError
 from stack.emap_load import load_reports
 
@@ -165,32 +166,8 @@ class FakeCogstack:
         return [self._clean(t) for t in texts]
 
 
-@dataclass(frozen=True)
-class Finding:
-    kind: str
-    start: int
-    end: int
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    flagged: bool
-    findings: list[Finding]
-
-
-@dataclass(frozen=True)
-class Identifiers:
-    """The shape of ``pixl_ehr.checker.PatientIdentifiers``."""
-
-    name: str | None = None
-    given_name: str | None = None
-    family_name: str | None = None
-    mrn: str | None = None
-    nhs_number: str | None = None
-    date_of_birth: str | None = None
-    address: str | None = None
-    postcode: str | None = None
-    phone: str | None = None
+# The checker's own types: the fake below differs only in how it finds things.
+Identifiers = PatientIdentifiers
 
 
 def fake_check(text: str, identifiers: Identifiers) -> CheckResult:
