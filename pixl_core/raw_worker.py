@@ -32,7 +32,6 @@ MAX_IN_FLIGHT_CAP = 32
 class RawWorkerSettings:
     worker_id: str
     lease_seconds: float = 600.0
-    handoff_lease_seconds: float = 900.0
     max_attempts: int = 5
     backoff_base_seconds: float = 10.0
     poll_seconds: float = 1.0
@@ -176,7 +175,6 @@ class RawWorker:
             "anonymising",
             study_uid=result.study_uid,
             instances_sent=len(result.instance_ids),
-            lease_seconds=self.settings.handoff_lease_seconds,
         )
         logger.info("study item %s handed to orthanc-anon", item.id)
 
