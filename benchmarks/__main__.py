@@ -55,14 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     if not modules:
         print("no benchmark modules found", file=sys.stderr)
         return 2
-    share = args.budget / len(modules)
+    # A module with a fixed cost may set BUDGET_S (seconds) to take a budget of its own; the
+    # others share --budget evenly, as before.
+    sharing = [m for m in modules if getattr(m, "BUDGET_S", None) is None]
+    share = args.budget / len(sharing) if sharing else args.budget
     print(f"{dt.date.today().isoformat()}  {machine()}")
     results: list[Result] = []
     for module in modules:
         title = getattr(module, "TITLE", module.__name__)
-        print(f"running {title} ({module.__name__}, budget {share:.0f} s)...", flush=True)
+        budget = getattr(module, "BUDGET_S", None) or share
+        print(f"running {title} ({module.__name__}, budget {budget:.0f} s)...", flush=True)
         start = time.perf_counter()
-        results.extend(module.run(share))
+        results.extend(module.run(budget))
         print(f"  done in {time.perf_counter() - start:.1f} s", flush=True)
     print()
     print(render_table(results, markdown=args.markdown))
