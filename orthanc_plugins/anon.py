@@ -50,7 +50,8 @@ def _start() -> None:
             backoff_base_seconds=float(os.environ.get("PIXL_EXPORT_BACKOFF_SECONDS", "5")),
         ),
     )
-    threads.start("pixl-anon-exporter", exporter.run)
+    for number in range(int(os.environ.get("PIXL_EXPORT_THREADS", "2"))):
+        threads.start(f"pixl-anon-exporter-{number}", exporter.run)
     threads.start("pixl-anon-metrics", _publish_metrics)
 
 

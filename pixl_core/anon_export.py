@@ -40,7 +40,7 @@ WORKER_PREFIX = "anon:"
 class ExportSettings:
     worker_id: str = "anon:1"
     lease_seconds: float = 600.0
-    poll_seconds: float = 1.0
+    poll_seconds: float = 0.2
     backoff_base_seconds: float = 5.0
     max_backoff_seconds: float = 600.0
     work_dir: Path | None = None
@@ -70,12 +70,15 @@ class AnonExporter:
         self.ftps = ftps
         self.settings = settings
         self.counters: Counter[str] = Counter()
-        self._conn_obj: db.Connection | None = None
+        # Several export threads may share one exporter: one connection per thread.
+        self._local = threading.local()
 
     def _conn(self) -> db.Connection:
-        if self._conn_obj is None or self._conn_obj.closed:
-            self._conn_obj = db.connect(self.db_url, application_name=self.settings.worker_id)
-        return self._conn_obj
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = db.connect(self.db_url, application_name=self.settings.worker_id)
+            self._local.conn = conn
+        return conn
 
     def run(self, stop: threading.Event) -> None:
         if not db.migrate_when_ready(self.db_url, stop, logger):
@@ -85,7 +88,7 @@ class AnonExporter:
                 item = self.claim()
             except Exception as exc:  # database down: wait and try again
                 logger.warning("exporter cannot claim work (%s); retrying", type(exc).__name__)
-                self._conn_obj = None
+                self._local.conn = None
                 stop.wait(5)
                 continue
             if item is None:

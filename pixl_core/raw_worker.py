@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from pixl_core import db, work_queue
@@ -81,7 +81,12 @@ class RawWorker:
         return conn
 
     def run(self, stop: threading.Event) -> None:
-        """Claim and process studies until ``stop`` is set. Survives Postgres outages."""
+        """Claim and process studies until ``stop`` is set. Survives Postgres outages.
+
+        Each round claims one study per due rate slot while under the in-flight limit. It only
+        sleeps the poll interval when the queue is empty; otherwise it waits exactly until the
+        next rate slot or until a study in flight finishes.
+        """
         if not db.migrate_when_ready(self.db_url, stop, logger):
             return
         futures: set[Future[None]] = set()
@@ -89,7 +94,18 @@ class RawWorker:
             while not stop.is_set():
                 futures = {f for f in futures if not f.done()}
                 try:
-                    claimed = self._claim_round(len(futures))
+                    rate = work_queue.get_fetch_rate(self._conn(), "*")
+                    limit = min(rate.max_in_flight, MAX_IN_FLIGHT_CAP)
+                    if len(futures) >= limit:
+                        wait(
+                            futures, timeout=self.settings.poll_seconds, return_when=FIRST_COMPLETED
+                        )
+                        continue
+                    delay = self._next_start - time.monotonic()
+                    if delay > 0:
+                        stop.wait(delay)
+                        continue
+                    claimed = self._claim(1)
                 except Exception as exc:  # database down: wait and try again
                     logger.warning(
                         "raw worker cannot claim work (%s); retrying", type(exc).__name__
@@ -97,30 +113,23 @@ class RawWorker:
                     self._local.conn = None
                     stop.wait(5)
                     continue
-                for item in claimed:
-                    futures.add(pool.submit(self.process, item))
                 if not claimed:
                     stop.wait(self.settings.poll_seconds)
+                    continue
+                interval = 1.0 / rate.studies_per_second
+                self._next_start = max(time.monotonic(), self._next_start) + interval
+                for item in claimed:
+                    futures.add(pool.submit(self.process, item))
 
-    def _claim_round(self, running: int) -> list[WorkItem]:
-        """Claim at most one study per rate slot while under the in-flight limit."""
-        rate = work_queue.get_fetch_rate(self._conn(), "*")
-        limit = min(rate.max_in_flight, MAX_IN_FLIGHT_CAP)
-        now = time.monotonic()
-        if running >= limit or now < self._next_start:
-            time.sleep(min(0.2, max(0.0, self._next_start - now)))
-            return []
-        items = work_queue.claim(
+    def _claim(self, limit: int) -> list[WorkItem]:
+        return work_queue.claim(
             self._conn(),
             "study",
             self.settings.worker_id,
-            1,
+            limit,
             self.settings.lease_seconds,
             max_attempts=self.settings.max_attempts,
         )
-        if items:
-            self._next_start = max(now, self._next_start) + 1.0 / rate.studies_per_second
-        return items
 
     def process(self, item: WorkItem) -> None:
         """Fetch one claimed study and hand it to orthanc-anon; record the outcome."""
