@@ -187,7 +187,16 @@ class AnonExporter:
         return "exported"
 
     def _instances(self, orthanc_study_id: str) -> list[dict[str, Any]]:
-        return list(self.anon.get(f"/studies/{orthanc_study_id}/instances"))
+        """The study's instances, each with its series UID added (from Orthanc's index, so no
+        file is parsed again just to name it in the zip)."""
+        series_uids = {
+            series["ID"]: series["MainDicomTags"]["SeriesInstanceUID"]
+            for series in self.anon.get(f"/studies/{orthanc_study_id}/series")
+        }
+        instances = list(self.anon.get(f"/studies/{orthanc_study_id}/instances"))
+        for instance in instances:
+            instance["SeriesInstanceUID"] = series_uids[instance["ParentSeries"]]
+        return instances
 
     def _refusals(self, study_id: int) -> Counter[str]:
         with self._conn() as conn, conn.cursor() as cur:
@@ -201,8 +210,8 @@ class AnonExporter:
         """Zip the instances as ``<series UID>/<instance UID>.dcm``; return the SHA-256."""
         with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as archive:
             for instance in sorted(instances, key=lambda i: i["MainDicomTags"]["SOPInstanceUID"]):
-                tags = self.anon.get(f"/instances/{instance['ID']}/tags?simplify")
-                name = f"{tags['SeriesInstanceUID']}/{tags['SOPInstanceUID']}.dcm"
+                sop_uid = instance["MainDicomTags"]["SOPInstanceUID"]
+                name = f"{instance['SeriesInstanceUID']}/{sop_uid}.dcm"
                 archive.writestr(name, self.anon.get_bytes(f"/instances/{instance['ID']}/file"))
         digest = hashlib.sha256()
         with target.open("rb") as handle:

@@ -34,7 +34,7 @@ class RawWorkerSettings:
     lease_seconds: float = 600.0
     max_attempts: int = 5
     backoff_base_seconds: float = 10.0
-    poll_seconds: float = 1.0
+    poll_seconds: float = 0.25
     fetch: FetchSettings = field(default_factory=FetchSettings)
 
 
