@@ -127,7 +127,7 @@ class Rule:
     action: Action
     vr: str | None
     source: str
-    value: str | None = None
+    value: str | int | float | None = None
     truncate_to: str | None = None
     items: AllowList | None = None
     justification: str | None = None
@@ -366,13 +366,29 @@ def _resolve_vr(
     return dict_vr
 
 
-def _parse_value(entry: dict[str, Any], action: Action, vr: str | None, where: str) -> str | None:
+# Binary numeric VRs take numbers, not text: their replace values are converted and range-checked.
+_INT_RANGES = {
+    "US": (0, 2**16 - 1),
+    "SS": (-(2**15), 2**15 - 1),
+    "UL": (0, 2**32 - 1),
+    "SL": (-(2**31), 2**31 - 1),
+    "UV": (0, 2**64 - 1),
+    "SV": (-(2**63), 2**63 - 1),
+}
+_FLOAT_VRS = frozenset({"FL", "FD"})
+
+
+def _parse_value(
+    entry: dict[str, Any], action: Action, vr: str | None, where: str
+) -> str | int | float | None:
     if action is not Action.REPLACE:
         if "value" in entry:
             raise PixlConfigError(f"{where}: 'value:' only goes with action 'replace'")
         return None
     if "value" not in entry:
         raise PixlConfigError(f"{where}: action 'replace' needs 'value:'")
+    if vr in _INT_RANGES or vr in _FLOAT_VRS:
+        return _parse_number(entry["value"], vr, where)
     value = str(entry["value"])
     if vr is not None and vr not in {"SQ", "UN", "OB", "OW"}:
         try:
@@ -381,6 +397,19 @@ def _parse_value(entry: dict[str, Any], action: Action, vr: str | None, where: s
             reason = str(exc).split("\n")[0]
             raise PixlConfigError(f"{where}: value does not fit VR {vr} ({reason})") from None
     return value
+
+
+def _parse_number(raw: Any, vr: str, where: str) -> int | float:
+    try:
+        if vr in _FLOAT_VRS:
+            return float(raw)
+        number = int(str(raw))
+    except ValueError:
+        raise PixlConfigError(f"{where}: VR {vr} takes a number, not '{raw}'") from None
+    low, high = _INT_RANGES[vr]
+    if not low <= number <= high:
+        raise PixlConfigError(f"{where}: {number} is out of range for VR {vr} ({low}..{high})")
+    return number
 
 
 def _parse_truncate(entry: dict[str, Any], action: Action, where: str) -> str | None:
