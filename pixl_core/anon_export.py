@@ -70,15 +70,10 @@ class AnonExporter:
         self.ftps = ftps
         self.settings = settings
         self.counters: Counter[str] = Counter()
-        # Several export threads may share one exporter: one connection per thread.
-        self._local = threading.local()
+        self._connections = db.ThreadConnections(db_url, self.settings.worker_id)
 
     def _conn(self) -> db.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
-            conn = db.connect(self.db_url, application_name=self.settings.worker_id)
-            self._local.conn = conn
-        return conn
+        return self._connections.get()
 
     def run(self, stop: threading.Event) -> None:
         if not db.migrate_when_ready(self.db_url, stop, logger):
@@ -88,7 +83,7 @@ class AnonExporter:
                 item = self.claim()
             except Exception as exc:  # database down: wait and try again
                 logger.warning("exporter cannot claim work (%s); retrying", type(exc).__name__)
-                self._local.conn = None
+                self._connections.reset()
                 stop.wait(5)
                 continue
             if item is None:

@@ -28,15 +28,11 @@ class AnonIngest:
         self.db_url = db_url
         self.secret = secret
         self.counters: Counter[str] = Counter()
-        self._local = threading.local()
+        self._connections = db.ThreadConnections(db_url, "orthanc-anon-ingest")
         self._lock = threading.Lock()
 
     def _conn(self) -> db.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
-            conn = db.connect(self.db_url, application_name="orthanc-anon-ingest")
-            self._local.conn = conn
-        return conn
+        return self._connections.get()
 
     def _count(self, name: str) -> None:
         with self._lock:
@@ -86,6 +82,6 @@ class AnonIngest:
                     (work_item_id, key, reason),
                 )
         except Exception as exc:  # the instance is discarded either way
-            self._local.conn = None
+            self._connections.reset()
             logger.error("could not record a refusal (%s)", type(exc).__name__)
         logger.info("refused an instance of study item %s: %s", work_item_id, reason)

@@ -154,3 +154,28 @@ def migrate_when_ready(url: str, stop: threading.Event, logger: logging.Logger) 
             logger.warning("database not ready (%s); retrying", type(exc).__name__)
             stop.wait(2)
     return False
+
+
+class ThreadConnections:
+    """One connection per thread, reopened after a failure.
+
+    psycopg2 connections must not be shared between threads that run transactions at the same
+    time; the workers run several threads (fetches in flight, export threads, Orthanc's
+    callback threads), each with its own connection.
+    """
+
+    def __init__(self, url: str, application_name: str) -> None:
+        self.url = url
+        self.application_name = application_name
+        self._local = threading.local()
+
+    def get(self) -> Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = connect(self.url, application_name=self.application_name)
+            self._local.conn = conn
+        return conn
+
+    def reset(self) -> None:
+        """Forget this thread's connection (after an error), so the next ``get`` reconnects."""
+        self._local.conn = None

@@ -16,21 +16,21 @@ from dataclasses import dataclass
 
 from pixl_core.errors import PixlConfigError
 
-HASH_KEY_ENV = "PIXL_HASH_KEY"
+KEY_VARIABLE = "PIXL_HASH_KEY"
 _MIN_KEY_LENGTH = 16
 
 
 def secret_from_env() -> bytes:
     """Return the hash secret from the environment, or refuse with a one-line fix."""
-    value = os.environ.get(HASH_KEY_ENV, "")
+    value = os.environ.get(KEY_VARIABLE, "")
     if not value:
         raise PixlConfigError(
-            f"{HASH_KEY_ENV} is not set: export a secret of at least {_MIN_KEY_LENGTH} "
+            f"{KEY_VARIABLE} is not set: export a secret of at least {_MIN_KEY_LENGTH} "
             "characters (e.g. `openssl rand -hex 32`) before running PIXL"
         )
     if len(value) < _MIN_KEY_LENGTH:
         raise PixlConfigError(
-            f"{HASH_KEY_ENV} is too short: use at least {_MIN_KEY_LENGTH} characters "
+            f"{KEY_VARIABLE} is too short: use at least {_MIN_KEY_LENGTH} characters "
             "(e.g. `openssl rand -hex 32`)"
         )
     return value.encode()

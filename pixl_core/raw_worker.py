@@ -70,15 +70,11 @@ class RawWorker:
         self.settings = settings
         self.counters = Counters()
         self._lock = threading.Lock()
-        self._local = threading.local()
+        self._connections = db.ThreadConnections(db_url, self.settings.worker_id)
         self._next_start = 0.0
 
     def _conn(self) -> db.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
-            conn = db.connect(self.db_url, application_name=self.settings.worker_id)
-            self._local.conn = conn
-        return conn
+        return self._connections.get()
 
     def run(self, stop: threading.Event) -> None:
         """Claim and process studies until ``stop`` is set. Survives Postgres outages.
@@ -110,7 +106,7 @@ class RawWorker:
                     logger.warning(
                         "raw worker cannot claim work (%s); retrying", type(exc).__name__
                     )
-                    self._local.conn = None
+                    self._connections.reset()
                     stop.wait(5)
                     continue
                 if not claimed:

@@ -37,7 +37,7 @@ from pixl_core.deid import (
 )
 from pixl_core.dicom_bytes import parse_header
 from pixl_core.errors import PixlConfigError
-from pixl_core.hashing import HASH_KEY_ENV, ProjectHasher, hash_accession_number
+from pixl_core.hashing import KEY_VARIABLE, ProjectHasher, hash_accession_number
 from pixl_core.projects import REPO_ROOT, Project, load_project_file
 from tests.phi_corpus import (
     BASIC_TEXT_SR_STORAGE,
@@ -221,7 +221,7 @@ def test_another_process_gives_byte_identical_output(
         """
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXL_")}
-    env[HASH_KEY_ENV] = TEST_HASH_KEY
+    env[KEY_VARIABLE] = TEST_HASH_KEY
     names = sorted(outputs)
     result = subprocess.run(
         [sys.executable, "-c", script] + [str(corpus.files[n]) for n in names],
@@ -632,16 +632,16 @@ def test_refusals_carry_only_a_reason_code(corpus: Corpus, chest: Project) -> No
 
 
 def test_missing_or_short_key_is_one_config_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(HASH_KEY_ENV, raising=False)
+    monkeypatch.delenv(KEY_VARIABLE, raising=False)
     with pytest.raises(PixlConfigError) as missing:
         ProjectHasher.for_project("chest-xray")
-    assert HASH_KEY_ENV in str(missing.value) and "\n" not in str(missing.value)
-    monkeypatch.setenv(HASH_KEY_ENV, "short")
+    assert KEY_VARIABLE in str(missing.value) and "\n" not in str(missing.value)
+    monkeypatch.setenv(KEY_VARIABLE, "short")
     with pytest.raises(PixlConfigError) as short:
         ProjectHasher.for_project("chest-xray")
-    assert HASH_KEY_ENV in str(short.value) and "\n" not in str(short.value)
+    assert KEY_VARIABLE in str(short.value) and "\n" not in str(short.value)
     assert "short" not in str(short.value).replace("too short", "")
-    monkeypatch.setenv(HASH_KEY_ENV, TEST_HASH_KEY)
+    monkeypatch.setenv(KEY_VARIABLE, TEST_HASH_KEY)
     assert ProjectHasher.for_project("chest-xray") == ProjectHasher.for_project("chest-xray", KEY)
 
 
