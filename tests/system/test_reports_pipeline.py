@@ -161,3 +161,14 @@ def test_cogstack_down_then_back_reports_exported_once(stack: Stack, cohort: Coh
     assert len(frame) == result["reports_in_parquet"] == len(frame.procedure_occurrence_id.unique())
     again = json.loads(stack.pixl("export-patient-data", project, "--json").stdout)
     assert again["files_sent"] == 0 and again["reports_exported"] == 0
+
+
+def test_no_log_of_any_process_holds_an_identifier(stack: Stack, cohort: Cohort, exported):
+    """Runs last: every process's log after the whole flow, failures and retries included."""
+    identifiers = sorted(cohort.identifiers(), key=len, reverse=True)
+    logs = sorted(stack.settings.logs_dir.glob("*.log"))
+    assert {p.stem for p in logs} >= {"orthanc-raw", "orthanc-anon", "ehr", "dsh", "postgres"}
+    for log in logs:
+        text = log.read_text(errors="replace")
+        for value in identifiers:
+            assert value not in text, f"an identifier of the cohort is in {log.name}"
