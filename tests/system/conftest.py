@@ -79,7 +79,7 @@ class Stack:
 
 
 # Test-only projects (same allow-lists as chest-xray) so failure tests get fresh work items.
-TEST_PROJECTS = ("retry-ftps", "retry-raw", "retry-vna", "retry-cogstack")
+TEST_PROJECTS = ("retry-ftps", "retry-raw", "retry-vna", "retry-cogstack", "partial-fetch")
 MAIN = "chest-xray"
 
 

@@ -133,6 +133,36 @@ def _stor_count(stack: Stack, pseudo_uid: str) -> int:
     return sum(1 for line in log.splitlines() if "STOR" in line and pseudo_uid in line)
 
 
+def test_partial_cache_fetches_only_the_missing_instances(stack: Stack, cohort: Cohort, first_run):
+    project = "partial-fetch"
+    study = next(
+        s
+        for s in cohort.studies_for(MAIN)
+        if s.expected_outcome == "exported" and len(s.sop_instance_uids) >= 2
+    )
+    raw = requests.Session()
+    raw.auth = ("pixl", stack.settings.secrets["PIXL_ORTHANC_PASSWORD"])
+    found = raw.post(
+        stack.settings.url("raw") + "/tools/find",
+        json={"Level": "Instance", "Query": {"StudyInstanceUID": study.study_uid}},
+        timeout=30,
+    ).json()
+    assert len(found) >= 2, "the study should be in orthanc-raw's cache"
+    raw.delete(f"{stack.settings.url('raw')}/instances/{found[0]}", timeout=30)
+    csv = stack.settings.root / f"{project}.csv"
+    csv.write_text(f"mrn,accession_number,study_datetime\n{study.mrn},{study.accession_number},\n")
+    moves = stack.vna_moves()
+    stack.pixl("populate", str(csv), "--project", project)
+    assert stack.wait_until_settled(project)["exported"] == 1
+    assert stack.vna_moves() == moves + 1, "one C-MOVE, for the missing instance only"
+    log = (stack.settings.logs_dir / "vna.log").read_text(errors="replace")
+    last_move = log[log.rindex("Incoming Move request") :]
+    assert "QueryRetrieveLevel = IMAGE" in last_move[:2000]
+    pseudo_uid = hasher(stack, project).uid(study.study_uid)
+    with zipfile.ZipFile(zips(stack, project)[pseudo_uid]) as archive:
+        assert len(archive.namelist()) == study.expected_instances
+
+
 def test_dsh_down_then_back_exports_each_study_once(stack: Stack, cohort: Cohort, first_run):
     project = "retry-ftps"
     studies = [s for s in cohort.studies_for(MAIN) if s.expected_outcome == "exported"]
