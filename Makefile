@@ -1,6 +1,7 @@
 # PIXL — the targets other tooling relies on: setup, demo, down, test (see README.md).
 SHELL := /bin/bash
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# Python 3.11 (Debian 12's python3.11; installed by stack/install-system-deps.sh if missing).
+PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
@@ -9,6 +10,8 @@ BIN := $(VENV)/bin
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
+		|| bash stack/install-system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
