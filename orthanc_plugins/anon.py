@@ -17,6 +17,7 @@ import plugin_support
 
 from pixl_core.anon_export import AnonExporter, ExportSettings
 from pixl_core.anon_ingest import AnonIngest
+from pixl_core.env import env_number
 from pixl_core.ftps import FtpsClient, FtpsSettings
 
 plugin_support.setup_logging()
@@ -46,11 +47,13 @@ def _start() -> None:
         _ftps,
         ExportSettings(
             worker_id=f"anon:{socket.gethostname()}:{os.getpid()}",
-            lease_seconds=float(os.environ.get("PIXL_EXPORT_LEASE_SECONDS", "600")),
-            backoff_base_seconds=float(os.environ.get("PIXL_EXPORT_BACKOFF_SECONDS", "5")),
+            lease_seconds=env_number("PIXL_EXPORT_LEASE_SECONDS", 600.0, float, positive=True),
+            backoff_base_seconds=env_number(
+                "PIXL_EXPORT_BACKOFF_SECONDS", 5.0, float, positive=True
+            ),
         ),
     )
-    for number in range(int(os.environ.get("PIXL_EXPORT_THREADS", "2"))):
+    for number in range(env_number("PIXL_EXPORT_THREADS", 2, int, positive=True)):
         threads.start(f"pixl-anon-exporter-{number}", exporter.run)
     threads.start("pixl-anon-metrics", _publish_metrics)
 

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import orthanc
 import plugin_support
 
+from pixl_core.env import env_number
 from pixl_core.raw_worker import RawWorker, RawWorkerSettings
 from pixl_core.vna_fetch import FetchSettings
 
@@ -25,8 +26,8 @@ def _start() -> None:
     global worker
     settings = RawWorkerSettings(
         worker_id=f"raw:{socket.gethostname()}:{os.getpid()}",
-        lease_seconds=float(os.environ.get("PIXL_FETCH_LEASE_SECONDS", "600")),
-        backoff_base_seconds=float(os.environ.get("PIXL_FETCH_BACKOFF_SECONDS", "10")),
+        lease_seconds=env_number("PIXL_FETCH_LEASE_SECONDS", 600.0, float, positive=True),
+        backoff_base_seconds=env_number("PIXL_FETCH_BACKOFF_SECONDS", 10.0, float, positive=True),
         fetch=FetchSettings(
             vna_modality=os.environ.get("PIXL_VNA_MODALITY", "vna"),
             own_aet=os.environ.get("PIXL_RAW_AET", "PIXLRAW"),

@@ -37,6 +37,7 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
 
+from pixl_core.env import Number, env_number
 from pixl_core.errors import PixlConfigError, PixlError
 
 logger = logging.getLogger(__name__)
@@ -158,15 +159,8 @@ class FtpsSettings:
                 return False
             raise PixlConfigError(f"{prefix}{name} must be true or false (or 1/0, yes/no)")
 
-        def number(name: str, default: float, kind: type[int] | type[float]) -> Any:
-            value = text(name)
-            if value is None:
-                return default
-            try:
-                return kind(value)
-            except ValueError:
-                noun = "a whole number" if kind is int else "a number"
-                raise PixlConfigError(f"{prefix}{name} must be {noun}") from None
+        def number(name: str, default: Number, kind: type[Number]) -> Number:
+            return env_number(prefix + name, default, kind, environ=env)
 
         host = required("HOST", "the DSH FTPS server's host name")
         user = required("USER", "the DSH FTPS account name")

@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-import os
 import re
 import threading
 from collections import Counter
@@ -44,6 +43,7 @@ import psycopg2
 from psycopg2.extras import Json
 
 from pixl_core import db, work_queue
+from pixl_core.env import Number, env_number
 from pixl_core.errors import PixlConfigError, PixlError
 from pixl_core.work_queue import WorkItem
 from pixl_ehr.emap import EmapReport, emap_url, fetch_report, load_report_query
@@ -86,17 +86,8 @@ class ReportWorkerSettings:
         """``PIXL_REPORT_BATCH``, ``PIXL_REPORT_LEASE_SECONDS``, ``PIXL_REPORT_MAX_ATTEMPTS``,
         ``PIXL_REPORT_BACKOFF_SECONDS``, ``PIXL_REPORT_POLL_SECONDS`` (defaults above)."""
 
-        def number(name: str, default: float, kind: type[int] | type[float]) -> Any:
-            value = os.environ.get(name, "").strip()
-            if not value:
-                return default
-            try:
-                result = kind(value)
-            except ValueError:
-                raise PixlConfigError(f"{name} must be a number, e.g. {default}") from None
-            if result <= 0:
-                raise PixlConfigError(f"{name} must be greater than 0")
-            return result
+        def number(name: str, default: Number, kind: type[Number]) -> Number:
+            return env_number(name, default, kind, positive=True)
 
         return cls(
             worker_id=worker_id,
