@@ -35,7 +35,7 @@ stack's logs of the last run are copied to ``benchmarks/.work/pipeline-logs/``.
 The EHR module's programs (reports) are left out of this stack: this is the imaging path.
 
 Standalone: ``python -m benchmarks.pipeline_bench [--studies 50] [--image-size 2048]``, with
-what-if knobs to measure a proposed change before making it (``--no-http-compression``,
+what-if knobs to measure a proposed change before making it (``--http-compression``,
 ``--poll SECONDS``, ``--in-flight N``; see ``WhatIf``). ``python -m benchmarks`` always measures
 PIXL as it is.
 """
@@ -62,7 +62,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 from benchmarks.common import WORK_DIR, Result
 
@@ -268,14 +267,14 @@ class WhatIf:
     worker objects by a ``sitecustomize`` module on the Orthanc processes' ``PYTHONPATH``.
     """
 
-    http_compression: bool = True  # Orthanc's HttpCompressionEnabled on orthanc-raw and -anon
-    poll_s: float | None = None  # RawWorkerSettings / ExportSettings poll_seconds (default 1)
+    http_compression: bool = False  # HttpCompressionEnabled on orthanc-raw and -anon (off as shipped)
+    poll_s: float | None = None  # RawWorkerSettings / ExportSettings poll_seconds (defaults 0.25 and 0.2)
     in_flight: int = IN_FLIGHT  # `pixl rate --in-flight` (the floor stays at FLOOR_CONCURRENCY)
 
     def label(self) -> str:
         parts = []
-        if not self.http_compression:
-            parts.append("HTTP compression off")
+        if self.http_compression:
+            parts.append("HTTP compression on")
         if self.poll_s is not None:
             parts.append(f"poll {self.poll_s:g} s")
         if self.in_flight != IN_FLIGHT:
@@ -325,27 +324,26 @@ def imaging_stack(root: Path, raw_cache_mb: int, what_if: WhatIf = AS_IS) -> Ite
             "PYTHONPATH": os.pathsep.join([str(site), python_path]),
             "PIXL_BENCH_POLL_SECONDS": str(what_if.poll_s),
         }
-    # Only the imaging processes: the report module is not part of this measurement, and a
-    # half-written EHR service elsewhere in the tree must not stop the stack from starting.
-    with mock.patch.object(local_stack, "extra_programs", lambda _settings: {}):
+    # Only the imaging processes: the report module is not part of this measurement.
+    settings.with_reports = False
+    try:
+        local_stack.up(settings, timeout=120)
+        if what_if.http_compression:
+            for name in ("orthanc-raw", "orthanc-anon"):
+                path = settings.run_dir / f"{name}.json"
+                config = json.loads(path.read_text())
+                config["HttpCompressionEnabled"] = True
+                path.write_text(json.dumps(config, indent=2))
+            local_stack.supervisorctl(settings, "restart", "orthanc-raw", "orthanc-anon")
+            local_stack.wait_healthy(settings, 120)
+        yield Stack(settings)
+    finally:
         try:
-            local_stack.up(settings, timeout=120)
-            if not what_if.http_compression:
-                for name in ("orthanc-raw", "orthanc-anon"):
-                    path = settings.run_dir / f"{name}.json"
-                    config = json.loads(path.read_text())
-                    config["HttpCompressionEnabled"] = False
-                    path.write_text(json.dumps(config, indent=2))
-                local_stack.supervisorctl(settings, "restart", "orthanc-raw", "orthanc-anon")
-                local_stack.wait_healthy(settings, 120)
-            yield Stack(settings)
+            local_stack.down(settings)
         finally:
-            try:
-                local_stack.down(settings)
-            finally:
-                if settings.logs_dir.exists():
-                    shutil.rmtree(LOGS_COPY, ignore_errors=True)
-                    shutil.copytree(settings.logs_dir, LOGS_COPY)
+            if settings.logs_dir.exists():
+                shutil.rmtree(LOGS_COPY, ignore_errors=True)
+                shutil.copytree(settings.logs_dir, LOGS_COPY)
 
 
 def _http_ok(url: str, auth: tuple[str, str] | None = None) -> dict[str, Any] | None:
@@ -891,16 +889,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the stack's temporary folder")
     what_if = parser.add_argument_group("what-if knobs (measure a change before making it)")
     what_if.add_argument(
-        "--no-http-compression",
+        "--http-compression",
         action="store_true",
-        help='"HttpCompressionEnabled": false on orthanc-raw and orthanc-anon',
+        help='"HttpCompressionEnabled": true on orthanc-raw and orthanc-anon (off as shipped)',
     )
-    what_if.add_argument("--poll", type=float, help="workers' poll interval in seconds (1)")
+    what_if.add_argument("--poll", type=float, help="workers' poll interval in seconds")
     what_if.add_argument("--in-flight", type=int, default=IN_FLIGHT, help="pixl rate --in-flight")
     args = parser.parse_args(argv)
     from benchmarks.common import render_table
 
-    knobs = WhatIf(not args.no_http_compression, args.poll, args.in_flight)
+    knobs = WhatIf(args.http_compression, args.poll, args.in_flight)
     rows = run_guarded(args.studies, args.image_size, args.budget, args.keep, knobs)
     print()
     print(render_table(rows))

@@ -94,12 +94,9 @@ def wait_for_reports(settings: StackSettings, timeout: float) -> None:
     console.print("[red]timed out waiting for reports[/red]")
 
 
-def _has_reports() -> bool:
-    return (REPO_DIR / "ehr" / "pixl_ehr" / "service.py").exists()
-
-
 def run(settings: StackSettings, n_studies: int, timeout: float) -> int:
     from stack.cohort import generate_cohort, load_into_vna
+    from stack.emap_load import load_cohort_reports
 
     console.rule("[bold]PIXL demo")
     console.print("starting the local stack (Postgres, VNA, orthanc-raw, orthanc-anon, DSH)…")
@@ -108,10 +105,7 @@ def run(settings: StackSettings, n_studies: int, timeout: float) -> int:
     cohort = generate_cohort(settings.root, n_studies=n_studies)
     loaded = load_into_vna(cohort, settings.url("vna"))
     console.print(f"loaded {loaded} instances into the VNA")
-    if _has_reports():
-        from stack.emap_load import load_cohort_reports
-
-        load_cohort_reports(settings.db_url, cohort)
+    load_cohort_reports(settings.db_url, cohort)
     pixl(settings, "rate", "5", "--in-flight", "4")
     projects = []
     started = time.monotonic()
@@ -121,18 +115,17 @@ def run(settings: StackSettings, n_studies: int, timeout: float) -> int:
     counts = wait_for(settings, projects, timeout)
     images_done = time.monotonic() - started
     timing = f"images settled {images_done:.1f} s after populate"
-    if _has_reports():
-        wait_for_reports(settings, timeout)
-        reports_done = time.monotonic() - started
-        for project in projects:
-            console.print(pixl(settings, "export-patient-data", project).strip(), highlight=False)
-        exported = time.monotonic() - started
-        # The report path runs beside the images; what it adds to the demo is the wait after
-        # the images settled plus the parquet export.
-        timing += (
-            f"; reports settled at {reports_done:.1f} s; parquet export done at {exported:.1f} s "
-            f"(the report path added {exported - images_done:.1f} s)"
-        )
+    wait_for_reports(settings, timeout)
+    reports_done = time.monotonic() - started
+    for project in projects:
+        console.print(pixl(settings, "export-patient-data", project).strip(), highlight=False)
+    exported = time.monotonic() - started
+    # The report path runs beside the images; what it adds to the demo is the wait after
+    # the images settled plus the parquet export.
+    timing += (
+        f"; reports settled at {reports_done:.1f} s; parquet export done at {exported:.1f} s "
+        f"(the report path added {exported - images_done:.1f} s)"
+    )
     console.print(timing, highlight=False)
     ok = summarise(settings, cohort, counts, projects)
     explore(settings)
@@ -150,18 +143,15 @@ def summarise(
     settings: StackSettings, cohort: Any, counts: dict[str, Any], projects: list[str]
 ) -> bool:
     """Compare what arrived in the DSH with what the cohort says should arrive."""
-    reports = _has_reports()
     table = Table(title="PIXL demo: what reached the DSH")
     columns = ["project", "studies expected", "exported", "zips in DSH", "not_found", "refused"]
-    columns += ["failed"] + (
-        ["reports in parquet", "awaiting review", "public parquet"] if reports else []
-    )
+    columns += ["failed", "reports in parquet", "awaiting review", "public parquet"]
     for column in columns:
         if column == "project":
             table.add_column(column, no_wrap=True)
         else:
             table.add_column(column, justify="right")
-    report_states = _report_states(settings) if reports else {}
+    report_states = _report_states(settings)
     ok = True
     for project in projects:
         expected = cohort.expected_counts(project)
@@ -181,12 +171,11 @@ def summarise(
             f"{states.get('refused', 0)}/{expected['refused']}",
             str(states.get("failed", 0)),
         ]
-        if reports:
-            in_parquet, public = _parquet_contents(settings, project)
-            report = report_states.get(project, {})
-            # Every report that passed the check is in the parquet; flagged ones wait.
-            row_ok = row_ok and public and in_parquet == report.get("exported", 0) > 0
-            row += [str(in_parquet), str(report.get("flagged", 0)), "yes" if public else "NO"]
+        in_parquet, public = _parquet_contents(settings, project)
+        report = report_states.get(project, {})
+        # Every report that passed the check is in the parquet; flagged ones wait.
+        row_ok = row_ok and public and in_parquet == report.get("exported", 0) > 0
+        row += [str(in_parquet), str(report.get("flagged", 0)), "yes" if public else "NO"]
         ok = ok and row_ok
         colour = "green" if row_ok else "red"
         table.add_row(f"[{colour}]{project}[/{colour}]", *row)

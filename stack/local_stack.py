@@ -73,7 +73,7 @@ def _program(name: str, command: Iterable[str], settings: StackSettings, **extra
     return "\n".join(lines) + "\n"
 
 
-def supervisor_config(settings: StackSettings, extra_programs: dict[str, list[str]]) -> str:
+def supervisor_config(settings: StackSettings) -> str:
     python = sys.executable
     run = settings.run_dir
     sections = [
@@ -142,31 +142,31 @@ def supervisor_config(settings: StackSettings, extra_programs: dict[str, list[st
             settings,
         )
     )
-    for name, command in extra_programs.items():
+    for name, command in python_programs(settings).items():
         sections.append(_program(name, command, settings))
     return "\n".join(sections)
 
 
-def extra_programs(settings: StackSettings) -> dict[str, list[str]]:
-    """Programs contributed by modules that may not exist yet (the EHR module)."""
-    programs: dict[str, list[str]] = {}
-    if (REPO_DIR / "ehr" / "pixl_ehr" / "service.py").exists():
-        programs["ehr"] = [
+def python_programs(settings: StackSettings) -> dict[str, list[str]]:
+    """The EHR module and the Cogstack stand-in, run with this virtualenv's Python."""
+    if not settings.with_reports:
+        return {}
+    return {
+        "ehr": [
             sys.executable,
             "-m",
             "pixl_ehr.service",
             "--port",
             str(settings.ports["ehr_http"]),
-        ]
-    if (REPO_DIR / "ehr" / "pixl_ehr" / "cogstack_standin.py").exists():
-        programs["cogstack"] = [
+        ],
+        "cogstack": [
             sys.executable,
             "-m",
             "pixl_ehr.cogstack_standin",
             "--port",
             str(settings.ports["cogstack_http"]),
-        ]
-    return programs
+        ],
+    }
 
 
 def supervisorctl(settings: StackSettings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -212,7 +212,7 @@ def up(settings: StackSettings, timeout: float = 90.0) -> None:
     ensure_initialised(settings.data_dir / "pg")
     if not is_up(settings):
         conf = settings.run_dir / "supervisord.conf"
-        conf.write_text(supervisor_config(settings, extra_programs(settings)))
+        conf.write_text(supervisor_config(settings))
         subprocess.run(
             [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
             check=True,
@@ -259,10 +259,8 @@ def wait_healthy(settings: StackSettings, timeout: float = 90.0) -> None:
         "orthanc-anon": lambda: _http_ready(settings.url("anon") + "/pixl/status", _auth(settings)),
         "dsh": lambda: _tcp_ready(settings.ports["dsh_ftps"]),
     }
-    programs = extra_programs(settings)
-    if "ehr" in programs:
+    if settings.with_reports:
         checks["ehr"] = lambda: _http_ready(settings.url("ehr") + "/health", None)
-    if "cogstack" in programs:
         checks["cogstack"] = lambda: _http_ready(settings.url("cogstack") + "/api/health", None)
     pending = dict(checks)
     while pending:

@@ -43,6 +43,8 @@ class StackSettings:
     raw_cache_mb: int = 4000
     passive_ports: tuple[int, int] = (0, 0)
     secrets: dict[str, str] = field(default_factory=dict)
+    # The EHR module and its Cogstack stand-in; off for measurements of the imaging path only.
+    with_reports: bool = True
     # Extra environment for every process, e.g. short leases and backoffs in system tests.
     extra_env: dict[str, str] = field(default_factory=dict)
 
