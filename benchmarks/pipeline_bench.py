@@ -267,8 +267,12 @@ class WhatIf:
     worker objects by a ``sitecustomize`` module on the Orthanc processes' ``PYTHONPATH``.
     """
 
-    http_compression: bool = False  # HttpCompressionEnabled on orthanc-raw and -anon (off as shipped)
-    poll_s: float | None = None  # RawWorkerSettings / ExportSettings poll_seconds (defaults 0.25 and 0.2)
+    http_compression: bool = (
+        False  # HttpCompressionEnabled on orthanc-raw and -anon (off as shipped)
+    )
+    poll_s: float | None = (
+        None  # RawWorkerSettings / ExportSettings poll_seconds (defaults 0.25 and 0.2)
+    )
     in_flight: int = IN_FLIGHT  # `pixl rate --in-flight` (the floor stays at FLOOR_CONCURRENCY)
 
     def label(self) -> str:
