@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 		|| bash stack/install-system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,stack]'
 	touch $@
 
 system-deps:

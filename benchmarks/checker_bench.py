@@ -1,6 +1,6 @@
 """Report checker benchmark: ``pixl_ehr.checker.check_report`` throughput, in reports/s.
 
-Input: 10,000 synthetic UK chest X-ray reports from ``pixl_ehr.synthetic_reports.generate``
+Input: 10,000 synthetic UK chest X-ray reports from ``stack.synthetic.reports.generate``
 (seed 7: 30% with one to three of the patient's identifiers planted, 10% with someone else's,
 the rest clean; about 500-1,250 characters, mean ~790), each with its patient's identifiers. They are
 generated in memory (about half a second), not stored.
@@ -29,7 +29,7 @@ import sys
 
 from benchmarks.common import Result, measure_interleaved, render_table
 from pixl_ehr.checker import check_report
-from pixl_ehr.synthetic_reports import SyntheticReport, generate
+from stack.synthetic.reports import SyntheticReport, generate
 
 TITLE = "Report checker"
 N_REPORTS = 10_000

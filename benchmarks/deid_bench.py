@@ -1,4 +1,4 @@
-"""De-identification engine benchmark: ``pixl_core.deid.deidentify_bytes`` per instance.
+"""De-identification engine benchmark: ``pixl_core.dicom.deid.deidentify_bytes`` per instance.
 
 Three candidates, each from the bytes of a DICOM Part 10 file to the bytes of the output file:
 
@@ -68,9 +68,9 @@ from pydicom.uid import (
 )
 
 from benchmarks.common import WORK_DIR, Result, measure_interleaved
-from pixl_core.deid import deidentify_bytes
+from pixl_core.config.projects import Project, load_project
+from pixl_core.dicom.deid import deidentify_bytes
 from pixl_core.hashing import ProjectHasher
-from pixl_core.projects import Project, load_project
 
 TITLE = "De-identification engine"
 PROJECT_SLUG = "chest-xray"

@@ -18,7 +18,7 @@ files:
   ``/queries/{id}/answers/0/retrieve`` to itself), four at a time as PIXL's ``--in-flight 4``;
   (b) the same instances PIXL exports (the cohort's files, without the series the project
   filters out) are zipped per study with ``ZIP_STORED`` in memory and uploaded, one study after
-  the other as PIXL's exporter does, with ``pixl_core.ftps.FtpsClient`` over one connection to
+  the other as PIXL's exporter does, with ``pixl_core.transport.ftps.FtpsClient`` over one connection to
   the stack's DSH. Floor time = (a) + (b).
 
 The floor runs twice, once before and once after PIXL (orthanc-raw is stopped while it runs and
@@ -136,7 +136,7 @@ def prerequisites() -> None:
 
 def cached_cohort(n_studies: int, image_size: int, seed: int) -> Any:
     """The synthetic cohort, generated once into ``benchmarks/.work/`` and reused."""
-    from stack.cohort import generate_cohort
+    from stack.synthetic.cohort import generate_cohort
 
     folder = WORK_DIR / f"pipeline-cohort-n{n_studies}-px{image_size}-s{seed}"
     saved = folder / "cohort.pickle"
@@ -154,7 +154,7 @@ def cached_cohort(n_studies: int, image_size: int, seed: int) -> Any:
 
 
 def exported_studies(cohort: Any) -> list[Any]:
-    from stack.cohort import EXPORTED
+    from stack.synthetic.cohort import EXPORTED
 
     return [s for s in cohort.studies_for(cohort.project_name) if s.expected_outcome == EXPORTED]
 
@@ -292,8 +292,8 @@ _POLL_SITECUSTOMIZE = """\
 import os
 
 if os.environ.get("PIXL_PROCESS") in ("orthanc-raw", "orthanc-anon"):
-    import pixl_core.anon_export as _export
-    import pixl_core.raw_worker as _raw
+    import pixl_imaging.export as _export
+    import pixl_imaging.fetch_worker as _raw
 
     _POLL = float(os.environ["PIXL_BENCH_POLL_SECONDS"])
 
@@ -461,7 +461,7 @@ class FloorRun:
 
 def floor_fetch(url: str, studies: list[Any], deadline: Deadline) -> float:
     """C-FIND then synchronous C-MOVE of each study, FLOOR_CONCURRENCY at a time; seconds."""
-    from pixl_core.orthanc_rest import OrthancClient
+    from pixl_core.transport.orthanc_rest import OrthancClient
 
     local = threading.local()
 
@@ -472,7 +472,7 @@ def floor_fetch(url: str, studies: list[Any], deadline: Deadline) -> float:
 
     def move(study: Any) -> None:
         api = client()
-        # The same query keys as pixl_core.vna_fetch._find_study.
+        # The same query keys as pixl_imaging.vna_fetch._find_study.
         keys = {
             "StudyInstanceUID": "",
             "ModalitiesInStudy": "",
@@ -497,7 +497,7 @@ def floor_fetch(url: str, studies: list[Any], deadline: Deadline) -> float:
 
 def floor_upload(stack: Stack, studies: list[Any], label: str, run: FloorRun) -> None:
     """Zip each study's exported instances (ZIP_STORED, in memory) and upload it over FTPS."""
-    from pixl_core.ftps import FtpsClient, FtpsSettings
+    from pixl_core.transport.ftps import FtpsClient, FtpsSettings
 
     ftps = FtpsSettings.from_env("PIXL_DSH_", environ=stack.settings.environment())
     with FtpsClient(ftps) as client:
@@ -670,7 +670,7 @@ def run_pixl(stack: Stack, cohort: Any, deadline: Deadline) -> PixlRun:
 def compression_probe(stack: Stack) -> str:
     """How orthanc-raw answers PIXL's REST client for one instance's file: encoding and time.
 
-    ``requests`` (``pixl_core.orthanc_rest``) sends ``Accept-Encoding: gzip, deflate``, and
+    ``requests`` (``pixl_core.transport.orthanc_rest``) sends ``Accept-Encoding: gzip, deflate``, and
     Orthanc compresses its HTTP answers unless ``HttpCompressionEnabled`` is false.
     """
     import requests
@@ -750,7 +750,7 @@ def measure(
     n_studies: int, image_size: int, budget_s: float, keep: bool = False, what_if: WhatIf = AS_IS
 ) -> list[Result]:
     prerequisites()
-    from stack.cohort import load_into_vna
+    from stack.synthetic.cohort import load_into_vna
 
     deadline = Deadline(time.monotonic() + budget_s)
     cohort = cached_cohort(n_studies, image_size, SEED)

@@ -1,6 +1,6 @@
 """orthanc-anon plugin: wires de-identification and export into Orthanc.
 
-Logic: pixl_core.anon_ingest (per instance) and pixl_core.anon_export (per study).
+Logic: pixl_imaging.ingest (per instance) and pixl_imaging.export (per study).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import orthanc
 import plugin_support
 
-from pixl_core.anon_export import AnonExporter, ExportSettings
-from pixl_core.anon_ingest import AnonIngest
 from pixl_core.env import env_number
-from pixl_core.ftps import FtpsClient, FtpsSettings
+from pixl_core.transport.ftps import FtpsClient, FtpsSettings
+from pixl_imaging.export import AnonExporter, ExportSettings
+from pixl_imaging.ingest import AnonIngest
 
 plugin_support.setup_logging()
 threads = plugin_support.BackgroundThreads()

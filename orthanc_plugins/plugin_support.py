@@ -12,7 +12,7 @@ from typing import Any
 import orthanc
 
 from pixl_core.hashing import secret_from_env
-from pixl_core.orthanc_rest import OrthancClient
+from pixl_core.transport.orthanc_rest import OrthancClient
 
 
 class OrthancLogHandler(logging.Handler):

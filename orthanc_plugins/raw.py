@@ -1,4 +1,4 @@
-"""orthanc-raw plugin: wires the fetch worker into Orthanc. Logic: pixl_core.raw_worker."""
+"""orthanc-raw plugin: wires the fetch worker into Orthanc. Logic: pixl_imaging.fetch_worker."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import orthanc
 import plugin_support
 
 from pixl_core.env import env_number
-from pixl_core.raw_worker import RawWorker, RawWorkerSettings
-from pixl_core.vna_fetch import FetchSettings
+from pixl_imaging.fetch_worker import RawWorker, RawWorkerSettings
+from pixl_imaging.vna_fetch import FetchSettings
 
 plugin_support.setup_logging()
 threads = plugin_support.BackgroundThreads()

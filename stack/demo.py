@@ -95,8 +95,8 @@ def wait_for_reports(settings: StackSettings, timeout: float) -> None:
 
 
 def run(settings: StackSettings, n_studies: int, timeout: float) -> int:
-    from stack.cohort import generate_cohort, load_into_vna
-    from stack.emap_load import load_cohort_reports
+    from stack.standins.emap_load import load_cohort_reports
+    from stack.synthetic.cohort import generate_cohort, load_into_vna
 
     console.rule("[bold]PIXL demo")
     console.print("starting the local stack (Postgres, VNA, orthanc-raw, orthanc-anon, DSH)…")
@@ -134,7 +134,7 @@ def run(settings: StackSettings, n_studies: int, timeout: float) -> int:
 
 def _project_of(extract: Path) -> str:
     summary = json.loads((extract / "extract_summary.json").read_text())
-    from pixl_core.extract import project_slug
+    from pixl_cli.extract_reader import project_slug
 
     return project_slug(summary.get("project_name") or summary["settings"]["cdm_source_name"])
 

@@ -124,7 +124,7 @@ def supervisor_config(settings: StackSettings) -> str:
             [
                 python,
                 "-m",
-                "stack.dsh_ftps",
+                "stack.standins.dsh_ftps",
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -162,7 +162,7 @@ def python_programs(settings: StackSettings) -> dict[str, list[str]]:
         "cogstack": [
             sys.executable,
             "-m",
-            "pixl_ehr.cogstack_standin",
+            "stack.standins.cogstack_api",
             "--port",
             str(settings.ports["cogstack_http"]),
         ],

@@ -24,10 +24,10 @@ from rich.table import Table
 from rich.text import Text
 
 from pixl_cli.output import EXIT_DATA_ERROR, EXIT_OK, console, err_console, operator_errors
-from pixl_core.allowlist import load_allowlist_file
-from pixl_core.errors import PixlConfigError
-from pixl_core.hashing import ProjectHasher
-from pixl_core.preview import (
+from pixl_core.config.allowlist import load_allowlist_file
+from pixl_core.config.projects import list_projects, load_project, load_project_file, projects_dir
+from pixl_core.config.ps315_audit import AuditReport, audit, audit_allowlist_file
+from pixl_core.dicom.preview import (
     ACTION_ADDED,
     ACTION_CREATOR,
     ACTION_FILE_META,
@@ -37,8 +37,8 @@ from pixl_core.preview import (
     preview,
     refusal_reason,
 )
-from pixl_core.projects import list_projects, load_project, load_project_file, projects_dir
-from pixl_core.ps315_audit import AuditReport, audit, audit_allowlist_file
+from pixl_core.errors import PixlConfigError
+from pixl_core.hashing import ProjectHasher
 
 allowlist_app = typer.Typer(
     name="allowlist",

@@ -14,10 +14,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pixl_cli.output import EXIT_DATA_ERROR, EXIT_OK, console, err_console, operator_errors
-from pixl_core.deid import REFUSED_UNREADABLE, Refused, deidentify_bytes
+from pixl_core.config.projects import load_project
+from pixl_core.dicom.deid import REFUSED_UNREADABLE, Refused, deidentify_bytes
 from pixl_core.errors import PixlConfigError
 from pixl_core.hashing import ProjectHasher
-from pixl_core.projects import load_project
 
 REFUSED_INTERNAL = "internal_error"
 REFUSED_DUPLICATE = "duplicate_instance"

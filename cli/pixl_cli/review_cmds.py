@@ -17,7 +17,7 @@ from rich.text import Text
 from pixl_cli.database import connect
 from pixl_cli.output import EXIT_DATA_ERROR, console, err_console, operator_errors
 from pixl_core import db
-from pixl_core.projects import load_project
+from pixl_core.config.projects import load_project
 from pixl_ehr import review
 
 

@@ -11,12 +11,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from pixl_cli.database import connect
+from pixl_cli.extract_reader import read_csv_cohort, read_extract
 from pixl_cli.output import console, err_console, operator_errors
-from pixl_core import work_queue
+from pixl_cli.populate import populate as populate_extract
+from pixl_core.config.projects import load_project
+from pixl_core.db import work_queue
 from pixl_core.errors import PixlConfigError
-from pixl_core.extract import populate as populate_extract
-from pixl_core.extract import read_csv_cohort, read_extract
-from pixl_core.projects import load_project
 
 STATE_ORDER = ("queued", "fetching", "anonymising", "exported", "not_found", "refused", "failed")
 

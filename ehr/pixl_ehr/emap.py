@@ -22,7 +22,7 @@ from typing import Any
 
 from psycopg2.extras import RealDictCursor
 
-from pixl_core.db import DB_URL_ENV, Connection, database_url
+from pixl_core.db.connection import DB_URL_ENV, Connection, database_url
 from pixl_core.errors import PixlConfigError
 
 EMAP_URL_ENV = "PIXL_EMAP_URL"

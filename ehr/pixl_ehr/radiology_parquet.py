@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pixl_core.db import Connection
+from pixl_core.db.connection import Connection
 from pixl_core.hashing import ProjectHasher, hash_accession_number
 
 FILE_NAME = "radiology.parquet"

@@ -1,6 +1,6 @@
 """The EHR module's worker: fetch each study's report from EMAP, de-identify it, check it.
 
-It follows orthanc-raw's worker (``pixl_core.raw_worker``): Postgres is the queue, rows are
+It follows orthanc-raw's worker (``pixl_imaging.fetch_worker``): Postgres is the queue, rows are
 claimed with a lease (``work_queue.claim``), so a crashed worker's reports are taken again once
 the lease runs out, and failures go back to the queue with exponential backoff
 (``work_queue.fail``) until ``max_attempts``, then end ``failed`` with a short error code.
@@ -42,10 +42,11 @@ from typing import Any, Protocol
 import psycopg2
 from psycopg2.extras import Json
 
-from pixl_core import db, work_queue
+from pixl_core import db
+from pixl_core.db import work_queue
+from pixl_core.db.work_queue import WorkItem
 from pixl_core.env import Number, env_number
 from pixl_core.errors import PixlConfigError, PixlError
-from pixl_core.work_queue import WorkItem
 from pixl_ehr.emap import EmapReport, emap_url, fetch_report, load_report_query
 
 logger = logging.getLogger("pixl.ehr.worker")

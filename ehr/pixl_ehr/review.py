@@ -14,7 +14,7 @@ from __future__ import annotations
 import getpass
 from typing import Any
 
-from pixl_core.db import Connection
+from pixl_core.db.connection import Connection
 
 Finding = dict[str, Any]
 

@@ -47,11 +47,12 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
 
-from pixl_core import db, work_queue
+from pixl_core import db
+from pixl_core.config.projects import load_project
+from pixl_core.db import work_queue
 from pixl_core.errors import PixlConfigError, PixlError
-from pixl_core.ftps import FtpsClient, FtpsError, FtpsSettings
 from pixl_core.hashing import ProjectHasher
-from pixl_core.projects import load_project
+from pixl_core.transport.ftps import FtpsClient, FtpsError, FtpsSettings
 from pixl_ehr import radiology_parquet
 from pixl_ehr.report_worker import Deidentifier, ReportWorker, ReportWorkerSettings
 

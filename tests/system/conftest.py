@@ -21,9 +21,9 @@ import psycopg2
 import pytest
 
 from stack import local_stack
-from stack.cohort import Cohort, generate_cohort, load_into_vna
-from stack.emap_load import load_cohort_reports
 from stack.settings import REPO_DIR, StackSettings
+from stack.standins.emap_load import load_cohort_reports
+from stack.synthetic.cohort import Cohort, generate_cohort, load_into_vna
 
 PIXL = str(REPO_DIR / ".venv" / "bin" / "pixl")
 TERMINAL = ("exported", "not_found", "refused", "failed")

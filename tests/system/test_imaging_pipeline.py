@@ -17,7 +17,7 @@ from pydicom import dcmread
 
 from pixl_core.hashing import ProjectHasher, hash_accession_number
 from stack import local_stack
-from stack.cohort import Cohort
+from stack.synthetic.cohort import Cohort
 from tests.system.conftest import MAIN, Stack
 
 pytestmark = pytest.mark.system

@@ -24,16 +24,16 @@ from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittle
 from typer.testing import CliRunner
 
 from pixl_cli.main import app
-from pixl_core.allowlist import AttributeKey
-from pixl_core.hashing import ProjectHasher
-from pixl_core.preview import REMOVED, preview, refusal_reason
-from pixl_core.projects import Project, load_project, load_project_file
-from pixl_core.ps315_audit import (
+from pixl_core.config.allowlist import AttributeKey
+from pixl_core.config.projects import Project, load_project, load_project_file
+from pixl_core.config.ps315_audit import (
     AuditReport,
     audit,
     fallback_code,
     load_profile,
 )
+from pixl_core.dicom.preview import REMOVED, preview, refusal_reason
+from pixl_core.hashing import ProjectHasher
 
 REPO = Path(__file__).resolve().parents[2]
 PIXL = REPO / ".venv" / "bin" / "pixl"

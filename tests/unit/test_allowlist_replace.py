@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pixl_core.allowlist import Action, load_allowlist_file
+from pixl_core.config.allowlist import Action, load_allowlist_file
 from pixl_core.errors import PixlConfigError
 
 

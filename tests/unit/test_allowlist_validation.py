@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from pixl_core.allowlist import load_allowlist_file
+from pixl_core.config.allowlist import load_allowlist_file
+from pixl_core.config.projects import load_project, load_project_file
 from pixl_core.errors import PixlConfigError
-from pixl_core.projects import load_project, load_project_file
 
 REPO = Path(__file__).resolve().parents[2]
 PIXL = REPO / ".venv" / "bin" / "pixl"

@@ -25,8 +25,8 @@ import uvicorn
 
 from pixl_core.errors import PixlConfigError
 from pixl_ehr.cogstack import CogstackClient, CogstackError, CogstackSettings
-from pixl_ehr.cogstack_standin import create_app
-from pixl_ehr.standin_deid import redact
+from stack.standins.cogstack_api import create_app
+from stack.standins.cogstack_redactor import redact
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -346,7 +346,7 @@ def test_standin_module_serves_and_client_fails_once_it_stops() -> None:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
-        [sys.executable, "-m", "pixl_ehr.cogstack_standin", "--port", str(port)],
+        [sys.executable, "-m", "stack.standins.cogstack_api", "--port", str(port)],
         cwd=REPO_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

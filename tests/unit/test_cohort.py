@@ -16,8 +16,8 @@ from typing import ClassVar
 import pydicom
 import pytest
 
-from pixl_core.extract import read_extract
-from stack.cohort import (
+from pixl_cli.extract_reader import read_extract
+from stack.synthetic.cohort import (
     DUPLICATED_ROW,
     EXAMPLE_CREATOR,
     EXPORTED,
@@ -47,7 +47,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
 
 
 def _mod11_ok(number: str) -> bool:
-    """Independent of stack.cohort: the NHS modulus-11 rule, written out again."""
+    """Independent of stack.synthetic.cohort: the NHS modulus-11 rule, written out again."""
     if len(number) != 10 or not number.isdigit():
         return False
     remainder = sum(int(number[i]) * (10 - i) for i in range(9)) % 11

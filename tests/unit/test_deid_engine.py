@@ -1,6 +1,6 @@
 """How the de-identification engine behaves: pseudonyms, dates, policy, refusals, pixels.
 
-Runs ``pixl_core.deid.deidentify_bytes`` (the code orthanc-anon and ``pixl anonymise`` run) on
+Runs ``pixl_core.dicom.deid.deidentify_bytes`` (the code orthanc-anon and ``pixl anonymise`` run) on
 the PHI corpus and on small instances built here. Engine-only behaviour that chest-xray does
 not exercise (kept references, truncated dates) uses a project written to ``tmp_path``.
 """
@@ -23,7 +23,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from pixl_core.deid import (
+from pixl_core.config.projects import REPO_ROOT, Project, load_project_file
+from pixl_core.dicom.deid import (
     PIXL_IMPLEMENTATION_UID,
     REFUSED_BURNED_IN,
     REFUSED_INVALID_VALUE,
@@ -35,10 +36,9 @@ from pixl_core.deid import (
     Refused,
     deidentify_bytes,
 )
-from pixl_core.dicom_bytes import parse_header
+from pixl_core.dicom.header import parse_header
 from pixl_core.errors import PixlConfigError
 from pixl_core.hashing import KEY_VARIABLE, ProjectHasher, hash_accession_number
-from pixl_core.projects import REPO_ROOT, Project, load_project_file
 from tests.phi_corpus import (
     BASIC_TEXT_SR_STORAGE,
     CR_STORAGE,
@@ -211,9 +211,9 @@ def test_another_process_gives_byte_identical_output(
         """\
         import hashlib, sys
         from pathlib import Path
-        from pixl_core.deid import deidentify_bytes
+        from pixl_core.dicom.deid import deidentify_bytes
         from pixl_core.hashing import ProjectHasher
-        from pixl_core.projects import load_project
+        from pixl_core.config.projects import load_project
         project = load_project("chest-xray")
         hasher = ProjectHasher.for_project("chest-xray")
         for path in sys.argv[1:]:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from pixl_core.deid import Refused, deidentify_bytes
+from pixl_core.config.projects import REPO_ROOT, load_project_file
+from pixl_core.dicom.deid import Refused, deidentify_bytes
 from pixl_core.hashing import ProjectHasher
-from pixl_core.projects import REPO_ROOT, load_project_file
 from tests.phi_corpus import TEST_HASH_KEY, Corpus, build_corpus, readable_bytes
 
 PIXL = Path(sys.executable).with_name("pixl")

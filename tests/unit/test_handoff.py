@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydicom.data import get_testdata_file
 
-from pixl_core import handoff
-from pixl_core.allowlist import load_allowlist_file
+from pixl_core.config.allowlist import load_allowlist_file
+from pixl_core.dicom import handoff
 from pixl_core.errors import PixlConfigError
 
 SECRET = b"test-secret-0123456789"

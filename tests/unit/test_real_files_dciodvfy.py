@@ -26,9 +26,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.data.data_manager import DATA_ROOT, external_data_sources
 
-from pixl_core.deid import Refused, deidentify_bytes
+from pixl_core.config.projects import REPO_ROOT, Project, load_project_file
+from pixl_core.dicom.deid import Refused, deidentify_bytes
 from pixl_core.hashing import ProjectHasher
-from pixl_core.projects import REPO_ROOT, Project, load_project_file
 from tests.phi_corpus import TEST_HASH_KEY, build_corpus
 
 DCIODVFY = Path(sys.executable).with_name("dciodvfy")

@@ -28,7 +28,7 @@ from pixl_ehr.checker import (
     nhs_number_is_valid,
 )
 from pixl_ehr.checker_io import ReportInputError, parse_line
-from pixl_ehr.synthetic_reports import generate
+from stack.synthetic.reports import generate
 
 PIXL = Path(sys.executable).parent / "pixl"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pixl_core.vna_fetch import FetchError, FetchSettings, Outcome, StudyQuery, fetch_study
+from pixl_imaging.vna_fetch import FetchError, FetchSettings, Outcome, StudyQuery, fetch_study
 
 CHEST = frozenset({"CR", "DX"})
 STUDY_UID = "1.2.3.4"

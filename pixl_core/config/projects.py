@@ -1,0 +1,255 @@
+"""Project configuration: ``projects/<slug>.yaml``.
+
+A project names the modalities it accepts, the allow-list files that compose its tag policy,
+the series it never wants (scouts, localisers), the DICOM PS3.15 options it claims, and where
+its exports go (without secrets: passwords come from the environment). Everything is validated
+on load so that a typo stops the run with one line instead of leaking or dropping data later.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pixl_core.config.allowlist import (
+    Action,
+    AllowList,
+    AllowListFile,
+    AttributeKey,
+    load_allowlist_file,
+)
+from pixl_core.errors import PixlConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_KEYS = frozenset(
+    {
+        "name",
+        "description",
+        "modalities",
+        "allowlists",
+        "overrides",
+        "series_filters",
+        "allow_burned_in_annotation",
+        "ps315_options",
+        "date_shift_max_days",
+        "destination",
+    }
+)
+DESTINATION_KEYS = frozenset({"host", "port", "user", "root", "implicit_tls", "ca_file", "verify"})
+
+# PS3.15 options by the column names of the confidentiality-profile table, with their PS3.16
+# (CID 7050) codes, used in DeidentificationMethodCodeSequence.
+BASIC_PROFILE_CODE = ("113100", "Basic Application Confidentiality Profile")
+PS315_OPTIONS: dict[str, tuple[str, str]] = {
+    "cleanPixelDataOpt": ("113101", "Clean Pixel Data Option"),
+    "cleanRecogOpt": ("113102", "Clean Recognizable Visual Features Option"),
+    "cleanGraphOpt": ("113103", "Clean Graphics Option"),
+    "cleanStructContOpt": ("113104", "Clean Structured Content Option"),
+    "cleanDescOpt": ("113105", "Clean Descriptors Option"),
+    "rtnLongFullDatesOpt": ("113106", "Retain Longitudinal Temporal Information Full Dates Option"),
+    "rtnLongModifDatesOpt": (
+        "113107",
+        "Retain Longitudinal Temporal Information Modified Dates Option",
+    ),
+    "rtnPatCharsOpt": ("113108", "Retain Patient Characteristics Option"),
+    "rtnDevIdOpt": ("113109", "Retain Device Identity Option"),
+    "rtnUIDsOpt": ("113110", "Retain UIDs Option"),
+    "rtnSafePrivOpt": ("113111", "Retain Safe Private Option"),
+    "rtnInstIdOpt": ("113112", "Retain Institution Identity Option"),
+}
+
+# Attributes without which the output is not a usable DICOM instance, and how they must be listed.
+REQUIRED_RULES: dict[str, tuple[Action, ...]] = {
+    "SOPClassUID": (Action.KEEP,),
+    "SOPInstanceUID": (Action.UID,),
+    "StudyInstanceUID": (Action.UID,),
+    "SeriesInstanceUID": (Action.UID,),
+    "Modality": (Action.KEEP,),
+    "PixelData": (Action.KEEP,),
+}
+
+
+def projects_dir() -> Path:
+    return Path(os.environ.get("PIXL_PROJECTS_DIR", REPO_ROOT / "projects"))
+
+
+def allowlists_dir() -> Path:
+    return Path(os.environ.get("PIXL_ALLOWLISTS_DIR", REPO_ROOT / "tag_allowlists"))
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a project's files go; the password is read from the environment at upload time."""
+
+    host: str = "127.0.0.1"
+    port: int = 21
+    user: str = "pixl"
+    root: str = "/"
+    implicit_tls: bool = False
+    ca_file: str | None = None
+    verify: bool = True
+
+
+@dataclass(frozen=True)
+class Project:
+    """A validated project file and the allow-lists it composes."""
+
+    slug: str
+    name: str
+    description: str
+    modalities: frozenset[str]
+    base: AllowList
+    base_files: tuple[AllowListFile, ...]
+    overrides: tuple[AllowListFile, ...]
+    series_filters: tuple[re.Pattern[str], ...]
+    allow_burned_in_annotation: bool
+    ps315_options: tuple[str, ...]
+    date_shift_max_days: int
+    destination: Destination
+    _cache: dict[tuple[str, str], AllowList] = field(default_factory=dict, compare=False)
+
+    def allowlist_for(self, manufacturer: str, model: str) -> AllowList:
+        """The base list with the overrides whose regexes match this device, in file order."""
+        key = (manufacturer, model)
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self.base
+            for override in self.overrides:
+                if override.matches(manufacturer, model):
+                    cached = cached.merged_with(override.allowlist, override=True)
+            self._cache[key] = cached
+        return cached
+
+
+def list_projects() -> list[str]:
+    return sorted(p.stem for p in projects_dir().glob("*.yaml"))
+
+
+@cache
+def load_project(slug: str) -> Project:
+    """Load ``projects/<slug>.yaml`` (cached: projects are read once per process)."""
+    path = projects_dir() / f"{slug}.yaml"
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", slug) or not path.is_file():
+        known = ", ".join(list_projects()) or "none"
+        raise PixlConfigError(
+            f"unknown project '{slug}': add projects/{slug}.yaml or use one of: {known}"
+        )
+    return load_project_file(path)
+
+
+def load_project_file(path: Path) -> Project:
+    name = f"projects/{path.name}"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        raise PixlConfigError(f"{name}: not valid YAML; fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise PixlConfigError(f"{name}: expected a mapping of project settings")
+    unknown = set(raw) - PROJECT_KEYS
+    if unknown:
+        raise PixlConfigError(
+            f"{name}: unknown key '{sorted(unknown)[0]}'; allowed keys are "
+            f"{', '.join(sorted(PROJECT_KEYS))}"
+        )
+    modalities = raw.get("modalities")
+    if not isinstance(modalities, list) or not modalities:
+        raise PixlConfigError(
+            f"{name}: 'modalities:' must list the accepted modalities, e.g. [CR, DX]"
+        )
+    base_files = tuple(_load_files(raw.get("allowlists"), name, "allowlists", override=False))
+    overrides = tuple(_load_files(raw.get("overrides", []), name, "overrides", override=True))
+    base = AllowList()
+    for loaded in base_files:
+        base = base.merged_with(loaded.allowlist, override=False)
+    _check_required(base, name)
+    options = tuple(raw.get("ps315_options") or [])
+    for option in options:
+        if option not in PS315_OPTIONS:
+            raise PixlConfigError(
+                f"{name}: unknown PS3.15 option '{option}'; use one of {', '.join(PS315_OPTIONS)}"
+            )
+    max_days = raw.get("date_shift_max_days", 365)
+    if not isinstance(max_days, int) or not 1 <= max_days <= 3650:
+        raise PixlConfigError(f"{name}: 'date_shift_max_days:' must be a whole number 1-3650")
+    return Project(
+        slug=path.stem,
+        name=str(raw.get("name", path.stem)),
+        description=str(raw.get("description", "")),
+        modalities=frozenset(str(m).upper() for m in modalities),
+        base=base,
+        base_files=base_files,
+        overrides=overrides,
+        series_filters=_compile_filters(raw.get("series_filters", []), name),
+        allow_burned_in_annotation=bool(raw.get("allow_burned_in_annotation", False)),
+        ps315_options=options,
+        date_shift_max_days=max_days,
+        destination=_parse_destination(raw.get("destination"), name),
+    )
+
+
+def _load_files(value: Any, name: str, key: str, *, override: bool) -> list[AllowListFile]:
+    if not override and (not isinstance(value, list) or not value):
+        raise PixlConfigError(f"{name}: '{key}:' must list allow-list files in tag_allowlists/")
+    if not isinstance(value, list):
+        raise PixlConfigError(f"{name}: '{key}:' must be a list of files in tag_allowlists/")
+    loaded = []
+    for relative in value:
+        file = load_allowlist_file(allowlists_dir() / str(relative), f"tag_allowlists/{relative}")
+        if file.is_override != override:
+            kind = "an override (it has 'match:')" if file.is_override else "not an override"
+            raise PixlConfigError(f"{name}: tag_allowlists/{relative} is {kind}; move it")
+        loaded.append(file)
+    return loaded
+
+
+def _check_required(base: AllowList, name: str) -> None:
+    from pydicom.datadict import tag_for_keyword
+
+    for keyword, actions in REQUIRED_RULES.items():
+        tag = tag_for_keyword(keyword)
+        assert tag is not None
+        rule = base.rule_for(AttributeKey(tag >> 16, tag & 0xFFFF))
+        if rule is None or rule.action not in actions:
+            wanted = " or ".join(a.value for a in actions)
+            raise PixlConfigError(
+                f"{name}: the allow-lists must list {keyword} with action {wanted}"
+            )
+
+
+def _compile_filters(value: Any, name: str) -> tuple[re.Pattern[str], ...]:
+    if not isinstance(value, list):
+        raise PixlConfigError(f"{name}: 'series_filters:' must be a list of regular expressions")
+    patterns = []
+    for text in value:
+        try:
+            patterns.append(re.compile(str(text), re.IGNORECASE))
+        except re.error as exc:
+            raise PixlConfigError(
+                f"{name}: series filter '{text}' is not a valid regex ({exc})"
+            ) from None
+    return tuple(patterns)
+
+
+def _parse_destination(value: Any, name: str) -> Destination:
+    if value is None:
+        return Destination()
+    ftps = value.get("ftps") if isinstance(value, dict) else None
+    if not isinstance(ftps, dict):
+        raise PixlConfigError(f"{name}: 'destination:' must hold an 'ftps:' mapping")
+    if "password" in ftps:
+        raise PixlConfigError(
+            f"{name}: never put the FTPS password in the project file; set PIXL_DSH_PASSWORD"
+        )
+    unknown = set(ftps) - DESTINATION_KEYS
+    if unknown:
+        raise PixlConfigError(
+            f"{name}: unknown destination key '{sorted(unknown)[0]}'; allowed keys are "
+            f"{', '.join(sorted(DESTINATION_KEYS))}"
+        )
+    return Destination(**ftps)

@@ -1,0 +1,31 @@
+"""PIXL's Postgres: the one source of truth for work state, and the queue.
+
+``connection`` opens connections and applies ``migrations/``; ``states`` names every state and
+which are busy or terminal; ``work_queue`` claims, leases, completes and backs off work items of
+every table; ``work_items`` records extracts and their items. ``from pixl_core import db`` gives
+the connection helpers directly (``db.connect``, ``db.migrate``…).
+"""
+
+from pixl_core.db.connection import (
+    DB_URL_ENV,
+    MIGRATIONS_DIR,
+    Connection,
+    ThreadConnections,
+    available_migrations,
+    connect,
+    database_url,
+    migrate,
+    migrate_when_ready,
+)
+
+__all__ = [
+    "DB_URL_ENV",
+    "MIGRATIONS_DIR",
+    "Connection",
+    "ThreadConnections",
+    "available_migrations",
+    "connect",
+    "database_url",
+    "migrate",
+    "migrate_when_ready",
+]

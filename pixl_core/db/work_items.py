@@ -1,0 +1,160 @@
+"""Recording an extract and its work items: one imaging and one report item per study.
+
+``record_extract`` inserts the extract and one imaging and one report work item per (project,
+MRN, accession number), with ``ON CONFLICT DO NOTHING`` so that running it twice adds nothing.
+The unique constraints make "once per project" a fact of the schema. It takes what the reader
+(``pixl_cli.extract_reader``) validated; it never reads files itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+from psycopg2.extras import execute_values
+
+from pixl_core.db.connection import Connection
+
+_BATCH = 1000
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class ExtractRecord(Protocol):
+    """What is recorded of a validated extract (``pixl_cli.extract_reader.Extract``)."""
+
+    source_path: Path
+    project: str
+    extract_datetime: datetime
+    omop_es_hash: str | None
+    cohort: pd.DataFrame
+    rows_without_links: int
+    duplicate_rows: int
+
+
+@dataclass(frozen=True)
+class PopulateResult:
+    """What ``populate`` did, in counts only (safe to print and log)."""
+
+    extract_id: int
+    project: str
+    new_extract: bool
+    added_studies: int
+    existing_studies: int
+    added_reports: int
+    existing_reports: int
+    rows_without_links: int
+    duplicate_rows: int
+    staging_path: Path | None
+
+
+def _rows(cohort: pd.DataFrame) -> Iterator[tuple[Any, ...]]:
+    for mrn, accession, procedure_id, study_datetime in cohort[
+        ["mrn", "accession_number", "procedure_occurrence_id", "study_datetime"]
+    ].itertuples(index=False, name=None):
+        yield (
+            mrn,
+            accession,
+            None if pd.isna(procedure_id) else int(procedure_id),
+            None if pd.isna(study_datetime) else study_datetime.to_pydatetime(),
+        )
+
+
+def record_extract(
+    conn: Connection,
+    extract: ExtractRecord,
+    staging_path: Path | None,
+    on_progress: ProgressCallback | None = None,
+) -> PopulateResult:
+    """Record the extract and its imaging and report work items; stage its public files.
+
+    Everything in the database happens in one transaction: a failure leaves nothing behind.
+    Work items that already exist for the project (from this or an earlier extract) are left
+    as they are, so running this twice adds nothing. ``on_progress(done, total)`` is called
+    as rows are loaded.
+    """
+    rows = list(_rows(extract.cohort))
+    total = len(rows)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            """
+            INSERT INTO extract (project, extract_datetime, omop_es_hash, source_path,
+                                 public_staging_path)
+            VALUES (%s, %s, %s, %s, %s)
+            ON CONFLICT (project, extract_datetime) DO UPDATE
+                SET public_staging_path = COALESCE(EXCLUDED.public_staging_path,
+                                                   extract.public_staging_path)
+            RETURNING id, (xmax = 0) AS inserted
+            """,
+            (
+                extract.project,
+                extract.extract_datetime,
+                extract.omop_es_hash,
+                str(extract.source_path),
+                str(staging_path) if staging_path else None,
+            ),
+        )
+        extract_id, new_extract = cur.fetchone()
+        cur.execute(
+            """
+            CREATE TEMP TABLE pixl_incoming (
+                mrn text NOT NULL, accession_number text NOT NULL,
+                procedure_occurrence_id bigint, study_datetime timestamp
+            ) ON COMMIT DROP
+            """
+        )
+        for start in range(0, total, _BATCH):
+            execute_values(cur, "INSERT INTO pixl_incoming VALUES %s", rows[start : start + _BATCH])
+            if on_progress:
+                on_progress(min(start + _BATCH, total), total)
+        cur.execute(
+            "SELECT count(*) FROM (SELECT DISTINCT mrn, accession_number FROM pixl_incoming) k"
+        )
+        (distinct_studies,) = cur.fetchone()
+        # One study per (mrn, accession number): if OMOP ES gave several procedures for one
+        # accession number, the lowest procedure id is kept.
+        cur.execute(
+            """
+            INSERT INTO study (project, extract_id, procedure_occurrence_id, mrn,
+                               accession_number, study_datetime)
+            SELECT DISTINCT ON (mrn, accession_number)
+                   %(project)s, %(extract_id)s, procedure_occurrence_id, mrn, accession_number,
+                   study_datetime
+            FROM pixl_incoming
+            ORDER BY mrn, accession_number, procedure_occurrence_id NULLS LAST, study_datetime
+            ON CONFLICT (project, mrn, accession_number) DO NOTHING
+            """,
+            {"project": extract.project, "extract_id": extract_id},
+        )
+        added_studies = cur.rowcount
+        cur.execute(
+            """
+            INSERT INTO report (project, extract_id, study_id, procedure_occurrence_id, mrn,
+                                accession_number, study_datetime)
+            SELECT s.project, %(extract_id)s, s.id, s.procedure_occurrence_id, s.mrn,
+                   s.accession_number, s.study_datetime
+            FROM study s
+            JOIN (SELECT DISTINCT mrn, accession_number FROM pixl_incoming) i
+              ON s.mrn = i.mrn AND s.accession_number = i.accession_number
+            WHERE s.project = %(project)s
+            ON CONFLICT (project, mrn, accession_number) DO NOTHING
+            """,
+            {"project": extract.project, "extract_id": extract_id},
+        )
+        added_reports = cur.rowcount
+    return PopulateResult(
+        extract_id=extract_id,
+        project=extract.project,
+        new_extract=new_extract,
+        added_studies=added_studies,
+        existing_studies=distinct_studies - added_studies,
+        added_reports=added_reports,
+        existing_reports=distinct_studies - added_reports,
+        rows_without_links=extract.rows_without_links,
+        duplicate_rows=extract.duplicate_rows,
+        staging_path=staging_path,
+    )

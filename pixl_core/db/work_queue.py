@@ -1,0 +1,428 @@
+"""Postgres as the work queue: claim, renew, complete and fail study and report work items.
+
+There is no broker: a worker *claims* rows with ``SELECT … FOR UPDATE SKIP LOCKED``, which gives
+concurrent workers disjoint rows without waiting for each other, and marks them with its id and
+a lease (``claimed_until``). If the worker dies, the lease runs out and the next ``claim`` takes
+the row again, from the first in-progress state (so a study left in ``anonymising`` is fetched
+again, which orthanc-raw answers from its cache rather than from the VNA).
+
+Every state change is one ``UPDATE … WHERE id = %s AND state = %s``: if the row is no longer
+in the expected state (another worker, or an earlier try of the same step, already moved it)
+the update does not apply and the caller learns so, so a retried step cannot double-count.
+
+Each call here is its own transaction: it commits before returning, so the lease (not an open
+transaction) is what holds a claimed row.
+
+``attempts`` counts claims. ``fail`` puts the item back in the queue with exponential backoff
+until ``attempts`` reaches ``max_attempts``, then marks it ``failed``. Error codes are short
+lowercase strings such as ``vna_timeout`` and never identifiers; the schema refuses anything
+else.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from psycopg2 import sql
+from psycopg2.extras import Json, RealDictCursor
+
+from pixl_core.db.connection import Connection
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """The states of one work-item table and how its queue moves through them."""
+
+    table: str
+    states: tuple[str, ...]
+    claimed_state: str
+    in_progress_states: tuple[str, ...]
+    columns: frozenset[str]
+
+
+# The states of each table, as in the CHECK constraints of the migrations.
+STUDY_STATES = ("queued", "fetching", "anonymising", "exported", "not_found", "refused", "failed")
+REPORT_STATES = (
+    "queued",
+    "fetching",
+    "deidentifying",
+    "checked",
+    "flagged",
+    "approved",
+    "rejected",
+    "missing",
+    "exported",
+    "failed",
+)
+# Columns ``complete`` may set (state and lease columns are managed by this module).
+_COMMON_COLUMNS = frozenset(
+    {
+        "project",
+        "extract_id",
+        "procedure_occurrence_id",
+        "mrn",
+        "accession_number",
+        "study_datetime",
+        "last_error_code",
+        "exported_at",
+        "claimed_by",
+        "attempts",
+        "next_attempt_at",
+    }
+)
+
+QUEUES: dict[str, QueueSpec] = {
+    "study": QueueSpec(
+        table="study",
+        states=STUDY_STATES,
+        claimed_state="fetching",
+        # 'anonymising' belongs to orthanc-anon's exporter, which claims and leases it itself
+        # (pixl_imaging.export); orthanc-raw only ever reclaims what it was fetching.
+        in_progress_states=("fetching",),
+        columns=_COMMON_COLUMNS
+        | {"study_uid", "pseudo_study_uid", "instances_sent", "instance_count", "sha256"},
+    ),
+    "report": QueueSpec(
+        table="report",
+        states=REPORT_STATES,
+        claimed_state="fetching",
+        in_progress_states=("fetching", "deidentifying"),
+        columns=_COMMON_COLUMNS
+        | frozenset(
+            {
+                "study_id",
+                "deidentified_text",
+                "check_flagged",
+                "check_findings",
+                "checked_at",
+                "reviewed_by",
+                "reviewed_at",
+            }
+        ),
+    ),
+}
+
+DEFAULT_LEASE_SECONDS = 300.0
+_ERROR_CODE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """A claimed row. Identifiers are left out of ``repr`` so that logging an item leaks none."""
+
+    table: str
+    id: int
+    project: str
+    state: str
+    attempts: int
+    claimed_by: str | None
+    claimed_until: datetime | None
+    procedure_occurrence_id: int | None
+    study_datetime: datetime | None
+    mrn: str = field(repr=False)
+    accession_number: str = field(repr=False)
+    row: Mapping[str, Any] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_row(cls, table: str, row: Mapping[str, Any]) -> WorkItem:
+        return cls(
+            table=table,
+            id=row["id"],
+            project=row["project"],
+            state=row["state"],
+            attempts=row["attempts"],
+            claimed_by=row["claimed_by"],
+            claimed_until=row["claimed_until"],
+            procedure_occurrence_id=row["procedure_occurrence_id"],
+            study_datetime=row["study_datetime"],
+            mrn=row["mrn"],
+            accession_number=row["accession_number"],
+            row=dict(row),
+        )
+
+
+def _spec(table: str) -> QueueSpec:
+    try:
+        return QUEUES[table]
+    except KeyError:
+        raise ValueError(f"no work queue named {table!r}: use one of {sorted(QUEUES)}") from None
+
+
+def _check_state(spec: QueueSpec, state: str) -> None:
+    if state not in spec.states:
+        raise ValueError(f"{state!r} is not a {spec.table} state: use one of {spec.states}")
+
+
+def _check_error_code(error_code: str) -> None:
+    if not _ERROR_CODE.match(error_code):
+        # The code itself is not echoed: if it is malformed it may be an identifier.
+        raise ValueError("error codes are short lowercase words like 'vna_timeout'")
+
+
+def claim(
+    conn: Connection,
+    table: str,
+    worker_id: str,
+    limit: int,
+    lease_seconds: float,
+    project: str | None = None,
+    *,
+    max_attempts: int | None = None,
+) -> list[WorkItem]:
+    """Claim up to ``limit`` items for ``worker_id``, oldest due first, and move them to the
+    claimed state with a lease of ``lease_seconds``.
+
+    Claimable: ``queued`` items whose ``next_attempt_at`` has come, and in-progress items whose
+    lease has expired. With ``max_attempts``, an expired item that has already been claimed that
+    many times is marked ``failed`` (``lease_expired``) instead of claimed again, so an item that
+    kills its worker cannot cycle for ever.
+    """
+    spec = _spec(table)
+    if limit <= 0:
+        return []
+    ident = sql.Identifier(spec.table)
+    in_progress = tuple(spec.in_progress_states)
+    with conn, conn.cursor(cursor_factory=RealDictCursor) as cur:
+        if max_attempts is not None:
+            cur.execute(
+                sql.SQL(
+                    "UPDATE {t} SET state = 'failed', last_error_code = 'lease_expired', "
+                    "claimed_by = NULL, claimed_until = NULL "
+                    "WHERE state IN %(in_progress)s AND claimed_until < now() "
+                    "AND attempts >= %(max_attempts)s "
+                    "AND (%(project)s::text IS NULL OR project = %(project)s)"
+                ).format(t=ident),
+                {"in_progress": in_progress, "max_attempts": max_attempts, "project": project},
+            )
+        cur.execute(
+            sql.SQL(
+                """
+                WITH picked AS (
+                    SELECT id FROM {t}
+                    WHERE ((state = 'queued' AND next_attempt_at <= now())
+                           OR (state IN %(in_progress)s AND claimed_until < now()))
+                      AND (%(project)s::text IS NULL OR project = %(project)s)
+                    ORDER BY next_attempt_at, id
+                    LIMIT %(limit)s
+                    FOR UPDATE SKIP LOCKED
+                )
+                UPDATE {t} AS w
+                SET state = %(claimed_state)s,
+                    claimed_by = %(worker_id)s,
+                    claimed_until = now() + make_interval(secs => %(lease)s),
+                    attempts = w.attempts + 1
+                FROM picked
+                WHERE w.id = picked.id
+                RETURNING w.*
+                """
+            ).format(t=ident),
+            {
+                "in_progress": in_progress,
+                "project": project,
+                "limit": limit,
+                "claimed_state": spec.claimed_state,
+                "worker_id": worker_id,
+                "lease": float(lease_seconds),
+            },
+        )
+        rows = cur.fetchall()
+    return sorted((WorkItem.from_row(spec.table, row) for row in rows), key=lambda i: i.id)
+
+
+def renew(conn: Connection, table: str, item_id: int, worker_id: str, lease_seconds: float) -> bool:
+    """Extend the lease of an item this worker still holds; False if it no longer holds it."""
+    spec = _spec(table)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "UPDATE {t} SET claimed_until = now() + make_interval(secs => %s) "
+                "WHERE id = %s AND claimed_by = %s AND state IN %s"
+            ).format(t=sql.Identifier(spec.table)),
+            (float(lease_seconds), item_id, worker_id, tuple(spec.in_progress_states)),
+        )
+        return cur.rowcount == 1
+
+
+def _value(value: Any) -> Any:
+    return Json(value) if isinstance(value, dict | list) else value
+
+
+def complete(
+    conn: Connection,
+    table: str,
+    item_id: int,
+    new_state: str,
+    expected_state: str,
+    *,
+    lease_seconds: float | None = None,
+    **fields: Any,
+) -> bool:
+    """Move an item from ``expected_state`` to ``new_state``, setting ``fields``; True if applied.
+
+    One ``UPDATE … WHERE id AND state`` statement: if the item is not in ``expected_state`` any
+    more nothing changes and this returns False. Moving into another in-progress state keeps the
+    claim and renews the lease (``lease_seconds``, default 5 minutes); any other state releases
+    the claim. ``exported_at`` is set to now on reaching ``exported`` unless given. Lists and
+    dicts (e.g. ``check_findings``) are stored as JSON.
+    """
+    spec = _spec(table)
+    _check_state(spec, new_state)
+    _check_state(spec, expected_state)
+    unknown = set(fields) - spec.columns
+    if unknown:
+        raise ValueError(f"{spec.table} has no settable columns {sorted(unknown)}")
+    if "last_error_code" in fields and fields["last_error_code"] is not None:
+        _check_error_code(fields["last_error_code"])
+
+    assignments = [sql.SQL("state = %(new_state)s")]
+    params: dict[str, Any] = {"new_state": new_state, "id": item_id, "expected": expected_state}
+    if new_state in spec.in_progress_states:
+        assignments.append(sql.SQL("claimed_until = now() + make_interval(secs => %(lease)s)"))
+        params["lease"] = float(lease_seconds or DEFAULT_LEASE_SECONDS)
+    else:
+        fields = {"claimed_by": None, "claimed_until": None, **fields}
+    if new_state == "exported" and "exported_at" not in fields:
+        assignments.append(sql.SQL("exported_at = now()"))
+    for name, value in fields.items():
+        key = f"f_{name}"
+        assignments.append(sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder(key)))
+        params[key] = _value(value)
+    statement = sql.SQL("UPDATE {t} SET {a} WHERE id = %(id)s AND state = %(expected)s").format(
+        t=sql.Identifier(spec.table), a=sql.SQL(", ").join(assignments)
+    )
+    with conn, conn.cursor() as cur:
+        cur.execute(statement, params)
+        return cur.rowcount == 1
+
+
+def fail(
+    conn: Connection,
+    table: str,
+    item_id: int,
+    error_code: str,
+    max_attempts: int,
+    backoff_base_seconds: float,
+    *,
+    max_backoff_seconds: float = 3600.0,
+) -> str | None:
+    """Record a failed try of an in-progress item; return its new state, or None if not applied.
+
+    Below ``max_attempts`` claims the item goes back to ``queued``, due after
+    ``backoff_base_seconds * 2 ** (attempts - 1)`` (capped at ``max_backoff_seconds``); at the
+    limit it becomes ``failed``. Either way ``last_error_code`` is set and the claim released.
+    An item that is not in progress (already failed, completed, or re-queued by an earlier try
+    of this call) is left alone.
+    """
+    spec = _spec(table)
+    _check_error_code(error_code)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                """
+                UPDATE {t}
+                SET state = CASE WHEN attempts >= %(max)s THEN 'failed' ELSE 'queued' END,
+                    next_attempt_at = CASE WHEN attempts >= %(max)s THEN next_attempt_at
+                        ELSE now() + make_interval(secs => LEAST(
+                            %(cap)s, %(base)s * power(2, GREATEST(attempts - 1, 0))))
+                        END,
+                    last_error_code = %(code)s,
+                    claimed_by = NULL,
+                    claimed_until = NULL
+                WHERE id = %(id)s AND state IN %(in_progress)s
+                RETURNING state
+                """
+            ).format(t=sql.Identifier(spec.table)),
+            {
+                "max": max_attempts,
+                "cap": float(max_backoff_seconds),
+                "base": float(backoff_base_seconds),
+                "code": error_code,
+                "id": item_id,
+                "in_progress": tuple(spec.in_progress_states),
+            },
+        )
+        row = cur.fetchone()
+    return row[0] if row else None
+
+
+def counts_by_state(
+    conn: Connection, project: str | None = None, table: str = "study"
+) -> dict[str, dict[str, int]]:
+    """Per project, the number of items in each state (every state listed, zeros included).
+
+    This is what ``pixl status --json`` prints. With ``project``, only that project is listed,
+    even when it has no items yet.
+    """
+    spec = _spec(table)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT project, state, count(*) FROM {t} "
+                "WHERE %(project)s::text IS NULL OR project = %(project)s "
+                "GROUP BY project, state ORDER BY project"
+            ).format(t=sql.Identifier(spec.table)),
+            {"project": project},
+        )
+        rows = cur.fetchall()
+    counts: dict[str, dict[str, int]] = {}
+    if project is not None:
+        counts[project] = dict.fromkeys(spec.states, 0)
+    for row_project, state, count in rows:
+        counts.setdefault(row_project, dict.fromkeys(spec.states, 0))[state] = count
+    return counts
+
+
+@dataclass(frozen=True)
+class FetchRate:
+    """How fast orthanc-raw may ask the VNA for one project's studies."""
+
+    studies_per_second: float
+    max_in_flight: int
+
+
+def get_fetch_rate(conn: Connection, project: str) -> FetchRate:
+    """The project's rate, else the global ('*') default. Read on every scheduling round so a
+    change made with ``set_fetch_rate`` applies while workers run."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT studies_per_second, max_in_flight FROM fetch_rate "
+            "WHERE project IN (%s, '*') ORDER BY project = '*' LIMIT 1",
+            (project,),
+        )
+        row = cur.fetchone()
+    if row is None:
+        return FetchRate(studies_per_second=1.0, max_in_flight=1)
+    return FetchRate(studies_per_second=row[0], max_in_flight=row[1])
+
+
+def set_fetch_rate(
+    conn: Connection, project: str, studies_per_second: float, max_in_flight: int
+) -> None:
+    """Set the rate of one project, or of every project without its own with ``project='*'``."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO fetch_rate (project, studies_per_second, max_in_flight) "
+            "VALUES (%s, %s, %s) ON CONFLICT (project) DO UPDATE SET "
+            "studies_per_second = EXCLUDED.studies_per_second, "
+            "max_in_flight = EXCLUDED.max_in_flight, updated_at = now()",
+            (project, studies_per_second, max_in_flight),
+        )
+
+
+def requeue_failed(conn: Connection, table: str, project: str) -> int:
+    """Give a project's failed items a fresh start (attempts reset); returns how many."""
+    spec = _spec(table)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "UPDATE {t} SET state = 'queued', attempts = 0, next_attempt_at = now(), "
+                "claimed_by = NULL, claimed_until = NULL "
+                "WHERE project = %s AND state = 'failed'"
+            ).format(t=sql.Identifier(spec.table)),
+            (project,),
+        )
+        return cur.rowcount

@@ -1,0 +1,80 @@
+"""``pixl populate``'s recording step against a real Postgres: idempotent, staged, counted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pixl_cli.extract_reader import read_csv_cohort, read_extract
+from pixl_cli.populate import populate
+from pixl_core.db.connection import connect
+from pixl_core.db.work_queue import counts_by_state
+from tests.unit.test_extract import write_csv, write_extract
+
+
+@pytest.fixture
+def extract_dir(tmp_path: Path) -> Path:
+    return write_extract(tmp_path / "extract")
+
+
+def test_populate_twice_adds_nothing_and_stages_public_files(
+    db_url: str,
+    extract_dir: Path,
+    tmp_path: Path,
+):
+    extract = read_extract(extract_dir)
+    staging = tmp_path / "staging"
+    progress: list[tuple[int, int]] = []
+    conn = connect(db_url)
+    try:
+        first = populate(conn, extract, staging, on_progress=lambda *p: progress.append(p))
+        second = populate(conn, read_extract(extract_dir), staging)
+        counts = counts_by_state(conn)
+        report_counts = counts_by_state(conn, table="report")
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*), min(public_staging_path), min(omop_es_hash) FROM extract")
+            extract_rows = cur.fetchone()
+            cur.execute(
+                "SELECT count(*) FROM report r JOIN study s ON s.id = r.study_id "
+                "WHERE s.accession_number = r.accession_number"
+            )
+            linked_reports = cur.fetchone()[0]
+    finally:
+        conn.close()
+
+    assert (first.added_studies, first.existing_studies, first.added_reports) == (4, 0, 4)
+    assert first.new_extract and not second.new_extract
+    assert (second.added_studies, second.existing_studies) == (0, 4)
+    assert (second.added_reports, second.existing_reports) == (0, 4)
+    assert counts["chest-xray"]["queued"] == 4
+    assert report_counts["chest-xray"]["queued"] == 4
+    assert linked_reports == 4
+    assert progress[-1] == (4, 4)
+
+    public = staging / "chest-xray" / "2024-03-01T10-15-00" / "public"
+    assert first.staging_path == public
+    assert extract_rows == (1, str(public), "0123abcd")
+    for name in ("PROCEDURE_OCCURRENCE.parquet", "PERSON.parquet"):
+        assert (public / name).read_bytes() == (extract_dir / "public" / name).read_bytes()
+    assert sorted(p.name for p in public.iterdir()) == [
+        "PERSON.parquet",
+        "PROCEDURE_OCCURRENCE.parquet",
+    ]
+
+
+def test_populate_from_csv_skips_studies_already_queued(db_url: str, tmp_path: Path):
+    conn = connect(db_url)
+    try:
+        populate(conn, read_extract(write_extract(tmp_path / "x")), tmp_path / "staging")
+        path = write_csv(
+            tmp_path / "more.csv",
+            "mrn,accession_number,study_datetime\n"
+            "FAKEMRN001,FAKEACC0001,2023-01-01\n"
+            "FAKEMRN009,FAKEACC0009,2023-01-09\n",
+        )
+        result = populate(conn, read_csv_cohort(path, "chest-xray"), tmp_path / "staging")
+    finally:
+        conn.close()
+    assert (result.added_studies, result.existing_studies, result.added_reports) == (1, 1, 1)
+    assert result.staging_path is None
