@@ -1,14 +1,37 @@
-"""Errors that carry a one-line message for the operator.
+"""Errors that carry a one-line message for the operator and a short code for the database.
 
-A ``PixlConfigError`` is raised for anything the operator must fix (a missing secret, an invalid
-allow-list, an unknown project). The CLI prints its message alone, without a traceback, and exits
-2. Messages must never contain an identifier taken from patient data.
+Every ``PixlError`` has a ``code``: a short lowercase word such as ``unknown_project`` or
+``ftps_login`` that a worker records on the work item (``last_error_code``) and counts in its
+metrics, so what went wrong is named precisely and never with an identifier. A
+``PixlConfigError`` is raised for anything the operator must fix (a missing secret, an invalid
+allow-list, an unknown project); the CLI prints its message alone, without a traceback, and
+exits 2. Messages must never contain an identifier taken from patient data.
 """
+
+from __future__ import annotations
 
 
 class PixlError(Exception):
-    """Base class for PIXL errors whose message is safe to show and to log."""
+    """Base class for PIXL errors whose message is safe to show and to log.
+
+    ``code`` defaults to the class's own; a raise site may give a more precise one.
+    """
+
+    code: str = "pixl_error"
+
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
 
 
 class PixlConfigError(PixlError):
     """Configuration or usage problem: the message names the problem and the fix."""
+
+    code = "config_error"
+
+
+class UnknownProjectError(PixlConfigError):
+    """A work item or command names a project that has no ``projects/<slug>.yaml``."""
+
+    code = "unknown_project"

@@ -16,9 +16,8 @@ from pixl_cli.output import console, err_console, operator_errors
 from pixl_cli.populate import populate as populate_extract
 from pixl_core.config.projects import load_project
 from pixl_core.db import work_queue
+from pixl_core.db.states import STUDY_STATES
 from pixl_core.errors import PixlConfigError
-
-STATE_ORDER = ("queued", "fetching", "anonymising", "exported", "not_found", "refused", "failed")
 
 
 def _staging_dir() -> Path:
@@ -84,10 +83,10 @@ def status(
         return
     table = Table(title="studies by state")
     table.add_column("project")
-    for state in STATE_ORDER:
+    for state in STUDY_STATES:
         table.add_column(state, justify="right")
     for name, states in sorted(counts.items()):
-        table.add_row(name, *(str(states.get(state, 0)) for state in STATE_ORDER))
+        table.add_row(name, *(str(states.get(state, 0)) for state in STUDY_STATES))
     console.print(table)
 
 

@@ -50,6 +50,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from pixl_core import db
 from pixl_core.config.projects import load_project
 from pixl_core.db import work_queue
+from pixl_core.db.states import REPORT_BUSY
 from pixl_core.errors import PixlConfigError, PixlError
 from pixl_core.hashing import ProjectHasher
 from pixl_core.transport.ftps import FtpsClient, FtpsError, FtpsSettings
@@ -60,7 +61,6 @@ logger = logging.getLogger("pixl.ehr.service")
 
 MANIFEST_NAME = "manifest.json"
 _STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}$")
-_IN_PROGRESS = ("queued", "fetching", "deidentifying")
 
 
 # --- FTPS -------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def _report_counts(conn: db.Connection, project: str, extract_id: int) -> tuple[
             "SELECT count(*) FILTER (WHERE state = 'flagged'), "
             "count(*) FILTER (WHERE state IN %s) FROM report "
             "WHERE project = %s AND extract_id = %s",
-            (_IN_PROGRESS, project, extract_id),
+            (REPORT_BUSY, project, extract_id),
         )
         flagged, in_progress = cur.fetchone()
     return int(flagged), int(in_progress)

@@ -24,7 +24,7 @@ from pixl_core.config.allowlist import (
     AttributeKey,
     load_allowlist_file,
 )
-from pixl_core.errors import PixlConfigError
+from pixl_core.errors import PixlConfigError, UnknownProjectError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROJECT_KEYS = frozenset(
@@ -137,7 +137,7 @@ def load_project(slug: str) -> Project:
     path = projects_dir() / f"{slug}.yaml"
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", slug) or not path.is_file():
         known = ", ".join(list_projects()) or "none"
-        raise PixlConfigError(
+        raise UnknownProjectError(
             f"unknown project '{slug}': add projects/{slug}.yaml or use one of: {known}"
         )
     return load_project_file(path)

@@ -31,6 +31,7 @@ from psycopg2 import sql
 from psycopg2.extras import Json, RealDictCursor
 
 from pixl_core.db.connection import Connection
+from pixl_core.db.states import REPORT_STATES, STUDY_STATES
 
 
 @dataclass(frozen=True)
@@ -44,20 +45,6 @@ class QueueSpec:
     columns: frozenset[str]
 
 
-# The states of each table, as in the CHECK constraints of the migrations.
-STUDY_STATES = ("queued", "fetching", "anonymising", "exported", "not_found", "refused", "failed")
-REPORT_STATES = (
-    "queued",
-    "fetching",
-    "deidentifying",
-    "checked",
-    "flagged",
-    "approved",
-    "rejected",
-    "missing",
-    "exported",
-    "failed",
-)
 # Columns ``complete`` may set (state and lease columns are managed by this module).
 _COMMON_COLUMNS = frozenset(
     {

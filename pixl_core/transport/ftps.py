@@ -56,8 +56,9 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 class FtpsError(PixlError):
     """An FTPS step failed; the message names host:port, the step and the reason only.
 
-    ``transient`` tells whether trying again later may succeed; ``code`` is the FTP reply code
-    when the server answered with an error.
+    ``transient`` tells whether trying again later may succeed; ``reply_code`` is the FTP reply
+    code when the server answered with an error; ``code`` (as for every ``PixlError``) is the
+    short error code a work item records, ``ftps_<step>``.
     """
 
     def __init__(
@@ -68,7 +69,7 @@ class FtpsError(PixlError):
         reason: str,
         *,
         transient: bool = False,
-        code: str | None = None,
+        reply_code: str | None = None,
         attempts: int | None = None,
     ) -> None:
         self.host = host
@@ -76,16 +77,21 @@ class FtpsError(PixlError):
         self.step = step
         self.reason = reason
         self.transient = transient
-        self.code = code
+        self.reply_code = reply_code
         self.attempts = attempts
         message = f"FTPS {host}:{port}: {step} failed: {reason}"
         if attempts is not None and attempts > 1:
             message += f" (gave up after {attempts} attempts)"
-        super().__init__(message)
+        short_step = "".join(c if c.isalnum() else "_" for c in step.lower())
+        super().__init__(message, code=f"ftps_{short_step}"[:60])
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle by keyword so errors survive crossing process boundaries (worker pools)."""
-        keywords = {"transient": self.transient, "code": self.code, "attempts": self.attempts}
+        keywords = {
+            "transient": self.transient,
+            "reply_code": self.reply_code,
+            "attempts": self.attempts,
+        }
         return (partial(FtpsError, **keywords), (self.host, self.port, self.step, self.reason))
 
 
@@ -354,7 +360,7 @@ class FtpsClient:
                     # Never fall back to plain FTP: the DSH accepts FTPS only.
                     raise self._error(
                         "server does not accept AUTH TLS; refusing plain FTP",
-                        code=_reply_code(exc),
+                        reply_code=_reply_code(exc),
                     ) from None
             self._step = "login"
             ftp.login(settings.user, settings.password)
@@ -385,7 +391,7 @@ class FtpsClient:
         reason: str,
         *,
         transient: bool = False,
-        code: str | None = None,
+        reply_code: str | None = None,
         attempts: int | None = None,
         step: str | None = None,
     ) -> FtpsError:
@@ -395,7 +401,7 @@ class FtpsClient:
             step or self._step,
             reason,
             transient=transient,
-            code=code,
+            reply_code=reply_code,
             attempts=attempts,
         )
 
@@ -415,7 +421,7 @@ class FtpsClient:
                 error = exc
             except ftplib.all_errors as exc:
                 reason, transient, code = _describe(exc, self.settings.timeout)
-                error = self._error(reason, transient=transient, code=code)
+                error = self._error(reason, transient=transient, reply_code=code)
             if error.transient or self._ftp is None or error.step in ("connect", "login"):
                 self._drop()
             if not error.transient or attempt == attempts:
@@ -423,7 +429,7 @@ class FtpsClient:
                     error = self._error(
                         error.reason,
                         transient=error.transient,
-                        code=error.code,
+                        reply_code=error.reply_code,
                         attempts=attempt,
                         step=error.step,
                     )
@@ -477,7 +483,7 @@ class FtpsClient:
                 if not self._is_dir(ftp, current):
                     raise self._error(
                         f"server replied {_reply_code(exc) or '5xx'}",
-                        code=_reply_code(exc),
+                        reply_code=_reply_code(exc),
                         step="MKD",
                     ) from None
             self._known_dirs.add(current)

@@ -172,7 +172,7 @@ def test_bad_password_fails_at_once_without_retrying(dsh_ftps_server: FtpServerI
     assert time.monotonic() - started < 2.0  # one retry would have slept 5 s
     error = caught.value
     assert isinstance(error, PixlError)
-    assert error.step == "login" and error.code == "530" and not error.transient
+    assert error.step == "login" and error.reply_code == "530" and not error.transient
     assert error.attempts is None
     assert str(error) == f"FTPS 127.0.0.1:{dsh_ftps_server.port}: login failed: server replied 530"
 
@@ -290,7 +290,7 @@ def test_errors_name_the_step_never_the_path(dsh_ftps_server: FtpServerInfo) -> 
         with pytest.raises(FtpsError) as caught:
             client.upload_bytes("pseudonym-123.bin/inside.bin", b"x")  # parent is a file
     message = str(caught.value)
-    assert caught.value.step == "MKD" and caught.value.code == "550"
+    assert caught.value.step == "MKD" and caught.value.reply_code == "550"
     assert "pseudonym" not in message and "inside" not in message
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
 
