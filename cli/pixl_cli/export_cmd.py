@@ -17,6 +17,7 @@ import requests
 import typer
 
 from pixl_cli.output import console, operator_errors
+from pixl_core.env import env_number
 from pixl_core.errors import PixlConfigError, PixlError
 
 EHR_URL_ENV = "PIXL_EHR_URL"
@@ -31,14 +32,6 @@ def _ehr_url() -> str:
             f"{EHR_URL_ENV}=http://127.0.0.1:17108 (`make demo` starts one)"
         )
     return url
-
-
-def _read_timeout() -> float:
-    value = os.environ.get(TIMEOUT_ENV, "").strip()
-    try:
-        return float(value) if value else 3600.0
-    except ValueError:
-        raise PixlConfigError(f"{TIMEOUT_ENV} must be a number of seconds") from None
 
 
 def _detail(response: requests.Response) -> str:
@@ -58,7 +51,9 @@ def request_export(project: str, extract_id: int | None = None) -> dict[str, Any
     params = {"extract_id": extract_id} if extract_id is not None else None
     try:
         response = requests.post(
-            f"{url}/export/{project}", params=params, timeout=(10, _read_timeout())
+            f"{url}/export/{project}",
+            params=params,
+            timeout=(10, env_number(TIMEOUT_ENV, 3600.0, float, positive=True)),
         )
     except requests.Timeout:
         raise PixlError(
