@@ -56,14 +56,17 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.common import WORK_DIR, Result
+
+if TYPE_CHECKING:
+    from stack.driver import Stack
 
 TITLE = "Pipeline"
 # This benchmark's cost is fixed (a stack, a cohort, three transfers): it takes a budget of its
@@ -83,8 +86,6 @@ GOAL_RATIO = 1.5
 # Postgres query tells when everything has settled and the CLI is asked then to confirm.
 STATUS_CHECK_S = 1.0
 SAMPLE_S = 0.1
-BUSY_STATES = ("queued", "fetching", "anonymising")
-TERMINAL_STATES = ("exported", "not_found", "refused", "failed")
 PROCESSES = ("vna", "orthanc-raw", "orthanc-anon", "postgres", "dsh")
 LOGS_COPY = WORK_DIR / "pipeline-logs"
 
@@ -110,9 +111,9 @@ class Deadline:
 
 def prerequisites() -> None:
     """Raise Skip naming the first missing piece (and how to get it)."""
+    from stack.driver import PIXL_CLI
     from stack.local_stack import ORTHANC_BINARY
     from stack.postgres import PG_BIN
-    from stack.settings import REPO_DIR
 
     if not Path(ORTHANC_BINARY).exists():
         raise Skip("Orthanc is not installed (apt-get install orthanc orthanc-python)")
@@ -123,7 +124,7 @@ def prerequisites() -> None:
         raise Skip(f"PostgreSQL 15 is not installed ({PG_BIN}/initdb missing)")
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         raise Skip("runuser is missing: Postgres cannot be started as the postgres user")
-    if not (REPO_DIR / ".venv" / "bin" / "pixl").exists():
+    if not PIXL_CLI.exists():
         raise Skip("the pixl CLI is missing: run `make setup`")
     try:
         import supervisor  # noqa: F401
@@ -208,11 +209,11 @@ def own_cpu() -> float:
 
 
 @contextmanager
-def cpu_used(pids: Callable[[], dict[str, int]], into: dict[str, float]) -> Iterator[None]:
+def cpu_used(stack: Stack, into: dict[str, float]) -> Iterator[None]:
     """Fill ``into`` with the CPU seconds each process (and this benchmark) used in the block."""
-    before, mine = tree_cpu(pids()), own_cpu()
+    before, mine = tree_cpu(process_pids(stack)), own_cpu()
     yield
-    after = tree_cpu(pids())
+    after = tree_cpu(process_pids(stack))
     into.update({name: after[name] - before.get(name, 0.0) for name in after})
     into["benchmark + pixl CLI"] = own_cpu() - mine
 
@@ -220,59 +221,25 @@ def cpu_used(pids: Callable[[], dict[str, int]], into: dict[str, float]) -> Iter
 # --- the stack --------------------------------------------------------------------------------
 
 
-@dataclass
-class Stack:
-    settings: Any
-    plain: subprocess.Popen[bytes] | None = None
-    plain_cpu: float = 0.0  # CPU seconds of the last plain Orthanc, read just before it stopped
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**os.environ, **self.settings.environment()}
-
-    def pixl(self, *args: str, timeout: float = 120) -> str:
-        from stack.settings import REPO_DIR
-
-        result = subprocess.run(
-            [str(REPO_DIR / ".venv" / "bin" / "pixl"), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"`pixl {args[0]}` failed: {result.stderr.strip()[-300:]}")
-        return result.stdout
-
-    def supervisor_pid(self, name: str) -> int:
-        from stack.local_stack import supervisorctl
-
-        out = supervisorctl(self.settings, "pid", name).stdout.strip()
-        return int(out) if out.isdigit() and out != "0" else 0
-
-    def pids(self) -> dict[str, int]:
-        pids = {name: self.supervisor_pid(name) for name in PROCESSES}
-        return {k: v for k, v in pids.items() if v}
-
-    def auth(self) -> tuple[str, str]:
-        return ("pixl", self.settings.secrets["PIXL_ORTHANC_PASSWORD"])
+def process_pids(stack: Stack) -> dict[str, int]:
+    """pid of each of the stack's processes that is running (for CPU accounting)."""
+    pids = {name: stack.process_pid(name) for name in PROCESSES}
+    return {name: pid for name, pid in pids.items() if pid}
 
 
 @dataclass(frozen=True)
 class WhatIf:
     """Knobs for what-if runs (standalone CLI only; ``python -m benchmarks`` measures PIXL as it
     is). Nothing in PIXL's code or configuration templates changes: the stack's *rendered*
-    Orthanc configs are edited in the temporary folder, and the poll interval is set on the
-    worker objects by a ``sitecustomize`` module on the Orthanc processes' ``PYTHONPATH``.
+    Orthanc configs are edited in the temporary folder, and the poll interval is a setting the
+    plugins read (``PIXL_FETCH_POLL_SECONDS``, ``PIXL_EXPORT_POLL_SECONDS``), passed to every
+    process of the stack through ``StackSettings.extra_env``.
     """
 
     http_compression: bool = (
         False  # HttpCompressionEnabled on orthanc-raw and -anon (off as shipped)
     )
-    poll_s: float | None = (
-        None  # RawWorkerSettings / ExportSettings poll_seconds (defaults 0.25 and 0.2)
-    )
+    poll_s: float | None = None  # the fetch and export workers' poll (defaults 0.25 and 0.2 s)
     in_flight: int = IN_FLIGHT  # `pixl rate --in-flight` (the floor stays at FLOOR_CONCURRENCY)
 
     def label(self) -> str:
@@ -287,63 +254,36 @@ class WhatIf:
 
 
 AS_IS = WhatIf()
-_POLL_SITECUSTOMIZE = """\
-# Written by benchmarks/pipeline_bench.py for a what-if run: sets the workers' poll interval.
-import os
-
-if os.environ.get("PIXL_PROCESS") in ("orthanc-raw", "orthanc-anon"):
-    import pixl_imaging.export as _export
-    import pixl_imaging.fetch_worker as _raw
-
-    _POLL = float(os.environ["PIXL_BENCH_POLL_SECONDS"])
-
-    def _patch(cls):
-        original = cls.__init__
-
-        def __init__(self, *args, **kwargs):
-            original(self, *args, **kwargs)
-            self.settings.poll_seconds = _POLL
-
-        cls.__init__ = __init__
-
-    _patch(_raw.RawWorker)
-    _patch(_export.AnonExporter)
-"""
 
 
 @contextmanager
 def imaging_stack(root: Path, raw_cache_mb: int, what_if: WhatIf = AS_IS) -> Iterator[Stack]:
     """The local stack without the EHR module's programs; always torn down."""
-    from stack import local_stack
+    from stack.driver import Stack
     from stack.settings import StackSettings
 
     settings = StackSettings.for_tests(root)
     settings.raw_cache_mb = raw_cache_mb  # the whole cohort fits: no recycling mid-run
     if what_if.poll_s is not None:
-        site = root / "what-if-site"
-        site.mkdir()
-        (site / "sitecustomize.py").write_text(_POLL_SITECUSTOMIZE)
-        python_path = settings.environment()["PYTHONPATH"]
-        settings.extra_env = {
-            "PYTHONPATH": os.pathsep.join([str(site), python_path]),
-            "PIXL_BENCH_POLL_SECONDS": str(what_if.poll_s),
-        }
+        poll = str(what_if.poll_s)
+        settings.extra_env = {"PIXL_FETCH_POLL_SECONDS": poll, "PIXL_EXPORT_POLL_SECONDS": poll}
     # Only the imaging processes: the report module is not part of this measurement.
     settings.with_reports = False
+    stack = Stack(settings, pixl_timeout_s=120.0)
     try:
-        local_stack.up(settings, timeout=120)
+        stack.up(timeout=120)
         if what_if.http_compression:
             for name in ("orthanc-raw", "orthanc-anon"):
                 path = settings.run_dir / f"{name}.json"
                 config = json.loads(path.read_text())
                 config["HttpCompressionEnabled"] = True
                 path.write_text(json.dumps(config, indent=2))
-            local_stack.supervisorctl(settings, "restart", "orthanc-raw", "orthanc-anon")
-            local_stack.wait_healthy(settings, 120)
-        yield Stack(settings)
+            stack.supervisor("restart", "orthanc-raw", "orthanc-anon")
+            stack.wait_healthy(120)
+        yield stack
     finally:
         try:
-            local_stack.down(settings)
+            stack.down()
         finally:
             if settings.logs_dir.exists():
                 shutil.rmtree(LOGS_COPY, ignore_errors=True)
@@ -361,24 +301,28 @@ def _http_ok(url: str, auth: tuple[str, str] | None = None) -> dict[str, Any] | 
 
 
 def start_orthanc_raw(stack: Stack, deadline: Deadline) -> None:
-    from stack.local_stack import start_process
-
-    start_process(stack.settings, "orthanc-raw")
+    stack.supervisor("start", "orthanc-raw")
     url = stack.settings.url("raw") + "/pixl/status"
-    while not (_http_ok(url, stack.auth()) or {}).get("running"):
+    while not (_http_ok(url, stack.orthanc_auth) or {}).get("running"):
         deadline.left("waiting for orthanc-raw to restart")
         time.sleep(0.2)
 
 
+@dataclass
+class PlainOrthanc:
+    url: str
+    cpu: float = 0.0  # CPU seconds it used, read just before it stopped
+
+
 @contextmanager
-def plain_orthanc(stack: Stack, name: str, deadline: Deadline) -> Iterator[str]:
+def plain_orthanc(stack: Stack, name: str, deadline: Deadline) -> Iterator[PlainOrthanc]:
     """A plugin-less Orthanc as ``PIXLRAW`` on orthanc-raw's DICOM port (orthanc-raw stopped)."""
-    from stack.local_stack import ORTHANC_BINARY, stop_process
+    from stack.local_stack import ORTHANC_BINARY
     from stack.settings import free_port
 
     settings = stack.settings
-    stop_process(settings, "orthanc-raw")
-    if stack.supervisor_pid("orthanc-raw"):
+    stack.supervisor("stop", "orthanc-raw")
+    if stack.process_pid("orthanc-raw"):
         raise RuntimeError("orthanc-raw did not stop")
     storage = settings.root / name
     storage.mkdir()
@@ -413,23 +357,22 @@ def plain_orthanc(stack: Stack, name: str, deadline: Deadline) -> Iterator[str]:
     config_path = settings.run_dir / f"{name}.json"
     config_path.write_text(json.dumps(config, indent=2))
     log = (settings.logs_dir / f"{name}.log").open("wb")
-    stack.plain = subprocess.Popen(
+    process = subprocess.Popen(
         [ORTHANC_BINARY, str(config_path)],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    url = f"http://127.0.0.1:{http_port}"
+    plain = PlainOrthanc(f"http://127.0.0.1:{http_port}")
     try:
-        while _http_ok(url + "/system") is None:
-            if stack.plain.poll() is not None:
+        while _http_ok(plain.url + "/system") is None:
+            if process.poll() is not None:
                 raise RuntimeError(f"the plain Orthanc exited; see {settings.logs_dir}/{name}.log")
             deadline.left("starting the plain Orthanc")
             time.sleep(0.2)
-        yield url
+        yield plain
     finally:
-        process, stack.plain = stack.plain, None
-        stack.plain_cpu = tree_cpu({"plain": process.pid}).get("plain", 0.0)
+        plain.cpu = tree_cpu({"plain": process.pid}).get("plain", 0.0)
         if process.poll() is None:
             process.terminate()
             try:
@@ -523,10 +466,10 @@ def run_floor(stack: Stack, cohort: Any, label: str, deadline: Deadline) -> Floo
     studies = exported_studies(cohort)
     run = FloorRun(label)
     expected_instances = sum(len(p.files) for s in studies for p in s.series)
-    with cpu_used(stack.pids, run.cpu):
-        with plain_orthanc(stack, f"floor-orthanc-{label}", deadline) as url:
-            run.fetch_s = floor_fetch(url, studies, deadline)
-            stats = _http_ok(url + "/statistics") or {}
+    with cpu_used(stack, run.cpu):
+        with plain_orthanc(stack, f"floor-orthanc-{label}", deadline) as plain:
+            run.fetch_s = floor_fetch(plain.url, studies, deadline)
+            stats = _http_ok(plain.url + "/statistics") or {}
             run.instances_moved = int(stats.get("CountInstances", 0))
         if run.instances_moved != expected_instances:
             raise RuntimeError(
@@ -535,7 +478,7 @@ def run_floor(stack: Stack, cohort: Any, label: str, deadline: Deadline) -> Floo
             )
         deadline.left("uploading for the floor")
         floor_upload(stack, studies, label, run)
-    run.cpu["plain orthanc"] = stack.plain_cpu
+    run.cpu["plain orthanc"] = plain.cpu
     start_orthanc_raw(stack, deadline)
     return run
 
@@ -572,6 +515,8 @@ class Sampler:
     def _loop(self) -> None:
         import psycopg2
 
+        from pixl_core.db.states import STUDY_SETTLED
+
         conn = psycopg2.connect(self.db_url)
         conn.autocommit = True
         try:
@@ -587,7 +532,7 @@ class Sampler:
                         key = "exporting" if state == "anonymising" and exporting else state
                         states.setdefault(key, now)
                         self.states[study_id] = state
-                    if self.states and all(s in TERMINAL_STATES for s in self.states.values()):
+                    if self.states and all(s in STUDY_SETTLED for s in self.states.values()):
                         self.settled.set()
                     self.stop.wait(SAMPLE_S)
         finally:
@@ -622,32 +567,32 @@ class PixlRun:
 
 
 def run_pixl(stack: Stack, cohort: Any, deadline: Deadline) -> PixlRun:
-    import psycopg2
+    from stack.driver import NotSettledError
 
     run = PixlRun()
-    with cpu_used(stack.pids, run.cpu), Sampler(stack.settings.db_url, PROJECT) as sampler:
+    with cpu_used(stack, run.cpu), Sampler(stack.settings.db_url, PROJECT) as sampler:
         run.start = time.time()
         stack.pixl("populate", str(cohort.extract_dir))
         run.populate_s = time.time() - run.start
-        while True:
+        try:
             # The sampler's cheap query says when to ask; `pixl status --json` confirms.
-            if sampler.settled.wait(timeout=min(STATUS_CHECK_S, deadline.left("settling"))):
-                counts = json.loads(stack.pixl("status", "--json")).get(PROJECT, {})
-                if counts and not sum(counts.get(s, 0) for s in BUSY_STATES):
-                    break
-                sampler.settled.clear()
-            deadline.left(f"waiting for PIXL's studies to settle ({sampler.last_counts()})")
-    run.counts = counts
-    with psycopg2.connect(stack.settings.db_url) as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT s.id, s.state, extract(epoch FROM coalesce(s.exported_at, s.updated_at)), "
-            "extract(epoch FROM m.finished_at), coalesce(s.instance_count, 0) "
-            "FROM study s LEFT JOIN vna_move m ON m.study_id = s.id AND m.outcome = 'completed' "
-            "WHERE s.project = %s",
-            (PROJECT,),
-        )
-        rows = cur.fetchall()
-    conn.close()
+            settled = stack.wait_until_settled(
+                [PROJECT],
+                deadline.left("settling"),
+                poll_s=STATUS_CHECK_S,
+                hint=sampler.settled,
+            )
+        except NotSettledError:
+            what = f"waiting for PIXL's studies to settle ({sampler.last_counts()})"
+            raise BenchTimeout(f"time limit reached while {what}") from None
+    run.counts = settled.studies[PROJECT]
+    rows = stack.query(
+        "SELECT s.id, s.state, extract(epoch FROM coalesce(s.exported_at, s.updated_at)), "
+        "extract(epoch FROM m.finished_at), coalesce(s.instance_count, 0) "
+        "FROM study s LEFT JOIN vna_move m ON m.study_id = s.id AND m.outcome = 'completed' "
+        "WHERE s.project = %s",
+        PROJECT,
+    )
     for study_id, state, settled, moved, instances in rows:
         seen = sampler.seen.get(study_id, {})
         run.studies.append(
@@ -677,7 +622,7 @@ def compression_probe(stack: Stack) -> str:
 
     url = stack.settings.url("raw")
     with requests.Session() as session:
-        session.auth = stack.auth()
+        session.auth = stack.orthanc_auth
         instances = session.get(url + "/instances", timeout=30).json()
         if not instances:
             return ""
@@ -897,7 +842,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help='"HttpCompressionEnabled": true on orthanc-raw and orthanc-anon (off as shipped)',
     )
-    what_if.add_argument("--poll", type=float, help="workers' poll interval in seconds")
+    what_if.add_argument(
+        "--poll",
+        type=float,
+        help="fetch and export workers' poll interval in seconds "
+        "(PIXL_FETCH_POLL_SECONDS, PIXL_EXPORT_POLL_SECONDS)",
+    )
     what_if.add_argument("--in-flight", type=int, default=IN_FLIGHT, help="pixl rate --in-flight")
     args = parser.parse_args(argv)
     from benchmarks.common import render_table

@@ -12,46 +12,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import requests
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from stack import local_stack
+from stack.driver import Counts, NotSettledError, Stack
+from stack.local_stack import StackError
 from stack.settings import REPO_DIR, StackSettings
 
 DEMO_DIR = REPO_DIR / ".demo"
-PIXL = str(REPO_DIR / ".venv" / "bin" / "pixl")
-BUSY_STATES = ("queued", "fetching", "anonymising")
-REPORT_BUSY_STATES = ("queued", "fetching", "deidentifying")
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
-def pixl(settings: StackSettings, *args: str) -> str:
-    """Run the real CLI, as a data engineer would, with the stack's environment."""
-    result = subprocess.run(
-        [PIXL, *args],
-        env={**os.environ, **settings.environment()},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"demo: `pixl {' '.join(args)}` failed: {result.stderr.strip()}")
-    return result.stdout
-
-
-def wait_for(settings: StackSettings, projects: list[str], timeout: float) -> dict[str, Any]:
+def wait_for_studies(stack: Stack, projects: list[str], timeout: float) -> Counts:
     """Wait, with a progress bar, until no study of ``projects`` is queued or in progress."""
-    deadline = time.monotonic() + timeout
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -60,65 +39,54 @@ def wait_for(settings: StackSettings, projects: list[str], timeout: float) -> di
         console=console,
     ) as progress:
         tasks = {p: progress.add_task(f"studies of {p}", total=None) for p in projects}
-        while True:
-            counts = json.loads(pixl(settings, "status", "--json"))
-            settled = True
+
+        def show(counts: Counts) -> None:
             for project in projects:
-                states = counts.get(project, {})
-                total = sum(states.values())
-                busy = sum(states.get(s, 0) for s in BUSY_STATES)
-                progress.update(tasks[project], total=total, completed=total - busy)
-                settled = settled and total > 0 and busy == 0
-            if settled:
-                return counts
-            if time.monotonic() > deadline:
-                console.print("[red]timed out waiting for studies to settle[/red]")
-                return counts
-            time.sleep(1)
+                total = counts.total(project)
+                progress.update(tasks[project], total=total, completed=total - counts.busy(project))
+
+        try:
+            return stack.wait_until_settled(projects, timeout, on_poll=show)
+        except NotSettledError as exc:
+            console.print("[red]timed out waiting for studies to settle[/red]")
+            return exc.counts
 
 
-def wait_for_reports(settings: StackSettings, timeout: float) -> None:
-    """Wait until the EHR module has no report queued or in progress."""
-    deadline = time.monotonic() + timeout
+def wait_for_reports(stack: Stack, projects: list[str], timeout: float) -> None:
+    """Wait until the EHR module has no report of ``projects`` queued or in progress."""
     with console.status("waiting for reports (EMAP → Cogstack → check)…"):
-        while time.monotonic() < deadline:
-            status = requests.get(settings.url("ehr") + "/status", timeout=10).json()
-            busy = sum(
-                states.get(state, 0)
-                for states in status["reports"].values()
-                for state in REPORT_BUSY_STATES
-            )
-            if busy == 0:
-                return
-            time.sleep(1)
-    console.print("[red]timed out waiting for reports[/red]")
+        try:
+            stack.wait_until_settled(projects, timeout, reports=True)
+        except NotSettledError:
+            console.print("[red]timed out waiting for reports[/red]")
 
 
-def run(settings: StackSettings, n_studies: int, timeout: float) -> int:
+def run(stack: Stack, n_studies: int, timeout: float) -> int:
     from stack.standins.emap_load import load_cohort_reports
     from stack.synthetic.cohort import generate_cohort, load_into_vna
 
     console.rule("[bold]PIXL demo")
+    settings = stack.settings
     console.print("starting the local stack (Postgres, VNA, orthanc-raw, orthanc-anon, DSH)…")
-    local_stack.up(settings)
+    stack.up()
     console.print(f"generating a synthetic cohort of {n_studies} studies…")
     cohort = generate_cohort(settings.root, n_studies=n_studies)
     loaded = load_into_vna(cohort, settings.url("vna"))
     console.print(f"loaded {loaded} instances into the VNA")
     load_cohort_reports(settings.db_url, cohort)
-    pixl(settings, "rate", "5", "--in-flight", "4")
+    stack.pixl("rate", "5", "--in-flight", "4")
     projects = []
     started = time.monotonic()
     for extract in sorted(settings.root.glob("extract*")):
-        console.print(pixl(settings, "populate", str(extract)).strip(), highlight=False)
+        console.print(stack.pixl("populate", str(extract)).stdout.strip(), highlight=False)
         projects.append(_project_of(extract))
-    counts = wait_for(settings, projects, timeout)
+    counts = wait_for_studies(stack, projects, timeout)
     images_done = time.monotonic() - started
     timing = f"images settled {images_done:.1f} s after populate"
-    wait_for_reports(settings, timeout)
+    wait_for_reports(stack, projects, timeout)
     reports_done = time.monotonic() - started
     for project in projects:
-        console.print(pixl(settings, "export-patient-data", project).strip(), highlight=False)
+        console.print(stack.pixl("export-patient-data", project).stdout.strip(), highlight=False)
     exported = time.monotonic() - started
     # The report path runs beside the images; what it adds to the demo is the wait after
     # the images settled plus the parquet export.
@@ -127,7 +95,7 @@ def run(settings: StackSettings, n_studies: int, timeout: float) -> int:
         f"(the report path added {exported - images_done:.1f} s)"
     )
     console.print(timing, highlight=False)
-    ok = summarise(settings, cohort, counts, projects)
+    ok = summarise(stack, cohort, counts, projects)
     explore(settings)
     return 0 if ok else 1
 
@@ -139,10 +107,9 @@ def _project_of(extract: Path) -> str:
     return project_slug(summary.get("project_name") or summary["settings"]["cdm_source_name"])
 
 
-def summarise(
-    settings: StackSettings, cohort: Any, counts: dict[str, Any], projects: list[str]
-) -> bool:
+def summarise(stack: Stack, cohort: Any, counts: Counts, projects: list[str]) -> bool:
     """Compare what arrived in the DSH with what the cohort says should arrive."""
+    settings = stack.settings
     table = Table(title="PIXL demo: what reached the DSH")
     columns = ["project", "studies expected", "exported", "zips in DSH", "not_found", "refused"]
     columns += ["failed", "reports in parquet", "awaiting review", "public parquet"]
@@ -151,11 +118,11 @@ def summarise(
             table.add_column(column, no_wrap=True)
         else:
             table.add_column(column, justify="right")
-    report_states = _report_states(settings)
+    report_states = stack.report_status()
     ok = True
     for project in projects:
         expected = cohort.expected_counts(project)
-        states = counts.get(project, {})
+        states = counts.studies.get(project, {})
         zips = len(list((settings.dsh_dir / project / "dicom").glob("*.zip")))
         row_ok = (
             states.get("exported", 0) == expected["exported"] == zips
@@ -182,10 +149,6 @@ def summarise(
     console.print(table)
     console.print("[green]demo passed[/green]" if ok else "[red]demo failed[/red]")
     return ok
-
-
-def _report_states(settings: StackSettings) -> dict[str, dict[str, int]]:
-    return requests.get(settings.url("ehr") + "/status", timeout=10).json()["reports"]
 
 
 def _parquet_contents(settings: StackSettings, project: str) -> tuple[int, bool]:
@@ -219,14 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--studies", type=int, default=12, help="studies in the cohort")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for studies")
     args = parser.parse_args(argv)
-    settings = StackSettings.for_demo(DEMO_DIR)
+    stack = Stack(StackSettings.for_demo(DEMO_DIR), pixl_timeout_s=600.0)
     if args.down:
-        local_stack.down(settings)
+        stack.down()
         console.print("demo stack stopped")
         return 0
     try:
-        return run(settings, args.studies, args.timeout)
-    except local_stack.StackError as exc:
+        return run(stack, args.studies, args.timeout)
+    except StackError as exc:
         console.print(f"[red]demo: {exc}[/red]")
         return 1
 

@@ -238,18 +238,6 @@ def down(settings: StackSettings) -> None:
     raise StackError(f"supervisord (pid {pid}) did not stop; see {settings.logs_dir}")
 
 
-def stop_process(settings: StackSettings, name: str) -> None:
-    supervisorctl(settings, "stop", name)
-
-
-def start_process(settings: StackSettings, name: str) -> None:
-    supervisorctl(settings, "start", name)
-
-
-def signal_process(settings: StackSettings, name: str, signal_name: str) -> None:
-    supervisorctl(settings, "signal", signal_name, name)
-
-
 def wait_healthy(settings: StackSettings, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     checks = {

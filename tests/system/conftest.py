@@ -2,80 +2,25 @@
 DSH under supervisord, on free ports in a temporary folder (never the demo's).
 
 The stack is started once per session and torn down at the end, even on failure. Leases and
-backoffs are shortened through the environment so failure-recovery tests take seconds.
+backoffs are shortened through the environment so failure-recovery tests take seconds. Tests
+drive it through ``stack.driver.Stack``, as the demo and the pipeline benchmark do.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg2
 import pytest
 
-from stack import local_stack
+from stack.driver import Stack
 from stack.settings import REPO_DIR, StackSettings
 from stack.standins.emap_load import load_cohort_reports
 from stack.synthetic.cohort import Cohort, generate_cohort, load_into_vna
 
-PIXL = str(REPO_DIR / ".venv" / "bin" / "pixl")
-TERMINAL = ("exported", "not_found", "refused", "failed")
-
 pytestmark = pytest.mark.system
-
-
-@dataclass
-class Stack:
-    settings: StackSettings
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**os.environ, **self.settings.environment()}
-
-    def pixl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [PIXL, *args], env=self.env, capture_output=True, text=True, timeout=300
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"pixl {args[0]} failed: {result.stderr.strip()}")
-        return result
-
-    def status(self) -> dict[str, dict[str, int]]:
-        return json.loads(self.pixl("status", "--json").stdout)
-
-    def wait_until_settled(self, project: str, timeout: float = 180.0) -> dict[str, int]:
-        """Wait until no study of ``project`` is queued or in progress; return the counts."""
-        deadline = time.monotonic() + timeout
-        while True:
-            counts = self.status().get(project, {})
-            busy = sum(counts.get(s, 0) for s in ("queued", "fetching", "anonymising"))
-            if counts and not busy:
-                return counts
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{project} did not settle: {counts}")
-            time.sleep(1)
-
-    def query(self, sql: str, *params: object) -> list[tuple]:
-        with psycopg2.connect(self.settings.db_url) as conn, conn.cursor() as cur:
-            cur.execute(sql, params)
-            rows = cur.fetchall()
-        conn.close()
-        return rows
-
-    def supervisor(self, *args: str) -> None:
-        local_stack.supervisorctl(self.settings, *args)
-
-    def vna_moves(self) -> int:
-        """C-MOVE requests the VNA has served, counted from its own (verbose) log."""
-        log = self.settings.logs_dir / "vna.log"
-        return log.read_text(errors="replace").count("Incoming Move request")
 
 
 # Test-only projects (same allow-lists as chest-xray) so failure tests get fresh work items.
@@ -109,11 +54,12 @@ def stack() -> Iterator[Stack]:
         "PIXL_REPORT_BACKOFF_SECONDS": "1",
         "PIXL_PROJECTS_DIR": str(_projects_dir(root)),
     }
+    stack = Stack(settings)
     try:
-        local_stack.up(settings, timeout=120)
-        yield Stack(settings)
+        stack.up(timeout=120)
+        yield stack
     finally:
-        local_stack.down(settings)
+        stack.down()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -131,4 +77,4 @@ def cohort(stack: Stack) -> Cohort:
 def first_run(stack: Stack, cohort: Cohort) -> dict[str, int]:
     """The main project's extract populated once and settled (images)."""
     stack.pixl("populate", str(cohort.extract_dir))
-    return stack.wait_until_settled(MAIN)
+    return stack.wait_until_settled([MAIN]).studies[MAIN]

@@ -16,9 +16,9 @@ import requests
 from pydicom import dcmread
 
 from pixl_core.hashing import ProjectHasher, hash_accession_number
-from stack import local_stack
+from stack.driver import Stack
 from stack.synthetic.cohort import Cohort
-from tests.system.conftest import MAIN, Stack
+from tests.system.conftest import MAIN
 
 pytestmark = pytest.mark.system
 
@@ -97,7 +97,7 @@ def test_second_project_reuses_the_cached_study(stack: Stack, cohort: Cohort, fi
     assert shared, "the cohort should share a study between the two projects"
     moves = stack.vna_moves()
     stack.pixl("populate", str(cohort.extract_dirs[second]))
-    counts = stack.wait_until_settled(second)
+    counts = stack.wait_until_settled([second]).studies[second]
     assert counts["exported"] == cohort.expected_counts(second)["exported"]
     new_moves = stack.vna_moves() - moves
     assert new_moves == sum(1 for s in own if s.in_vna and s.expected_outcome == "exported")
@@ -141,7 +141,7 @@ def test_partial_cache_fetches_only_the_missing_instances(stack: Stack, cohort: 
         if s.expected_outcome == "exported" and len(s.sop_instance_uids) >= 2
     )
     raw = requests.Session()
-    raw.auth = ("pixl", stack.settings.secrets["PIXL_ORTHANC_PASSWORD"])
+    raw.auth = stack.orthanc_auth
     found = raw.post(
         stack.settings.url("raw") + "/tools/find",
         json={"Level": "Instance", "Query": {"StudyInstanceUID": study.study_uid}},
@@ -153,7 +153,7 @@ def test_partial_cache_fetches_only_the_missing_instances(stack: Stack, cohort: 
     csv.write_text(f"mrn,accession_number,study_datetime\n{study.mrn},{study.accession_number},\n")
     moves = stack.vna_moves()
     stack.pixl("populate", str(csv), "--project", project)
-    assert stack.wait_until_settled(project)["exported"] == 1
+    assert stack.wait_until_settled([project]).studies[project]["exported"] == 1
     assert stack.vna_moves() == moves + 1, "one C-MOVE, for the missing instance only"
     log = (stack.settings.logs_dir / "vna.log").read_text(errors="replace")
     last_move = log[log.rindex("Incoming Move request") :]
@@ -188,7 +188,7 @@ def test_dsh_down_then_back_exports_each_study_once(stack: Stack, cohort: Cohort
         assert stack.status()[project]["exported"] == 0
     finally:
         stack.supervisor("start", "dsh")
-    counts = stack.wait_until_settled(project)
+    counts = stack.wait_until_settled([project]).studies[project]
     assert counts["exported"] == len(studies)
     for study in studies:
         pseudo_uid = hasher(stack, project).uid(study.study_uid)
@@ -200,7 +200,7 @@ def test_orthanc_raw_killed_mid_run_loses_nothing(stack: Stack, cohort: Cohort, 
     project = "retry-raw"
     studies = [s for s in cohort.studies_for(MAIN) if s.expected_outcome == "exported"]
     raw = requests.Session()
-    raw.auth = ("pixl", stack.settings.secrets["PIXL_ORTHANC_PASSWORD"])
+    raw.auth = stack.orthanc_auth
     for study_id in raw.get(stack.settings.url("raw") + "/studies", timeout=30).json():
         raw.delete(f"{stack.settings.url('raw')}/studies/{study_id}", timeout=30)
     stack.pixl("rate", "0.5", "--in-flight", "1")
@@ -216,7 +216,7 @@ def test_orthanc_raw_killed_mid_run_loses_nothing(stack: Stack, cohort: Cohort, 
             assert time.monotonic() < deadline, "orthanc-raw never started on the studies"
             time.sleep(0.2)
         stack.supervisor("signal", "KILL", "orthanc-raw")  # supervisord restarts it
-        counts = stack.wait_until_settled(project, timeout=240)
+        counts = stack.wait_until_settled([project], timeout=240).studies[project]
     finally:
         stack.pixl("rate", "10", "--in-flight", "4")
     assert counts["exported"] == len(studies)
@@ -228,7 +228,7 @@ def test_orthanc_raw_killed_mid_run_loses_nothing(stack: Stack, cohort: Cohort, 
 
 def test_both_orthancs_report_status_and_prometheus_metrics(stack: Stack, first_run):
     session = requests.Session()
-    session.auth = ("pixl", stack.settings.secrets["PIXL_ORTHANC_PASSWORD"])
+    session.auth = stack.orthanc_auth
     raw = session.get(stack.settings.url("raw") + "/pixl/status", timeout=10).json()
     anon = session.get(stack.settings.url("anon") + "/pixl/status", timeout=10).json()
     # counters are per process (orthanc-raw was restarted by an earlier test)
@@ -256,7 +256,8 @@ def test_vna_down_fails_after_retries_and_pixl_retry_recovers(
     stack.supervisor("stop", "vna")
     try:
         stack.pixl("populate", str(csv), "--project", project)
-        counts = stack.wait_until_settled(project, timeout=120)  # 5 tries, 1-8 s apart
+        # 5 tries, 1-8 s apart
+        counts = stack.wait_until_settled([project], timeout=120).studies[project]
         assert counts["failed"] == 1
         ((attempts, code),) = stack.query(
             "SELECT attempts, last_error_code FROM study WHERE project = %s", project
@@ -266,8 +267,8 @@ def test_vna_down_fails_after_retries_and_pixl_retry_recovers(
         assert study.mrn not in code and study.accession_number not in code
     finally:
         stack.supervisor("start", "vna")
-    local_stack.wait_healthy(stack.settings)
+    stack.wait_healthy()
     assert (
         "1 failed studies and 0 failed reports queued again" in stack.pixl("retry", project).stdout
     )
-    assert stack.wait_until_settled(project)["exported"] == 1
+    assert stack.wait_until_settled([project]).studies[project]["exported"] == 1

@@ -13,30 +13,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import requests
 from pydicom import dcmread
 
+from pixl_core.db.states import REPORT_BUSY
 from pixl_core.hashing import ProjectHasher, hash_accession_number
+from stack.driver import Stack
 from stack.synthetic.cohort import Cohort
-from tests.system.conftest import MAIN, Stack
+from tests.system.conftest import MAIN
 
 pytestmark = pytest.mark.system
-BUSY = ("queued", "fetching", "deidentifying")
-
-
-def report_counts(stack: Stack, project: str) -> dict[str, int]:
-    status = requests.get(stack.settings.url("ehr") + "/status", timeout=10).json()
-    return status["reports"].get(project, {})
-
-
-def wait_reports(stack: Stack, project: str, timeout: float = 120) -> dict[str, int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        counts = report_counts(stack, project)
-        if counts and not sum(counts.get(s, 0) for s in BUSY):
-            return counts
-        assert time.monotonic() < deadline, f"reports of {project} did not settle: {counts}"
-        time.sleep(1)
 
 
 def parquet_folder(stack: Stack, project: str) -> Path:
@@ -50,7 +35,7 @@ def radiology(stack: Stack, project: str) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def exported(stack: Stack, cohort: Cohort, first_run) -> dict[str, int]:
-    counts = wait_reports(stack, MAIN)
+    counts = stack.wait_until_settled([MAIN], timeout=120, reports=True).reports[MAIN]
     result = json.loads(stack.pixl("export-patient-data", MAIN, "--json").stdout)
     assert result["reports_exported"] > 0
     return counts
@@ -148,14 +133,13 @@ def test_cogstack_down_then_back_reports_exported_once(stack: Stack, cohort: Coh
     try:
         stack.pixl("populate", str(csv), "--project", project)
         time.sleep(8)
-        counts = report_counts(stack, project)
-        assert sum(counts.get(s, 0) for s in BUSY) == len(studies), counts
+        counts = stack.report_status().get(project, {})
+        assert sum(counts.get(s, 0) for s in REPORT_BUSY) == len(studies), counts
         assert counts.get("failed", 0) == 0
     finally:
         stack.supervisor("start", "cogstack")
-    counts = wait_reports(stack, project)
-    assert counts.get("failed", 0) == 0
-    stack.wait_until_settled(project)
+    settled = stack.wait_until_settled([project], timeout=180, reports=True)
+    assert settled.reports[project].get("failed", 0) == 0
     result = json.loads(stack.pixl("export-patient-data", project, "--json").stdout)
     frame = radiology(stack, project)
     assert len(frame) == result["reports_in_parquet"] == len(frame.procedure_occurrence_id.unique())

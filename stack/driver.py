@@ -1,0 +1,206 @@
+"""Drive a running local stack as a data engineer would: run ``pixl``, wait until settled.
+
+The demo, the system tests and the pipeline benchmark all do the same few things with a stack:
+start it, run the real ``pixl`` CLI with the stack's environment, wait until no study (and,
+when asked, no report) of some projects is still being worked on, look in Postgres, stop or
+kill one process, and stop it all. ``Stack`` does them once, so the three read the same way and
+agree on what "settled" means: the busy sets of ``pixl_core.db.states``.
+
+``stack.local_stack`` starts and stops the processes; this module works *through* them and
+never edits what they run: a what-if is a setting (``StackSettings.extra_env``), not a patch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg2
+import requests
+
+from pixl_core.db.states import REPORT_BUSY, STUDY_BUSY
+from stack import local_stack
+from stack.local_stack import StackError
+from stack.settings import REPO_DIR, StackSettings
+
+PIXL_CLI = REPO_DIR / ".venv" / "bin" / "pixl"
+
+
+class PixlCommandError(StackError):
+    """``pixl`` exited non-zero; the message is the command and its own one-line error."""
+
+
+class NotSettledError(StackError):
+    """Studies or reports were still busy at the timeout; ``counts`` holds the last counts."""
+
+    def __init__(self, message: str, counts: Counts) -> None:
+        super().__init__(message)
+        self.counts = counts
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Per project, how many studies (and reports, when asked for) are in each state."""
+
+    studies: dict[str, dict[str, int]]
+    reports: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def busy(self, project: str, *, reports: bool = False) -> int:
+        """Items of ``project`` PIXL still works on by itself (queued or in progress)."""
+        states = (self.reports if reports else self.studies).get(project, {})
+        return sum(states.get(state, 0) for state in (REPORT_BUSY if reports else STUDY_BUSY))
+
+    def total(self, project: str, *, reports: bool = False) -> int:
+        return sum((self.reports if reports else self.studies).get(project, {}).values())
+
+    def settled(self, projects: Iterable[str], *, reports: bool = False) -> bool:
+        """Every project has work, and none of it is busy (images; and reports if asked)."""
+        kinds = (False, True) if reports else (False,)
+        return all(
+            self.total(project, reports=kind) > 0 and self.busy(project, reports=kind) == 0
+            for project in projects
+            for kind in kinds
+        )
+
+
+@dataclass
+class Stack:
+    """One local stack (its ``StackSettings``) and what can be done with it from outside."""
+
+    settings: StackSettings
+    # A guard against a hung CLI, not a limit a healthy run comes near.
+    pixl_timeout_s: float = 300.0
+
+    # --- the processes -------------------------------------------------------------------------
+
+    def up(self, timeout: float = 90.0) -> None:
+        """Start every process (if not already running) and wait until each answers."""
+        local_stack.up(self.settings, timeout=timeout)
+
+    def down(self) -> None:
+        """Stop exactly the processes this stack's supervisord started."""
+        local_stack.down(self.settings)
+
+    def wait_healthy(self, timeout: float = 90.0) -> None:
+        local_stack.wait_healthy(self.settings, timeout)
+
+    def supervisor(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``supervisorctl`` on this stack, e.g. ``("stop", "dsh")`` or ``("signal", "KILL",
+        "orthanc-raw")``; supervisord restarts a killed process by itself."""
+        return local_stack.supervisorctl(self.settings, *args)
+
+    def process_pid(self, name: str) -> int:
+        """The pid of one supervised process, or 0 when it is not running."""
+        out = self.supervisor("pid", name).stdout.strip()
+        return int(out) if out.isdigit() else 0
+
+    # --- the CLI -------------------------------------------------------------------------------
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment a data engineer's shell would have for this stack."""
+        return {**os.environ, **self.settings.environment()}
+
+    def pixl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run the venv's ``pixl`` with this stack's environment; raise on failure if ``check``."""
+        result = subprocess.run(
+            [str(PIXL_CLI), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=self.pixl_timeout_s,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            message = " ".join(result.stderr.split())[-300:] or f"exit code {result.returncode}"
+            raise PixlCommandError(f"`pixl {' '.join(args)}` failed: {message}")
+        return result
+
+    def status(self) -> dict[str, dict[str, int]]:
+        """``pixl status --json``: per project, studies in each state (zeros included)."""
+        return json.loads(self.pixl("status", "--json").stdout)
+
+    def report_status(self) -> dict[str, dict[str, int]]:
+        """The EHR module's ``/status``: per project, reports in each state."""
+        if not self.settings.with_reports:
+            raise StackError("this stack runs without the EHR module: set with_reports=True")
+        response = requests.get(self.settings.url("ehr") + "/status", timeout=10)
+        response.raise_for_status()
+        return response.json()["reports"]
+
+    def counts(self, *, reports: bool = False) -> Counts:
+        return Counts(self.status(), self.report_status() if reports else {})
+
+    def wait_until_settled(
+        self,
+        projects: Iterable[str],
+        timeout: float = 180.0,
+        *,
+        reports: bool = False,
+        poll_s: float = 1.0,
+        hint: threading.Event | None = None,
+        on_poll: Callable[[Counts], None] | None = None,
+    ) -> Counts:
+        """Wait until every study of ``projects`` (and every report, if ``reports``) is settled.
+
+        A project counts as settled once it has work and none of it is busy, so a call made
+        just after ``pixl populate`` cannot return before the work is there. Each check runs
+        ``pixl status --json`` (about 0.7 CPU-s); a caller measuring the stack can pass a
+        cheaper ``hint`` that is set when settling looks likely, and the CLI is asked only then
+        (at most every ``poll_s``). ``on_poll`` sees every check's counts (a progress bar).
+        Raises ``NotSettledError`` with the last counts after ``timeout`` seconds.
+        """
+        projects = list(projects)
+        deadline = time.monotonic() + timeout
+        counts = Counts({})
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            if hint is None or hint.wait(min(poll_s, remaining)):
+                counts = self.counts(reports=reports)
+                if on_poll is not None:
+                    on_poll(counts)
+                if counts.settled(projects, reports=reports):
+                    return counts
+                if hint is not None:
+                    hint.clear()
+            if time.monotonic() >= deadline:
+                message = _not_settled(projects, counts, reports, timeout)
+                raise NotSettledError(f"{message}; see {self.settings.logs_dir}", counts)
+            if hint is None:
+                time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+
+    # --- looking inside ------------------------------------------------------------------------
+
+    def query(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
+        """Rows of one SQL statement on the stack's PIXL database (``%s`` placeholders)."""
+        with psycopg2.connect(self.settings.db_url) as conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            rows = cur.fetchall()
+        conn.close()
+        return rows
+
+    @property
+    def orthanc_auth(self) -> tuple[str, str]:
+        """The user orthanc-raw and orthanc-anon accept on their REST API."""
+        return ("pixl", self.settings.secrets["PIXL_ORTHANC_PASSWORD"])
+
+    def vna_moves(self) -> int:
+        """C-MOVE requests the VNA has served, counted from its own (verbose) log."""
+        log = self.settings.logs_dir / "vna.log"
+        return log.read_text(errors="replace").count("Incoming Move request")
+
+
+def _not_settled(projects: list[str], counts: Counts, reports: bool, timeout: float) -> str:
+    kinds = ("studies", "reports") if reports else ("studies",)
+    parts = []
+    for project in projects:
+        for kind in kinds:
+            states = getattr(counts, kind).get(project, {})
+            parts.append(f"{project} {kind} { ({s: n for s, n in states.items() if n}) }")
+    return f"not settled after {timeout:.0f} s: {'; '.join(parts)}"
