@@ -83,16 +83,6 @@ TEST_PROJECTS = ("retry-ftps", "retry-raw", "retry-vna", "retry-cogstack", "part
 MAIN = "chest-xray"
 
 
-def _projects_dir(root: Path) -> Path:
-    folder = root / "projects"
-    folder.mkdir()
-    for path in (REPO_DIR / "projects").glob("*.yaml"):
-        shutil.copy(path, folder / path.name)
-    for name in TEST_PROJECTS:
-        shutil.copy(REPO_DIR / "projects" / "chest-xray.yaml", folder / f"{name}.yaml")
-    return folder
-
-
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     if shutil.which("Orthanc") is None:
@@ -107,8 +97,8 @@ def stack() -> Iterator[Stack]:
         "PIXL_EXPORT_BACKOFF_SECONDS": "1",
         "PIXL_REPORT_LEASE_SECONDS": "15",
         "PIXL_REPORT_BACKOFF_SECONDS": "1",
-        "PIXL_PROJECTS_DIR": str(_projects_dir(root)),
     }
+    settings.test_projects = TEST_PROJECTS
     try:
         local_stack.up(settings, timeout=120)
         yield Stack(settings)
