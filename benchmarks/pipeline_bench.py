@@ -440,9 +440,11 @@ def floor_fetch(url: str, studies: list[Any], deadline: Deadline) -> float:
 
 def floor_upload(stack: Stack, studies: list[Any], label: str, run: FloorRun) -> None:
     """Zip each study's exported instances (ZIP_STORED, in memory) and upload it over FTPS."""
+    from pixl_core.config.projects import load_project_file
     from pixl_core.transport.ftps import FtpsClient, FtpsSettings
 
-    ftps = FtpsSettings.from_env("PIXL_DSH_", environ=stack.settings.environment())
+    project = load_project_file(stack.settings.projects_dir / "chest-xray.yaml")
+    ftps = FtpsSettings.for_project(project, stack.settings.environment())
     with FtpsClient(ftps) as client:
         client.connect()
         for number, study in enumerate(studies, start=1):

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import orthanc
 import plugin_support
 
+from pixl_core.config.projects import load_project
 from pixl_core.env import env_number
 from pixl_core.transport.ftps import FtpsClient, FtpsSettings
 from pixl_imaging.export import AnonExporter, ExportSettings
@@ -35,7 +36,8 @@ def on_received(received_dicom: bytes, origin: object) -> tuple[object, bytes | 
 
 
 def _ftps(project: str) -> FtpsClient:
-    return FtpsClient(FtpsSettings.from_env("PIXL_DSH_"))
+    """A client for the server ``projects/<project>.yaml`` names (secrets from the env)."""
+    return FtpsClient(FtpsSettings.for_project(load_project(project)))
 
 
 def _start() -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psycopg2
 import requests
+import yaml
 
 from stack.settings import REPO_DIR, StackSettings
 
@@ -43,6 +44,39 @@ def render_orthanc_config(settings: StackSettings, name: str) -> Path:
     target = settings.run_dir / f"orthanc-{name}.json"
     target.write_text(template.safe_substitute(values))
     (settings.data_dir / _storage_name(name)).mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def render_projects(settings: StackSettings) -> list[Path]:
+    """Write the stack's project files: every committed ``projects/*.yaml`` and each of
+    ``settings.test_projects`` (a copy of chest-xray.yaml), their destination set to this
+    stack's DSH. Every process reads them through ``PIXL_PROJECTS_DIR``."""
+    sources = {path.stem: path for path in sorted((REPO_DIR / "projects").glob("*.yaml"))}
+    sources.update(
+        {slug: REPO_DIR / "projects" / "chest-xray.yaml" for slug in settings.test_projects}
+    )
+    return [
+        write_project(settings, slug, source, settings.local_destination())
+        for slug, source in sources.items()
+    ]
+
+
+def write_project(
+    settings: StackSettings, slug: str, source: Path, ftps: dict[str, object]
+) -> Path:
+    """Write ``<projects_dir>/<slug>.yaml``: ``source`` with ``destination: ftps:`` replaced.
+
+    Written to a temporary name and renamed, so a process reading it meanwhile (the demo run
+    again on a running stack) never sees half a file.
+    """
+    raw = yaml.safe_load(source.read_text())
+    raw["destination"] = {"ftps": dict(ftps)}
+    header = f"# Rendered by the local stack from projects/{source.name}, destination replaced.\n"
+    settings.projects_dir.mkdir(parents=True, exist_ok=True)
+    target = settings.projects_dir / f"{slug}.yaml"
+    partial = target.with_name(f".{target.name}.part")
+    partial.write_text(header + yaml.safe_dump(raw, sort_keys=False))
+    partial.replace(target)
     return target
 
 
@@ -207,6 +241,7 @@ def up(settings: StackSettings, timeout: float = 90.0) -> None:
         settings.staging_dir,
     ):
         folder.mkdir(parents=True, exist_ok=True)
+    render_projects(settings)
     from stack.postgres import ensure_initialised
 
     ensure_initialised(settings.data_dir / "pg")

@@ -47,6 +47,8 @@ class StackSettings:
     with_reports: bool = True
     # Extra environment for every process, e.g. short leases and backoffs in system tests.
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Extra project slugs rendered as copies of chest-xray.yaml (fresh work items for tests).
+    test_projects: tuple[str, ...] = ()
 
     @classmethod
     def for_demo(cls, root: Path) -> StackSettings:
@@ -83,6 +85,17 @@ class StackSettings:
     @property
     def staging_dir(self) -> Path:
         return self.root / "staging"
+
+    @property
+    def projects_dir(self) -> Path:
+        """The stack's own project files (``PIXL_PROJECTS_DIR`` of every process): the
+        committed ones rendered with their destination pointing at this stack's DSH, so the
+        stack never sends to a server a committed file names."""
+        return self.root / "projects"
+
+    def local_destination(self) -> dict[str, object]:
+        """The ``destination: ftps:`` of this stack's DSH (its CA file comes from the env)."""
+        return {"host": "127.0.0.1", "port": self.ports["dsh_ftps"], "user": "pixl", "root": "/"}
 
     @property
     def db_url(self) -> str:
@@ -124,10 +137,7 @@ class StackSettings:
             "PIXL_ANON_URL": self.url("anon"),
             "PIXL_VNA_URL": self.url("vna"),
             "PIXL_ORTHANC_USER": "pixl",
-            "PIXL_DSH_HOST": "127.0.0.1",
-            "PIXL_DSH_PORT": str(self.ports["dsh_ftps"]),
-            "PIXL_DSH_USER": "pixl",
-            "PIXL_DSH_ROOT": "/",
+            "PIXL_PROJECTS_DIR": str(self.projects_dir),
             "PIXL_DSH_CA_FILE": str(self.run_dir / "dsh-cert" / "dsh-ftps-cert.pem"),
             "PIXL_EHR_URL": self.url("ehr"),
             "PIXL_COGSTACK_URL": self.url("cogstack"),

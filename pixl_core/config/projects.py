@@ -85,11 +85,15 @@ def allowlists_dir() -> Path:
 
 @dataclass(frozen=True)
 class Destination:
-    """Where a project's files go; the password is read from the environment at upload time."""
+    """The FTPS server a project's files go to, as its file names it; never a secret.
 
-    host: str = "127.0.0.1"
+    ``pixl_core.transport.ftps.FtpsSettings.for_project`` adds the password (and, if set, a CA
+    file) from the environment.
+    """
+
+    host: str
+    user: str
     port: int = 21
-    user: str = "pixl"
     root: str = "/"
     implicit_tls: bool = False
     ca_file: str | None = None
@@ -111,7 +115,7 @@ class Project:
     allow_burned_in_annotation: bool
     ps315_options: tuple[str, ...]
     date_shift_max_days: int
-    destination: Destination
+    destination: Destination | None  # None: the file has no 'destination:'
     _cache: dict[tuple[str, str], AllowList] = field(default_factory=dict, compare=False)
 
     def allowlist_for(self, manufacturer: str, model: str) -> AllowList:
@@ -236,15 +240,19 @@ def _compile_filters(value: Any, name: str) -> tuple[re.Pattern[str], ...]:
     return tuple(patterns)
 
 
-def _parse_destination(value: Any, name: str) -> Destination:
+def _parse_destination(value: Any, name: str) -> Destination | None:
+    """The ``destination: ftps:`` mapping, checked key by key; None when the file has none
+    (such a project can be checked and anonymised offline, but exports refuse it)."""
     if value is None:
-        return Destination()
+        return None
     ftps = value.get("ftps") if isinstance(value, dict) else None
     if not isinstance(ftps, dict):
         raise PixlConfigError(f"{name}: 'destination:' must hold an 'ftps:' mapping")
     if "password" in ftps:
+        slug_variable = "PIXL_DSH_PASSWORD__" + Path(name).stem.upper().replace("-", "_")
         raise PixlConfigError(
-            f"{name}: never put the FTPS password in the project file; set PIXL_DSH_PASSWORD"
+            f"{name}: never put the FTPS password in the project file; set {slug_variable} "
+            "or PIXL_DSH_PASSWORD"
         )
     unknown = set(ftps) - DESTINATION_KEYS
     if unknown:
@@ -252,4 +260,28 @@ def _parse_destination(value: Any, name: str) -> Destination:
             f"{name}: unknown destination key '{sorted(unknown)[0]}'; allowed keys are "
             f"{', '.join(sorted(DESTINATION_KEYS))}"
         )
-    return Destination(**ftps)
+    for key in ("host", "user"):
+        if not isinstance(ftps.get(key), str) or not ftps[key].strip():
+            raise PixlConfigError(f"{name}: destination 'ftps:' needs '{key}:' (the DSH's {key})")
+    for key in ("implicit_tls", "verify"):
+        if not isinstance(ftps.get(key, True), bool):
+            raise PixlConfigError(f"{name}: destination '{key}:' must be true or false")
+    implicit_tls = ftps.get("implicit_tls", False)
+    port = ftps.get("port", 990 if implicit_tls else 21)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise PixlConfigError(f"{name}: destination 'port:' must be a whole number 1-65535")
+    root = ftps.get("root", "/")
+    if not isinstance(root, str) or not root.startswith("/"):
+        raise PixlConfigError(f"{name}: destination 'root:' must be an absolute path, e.g. /")
+    ca_file = ftps.get("ca_file")
+    if ca_file is not None and not isinstance(ca_file, str):
+        raise PixlConfigError(f"{name}: destination 'ca_file:' must be the path of a PEM file")
+    return Destination(
+        host=ftps["host"].strip(),
+        user=ftps["user"].strip(),
+        port=port,
+        root=root,
+        implicit_tls=implicit_tls,
+        ca_file=ca_file,
+        verify=ftps.get("verify", True),
+    )

@@ -15,6 +15,10 @@ complete, so the DSH never shows a half-written file under its final name. Conne
 temporary failures are retried with exponential backoff on a fresh connection; permanent ones
 (a refused login, a 5xx reply, an untrusted certificate) are raised at once.
 
+Each project names its own server in ``projects/<slug>.yaml`` (``destination: ftps:``);
+:meth:`FtpsSettings.for_project` is the one place that turns a project and the environment
+(its secrets) into settings, for the image exporter and the report export alike.
+
 Error messages name only ``host:port``, the FTP step that failed and a reply code or error
 class, never a path or a server reply text, which could echo a file name.
 """
@@ -35,10 +39,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from pixl_core.env import Number, env_number
+from pixl_core.env import env_number
 from pixl_core.errors import PixlConfigError, PixlError
+
+if TYPE_CHECKING:
+    from pixl_core.config.projects import Project
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +56,13 @@ MAX_BACKOFF_SECONDS = 60.0
 _BLOCK_SIZE = 64 * 1024
 # Replies meaning "this server does not implement that command", as opposed to "no such file".
 _NOT_IMPLEMENTED = frozenset({"500", "502", "504"})
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
+PASSWORD_VARIABLE = "PIXL_DSH_PASSWORD"
+CA_FILE_VARIABLE = "PIXL_DSH_CA_FILE"
+
+
+def project_variable(name: str, slug: str) -> str:
+    """The per-project form of an environment variable: ``PIXL_DSH_PASSWORD__CHEST_XRAY``."""
+    return f"{name}__{slug.upper().replace('-', '_')}"
 
 
 class FtpsError(PixlError):
@@ -133,68 +145,62 @@ class FtpsSettings:
             raise PixlConfigError("FTPS settings: remote_root must be an absolute path")
 
     @classmethod
-    def from_env(
-        cls, prefix: str = "PIXL_DSH_", environ: Mapping[str, str] | None = None
+    def for_project(
+        cls, project: Project, environ: Mapping[str, str] | None = None
     ) -> FtpsSettings:
-        """Read settings from ``<prefix>HOST``, ``PORT``, ``USER``, ``PASSWORD``, ``ROOT``,
-        ``IMPLICIT_TLS``, ``CA_FILE``, ``VERIFY``, ``TIMEOUT`` (and optionally ``RETRIES``,
-        ``BACKOFF_SECONDS``).
+        """Settings for ``project``'s destination: the one place FTPS settings are built.
 
-        The password is taken only from the environment so it never sits in a config file or
-        on a command line. ``PORT`` defaults to 990 with implicit TLS and 21 otherwise.
+        Where files go (host, port, user, root, TLS mode, verification) is read from the project
+        file, which a reviewer sees. What must not be in a repository comes from the
+        environment, per project first, then global: ``PIXL_DSH_PASSWORD__<SLUG>`` then
+        ``PIXL_DSH_PASSWORD`` (``<SLUG>`` is the slug upper-cased with ``-`` as ``_``:
+        ``PIXL_DSH_PASSWORD__CHEST_XRAY``). The CA file is a deployment path, so it is looked up
+        most specific first: ``PIXL_DSH_CA_FILE__<SLUG>``, the file's ``ca_file:``,
+        ``PIXL_DSH_CA_FILE``, else the system CAs. Tuning is global: ``PIXL_DSH_TIMEOUT``,
+        ``PIXL_DSH_RETRIES``, ``PIXL_DSH_BACKOFF_SECONDS``.
+
+        A project without ``destination:`` is refused rather than sent to a server its file
+        does not name: fail closed, and the project file stays the truth about where data goes.
         """
         env: Mapping[str, str] = os.environ if environ is None else environ
-
-        def text(name: str) -> str | None:
-            value = env.get(prefix + name, "").strip()
-            return value or None
-
-        def required(name: str, what: str) -> str:
-            value = text(name)
-            if value is None:
-                raise PixlConfigError(f"{prefix}{name} is not set: export it with {what}")
-            return value
-
-        def boolean(name: str, default: bool) -> bool:
-            value = text(name)
-            if value is None:
-                return default
-            if value.lower() in _TRUE:
-                return True
-            if value.lower() in _FALSE:
-                return False
-            raise PixlConfigError(f"{prefix}{name} must be true or false (or 1/0, yes/no)")
-
-        def number(name: str, default: Number, kind: type[Number]) -> Number:
-            return env_number(prefix + name, default, kind, environ=env)
-
-        host = required("HOST", "the DSH FTPS server's host name")
-        user = required("USER", "the DSH FTPS account name")
-        password = env.get(prefix + "PASSWORD")
-        if not password:
+        slug, destination = project.slug, project.destination
+        if destination is None:
             raise PixlConfigError(
-                f"{prefix}PASSWORD is not set: export it with the DSH FTPS account's password "
-                "(it is read only from the environment)"
+                f"projects/{slug}.yaml has no 'destination:'; add "
+                "destination: {ftps: {host, port, user, root}} naming the project's DSH server"
             )
-        implicit_tls = boolean("IMPLICIT_TLS", False)
-        ca_file = text("CA_FILE")
+        own_password = project_variable(PASSWORD_VARIABLE, slug)
+        _, password = _first_given(
+            (own_password, env.get(own_password)), (PASSWORD_VARIABLE, env.get(PASSWORD_VARIABLE))
+        )
+        if password is None:
+            raise PixlConfigError(
+                f"neither {own_password} nor {PASSWORD_VARIABLE} is set: export one with the "
+                f"password of project {slug}'s DSH FTPS account (read only from the environment)"
+            )
+        own_ca_file = project_variable(CA_FILE_VARIABLE, slug)
+        ca_source, ca_file = _first_given(
+            (own_ca_file, (env.get(own_ca_file) or "").strip()),
+            (f"projects/{slug}.yaml 'ca_file:'", destination.ca_file),
+            (CA_FILE_VARIABLE, (env.get(CA_FILE_VARIABLE) or "").strip()),
+        )
         if ca_file is not None and not Path(ca_file).is_file():
             raise PixlConfigError(
-                f"{prefix}CA_FILE names no file: set it to the PEM file of the CA that signed "
-                "the DSH certificate, or unset it to use the system CAs"
+                f"{ca_source} names no file: set it to the PEM file of the CA that signed "
+                f"project {slug}'s DSH certificate, or unset it to use the system CAs"
             )
         return cls(
-            host=host,
-            port=number("PORT", 990 if implicit_tls else 21, int),
-            user=user,
+            host=destination.host,
+            port=destination.port,
+            user=destination.user,
             password=password,
-            remote_root=text("ROOT") or "/",
-            implicit_tls=implicit_tls,
+            remote_root=destination.root,
+            implicit_tls=destination.implicit_tls,
             ca_file=ca_file,
-            verify=boolean("VERIFY", True),
-            timeout=number("TIMEOUT", 30.0, float),
-            retries=number("RETRIES", 3, int),
-            backoff_seconds=number("BACKOFF_SECONDS", 1.0, float),
+            verify=destination.verify,
+            timeout=env_number("PIXL_DSH_TIMEOUT", 30.0, float, environ=env, positive=True),
+            retries=env_number("PIXL_DSH_RETRIES", 3, int, environ=env),
+            backoff_seconds=env_number("PIXL_DSH_BACKOFF_SECONDS", 1.0, float, environ=env),
         )
 
     def ssl_context(self) -> ssl.SSLContext:
@@ -207,6 +213,14 @@ class FtpsSettings:
             context.verify_mode = ssl.CERT_NONE
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         return context
+
+
+def _first_given(*candidates: tuple[str, str | None]) -> tuple[str | None, str | None]:
+    """``(source, value)`` of the first candidate with a non-empty value, else (None, None)."""
+    for source, value in candidates:
+        if value:
+            return source, value
+    return None, None
 
 
 class _SessionReusingFtpTls(ftplib.FTP_TLS):
@@ -577,6 +591,23 @@ class FtpsClient:
             self._ftp.delete(path)
         except (*ftplib.all_errors, ValueError):
             pass
+
+    def read_bytes(self, remote_path: str) -> bytes | None:
+        """The content of the (small) file at ``remote_path``; None if there is no such file.
+
+        For files PIXL wrote itself and reads back whole, such as an export's manifest.
+        """
+        path = self._absolute(remote_path)
+
+        def read(ftp: ftplib.FTP_TLS) -> bytes | None:
+            if self._size(ftp, path) is None:
+                return None
+            buffer = io.BytesIO()
+            self._step = "RETR"
+            ftp.retrbinary(f"RETR {path}", buffer.write)
+            return buffer.getvalue()
+
+        return self._with_retries(read)
 
     def exists(self, remote_path: str) -> bool:
         """Whether a file or folder exists at ``remote_path``."""

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from pixl_cli.main import app as pixl_app
 from pixl_core.db.connection import connect
-from pixl_ehr.service import DshClient, ServiceConfig, create_app
+from pixl_core.transport.ftps import FtpsClient
+from pixl_ehr.service import ServiceConfig, create_app
 from tests.fixtures.ftps import free_port
 from tests.integration.ehr_fixtures import (
     PROJECT,
@@ -99,7 +100,9 @@ def test_reject_of_a_checked_or_unknown_report_exits_1(items, conn):
 def ehr_url(db_url, conn, dsh_ftps_server, monkeypatch) -> Iterator[str]:
     """The EHR service (no worker) served by uvicorn in a thread, exporting to a real FTPS."""
     settings = dsh_ftps_server.settings()
-    config = ServiceConfig(db_url=db_url, start_worker=False, ftps=lambda: DshClient(settings))
+    config = ServiceConfig(
+        db_url=db_url, start_worker=False, ftps=lambda project: FtpsClient(settings)
+    )
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning")

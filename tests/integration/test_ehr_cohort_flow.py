@@ -13,8 +13,9 @@ from pixl_cli.extract_reader import read_extract
 from pixl_cli.populate import populate
 from pixl_core.db.connection import connect
 from pixl_core.hashing import ProjectHasher, hash_accession_number
+from pixl_core.transport.ftps import FtpsClient
 from pixl_ehr.report_worker import ReportWorker, ReportWorkerSettings
-from pixl_ehr.service import DshClient, ServiceConfig, create_app
+from pixl_ehr.service import ServiceConfig, create_app
 from stack.standins.cogstack_redactor import redact
 from stack.standins.emap_load import load_cohort_reports
 from stack.synthetic.cohort import generate_cohort
@@ -64,7 +65,9 @@ def test_cohort_reports_flow_to_the_dsh(db_url, tmp_path: Path, dsh_ftps_server,
         assert passed, "the stand-in and the checker agree on at least one report"
 
         settings = dsh_ftps_server.settings()
-        config = ServiceConfig(db_url=db_url, start_worker=False, ftps=lambda: DshClient(settings))
+        config = ServiceConfig(
+            db_url=db_url, start_worker=False, ftps=lambda project: FtpsClient(settings)
+        )
         with TestClient(create_app(config)) as client:
             response = client.post(f"/export/{extract.project}")
         assert response.status_code == 200, response.text

@@ -16,12 +16,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
+import yaml
 from fastapi.testclient import TestClient
 
+from pixl_core.config.projects import load_project
 from pixl_core.db.connection import connect
 from pixl_core.hashing import ProjectHasher, hash_accession_number
+from pixl_core.transport.ftps import FtpsClient
 from pixl_ehr.report_worker import ReportWorkerSettings
-from pixl_ehr.service import DshClient, ServiceConfig, create_app
+from pixl_ehr.service import ServiceConfig, create_app
 from tests.fixtures.ftps import free_port
 from tests.integration.ehr_fixtures import (
     PROJECT,
@@ -37,6 +40,7 @@ from tests.integration.ehr_fixtures import (
 )
 
 STAMP = "2024-03-01T10-15-00"
+REPO_DIR = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -58,10 +62,10 @@ class Uploads:
         self.settings = settings
         self.uploaded: list[str] = []
 
-    def __call__(self) -> DshClient:
+    def __call__(self, project: str) -> FtpsClient:
         uploads = self.uploaded
 
-        class Counting(DshClient):
+        class Counting(FtpsClient):
             def upload_bytes(self, remote_path, data):
                 uploads.append(remote_path)
                 return super().upload_bytes(remote_path, data)
@@ -159,6 +163,40 @@ def test_export_lands_files_with_a_matching_manifest(client, ready, conn, dsh_ft
     assert row(conn, ready["flagged"])["state"] == "flagged"
 
 
+def test_default_client_sends_to_the_server_the_project_file_names(
+    db_url, ready, dsh_ftps_server, tmp_path, monkeypatch
+):
+    """No client factory given: the export reads the project's ``destination:`` and takes the
+    per-project password before the global one (which is wrong here, so using it would fail)."""
+    server = dsh_ftps_server
+    raw = yaml.safe_load((REPO_DIR / "projects" / f"{PROJECT}.yaml").read_text())
+    raw["destination"] = {
+        "ftps": {
+            "host": server.host,
+            "port": server.port,
+            "user": server.user,
+            "root": "/",
+            "ca_file": str(server.ca_file),
+        }
+    }
+    projects = tmp_path / "projects"
+    projects.mkdir()
+    (projects / f"{PROJECT}.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("PIXL_PROJECTS_DIR", str(projects))
+    monkeypatch.setenv("PIXL_DSH_PASSWORD__CHEST_XRAY", server.password)
+    monkeypatch.setenv("PIXL_DSH_PASSWORD", "not-the-password")
+    monkeypatch.setenv("PIXL_DSH_RETRIES", "0")
+    load_project.cache_clear()
+    try:
+        with TestClient(create_app(ServiceConfig(db_url=db_url, start_worker=False))) as client:
+            response = client.post(f"/export/{PROJECT}")
+    finally:
+        load_project.cache_clear()
+    assert response.status_code == 200, response.text
+    assert response.json()["files_sent"] == 4
+    assert (server.root / PROJECT / STAMP / "parquet" / "manifest.json").is_file()
+
+
 def test_second_export_resends_nothing(client, ready, dsh_ftps_server, uploads):
     assert client.post(f"/export/{PROJECT}").status_code == 200
     before = dsh_files(dsh_ftps_server.root)
@@ -197,7 +235,7 @@ def test_ftps_down_is_503_and_a_later_retry_works(
     client, config, ready, conn, dsh_ftps_server, unused_tcp_port
 ):
     working = config.ftps
-    config.ftps = lambda: DshClient(
+    config.ftps = lambda project: FtpsClient(
         replace(dsh_ftps_server.settings(), port=unused_tcp_port, retries=0)
     )
     response = client.post(f"/export/{PROJECT}")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pixl_core.errors import PixlConfigError, PixlError
+from pixl_core.errors import PixlError
 from pixl_core.transport import ftps
 from pixl_core.transport.ftps import FtpsClient, FtpsError, FtpsSettings
 from stack.standins.dsh_ftps import CERT_FILE_NAME, generate_certificate
@@ -51,55 +51,6 @@ def _stock_ftps_upload(server: FtpServerInfo, remote_path: str) -> None:
         stock.storbinary(f"STOR {remote_path}", io.BytesIO(b"x" * 1000))
     finally:
         stock.close()
-
-
-# --- settings -------------------------------------------------------------------------------
-
-
-def test_settings_from_env_reads_every_variable(tmp_path: Path) -> None:
-    ca_file = tmp_path / "ca.pem"
-    ca_file.write_text("not parsed here")
-    settings = FtpsSettings.from_env(
-        environ={
-            "PIXL_DSH_HOST": "dsh.example.org",
-            "PIXL_DSH_PORT": "2990",
-            "PIXL_DSH_USER": "pixl",
-            "PIXL_DSH_PASSWORD": "s3cret-value",
-            "PIXL_DSH_ROOT": "/incoming",
-            "PIXL_DSH_IMPLICIT_TLS": "yes",
-            "PIXL_DSH_CA_FILE": str(ca_file),
-            "PIXL_DSH_VERIFY": "true",
-            "PIXL_DSH_TIMEOUT": "12.5",
-        }
-    )
-    assert settings == FtpsSettings(
-        "dsh.example.org", 2990, "pixl", "s3cret-value", "/incoming", True, str(ca_file), True, 12.5
-    )
-    assert "s3cret-value" not in repr(settings)
-
-
-def test_settings_from_env_defaults_port_by_tls_mode() -> None:
-    base = {"PIXL_DSH_HOST": "h", "PIXL_DSH_USER": "u", "PIXL_DSH_PASSWORD": "p"}
-    assert FtpsSettings.from_env(environ=base).port == 21
-    assert FtpsSettings.from_env(environ={**base, "PIXL_DSH_IMPLICIT_TLS": "1"}).port == 990
-    assert FtpsSettings.from_env(environ=base).remote_root == "/"
-
-
-def test_settings_missing_password_names_the_variable() -> None:
-    with pytest.raises(PixlConfigError) as caught:
-        FtpsSettings.from_env(environ={"PIXL_DSH_HOST": "h", "PIXL_DSH_USER": "u"})
-    message = str(caught.value)
-    assert "PIXL_DSH_PASSWORD" in message and "export" in message and "\n" not in message
-
-
-@pytest.mark.parametrize(
-    ("name", "value"),
-    [("PIXL_DSH_PORT", "twenty-one"), ("PIXL_DSH_VERIFY", "maybe"), ("PIXL_DSH_CA_FILE", "/nx")],
-)
-def test_settings_bad_values_name_the_variable(name: str, value: str) -> None:
-    environ = {"PIXL_DSH_HOST": "h", "PIXL_DSH_USER": "u", "PIXL_DSH_PASSWORD": "p", name: value}
-    with pytest.raises(PixlConfigError, match=name):
-        FtpsSettings.from_env(environ=environ)
 
 
 # --- the DSH stand-in (pyftpdlib, TLS required, session reuse required) ------------------
@@ -142,6 +93,21 @@ def test_exists_size_and_list_dir(dsh_ftps_server: FtpServerInfo) -> None:
         assert client.size("a/b") is None
         assert client.list_dir("a/b") == ["one.bin", "two.bin"]
         assert client.list_dir("/") == ["a"]
+
+
+def test_read_bytes_returns_the_file_or_none(dsh_ftps_server: FtpServerInfo) -> None:
+    with FtpsClient(dsh_ftps_server.settings(remote_root="/incoming")) as client:
+        client.upload_bytes("project/manifest.json", PAYLOAD)
+        assert client.read_bytes("project/manifest.json") == PAYLOAD
+        assert client.read_bytes("/project/manifest.json") == PAYLOAD
+        assert client.read_bytes("project/absent.json") is None
+        assert client.read_bytes("project") is None  # a folder is not a file
+        client.upload_bytes("project/empty.json", b"")
+        assert client.read_bytes("project/empty.json") == b""
+    assert _files_under(dsh_ftps_server.root) == [
+        "incoming/project/empty.json",
+        "incoming/project/manifest.json",
+    ]
 
 
 def test_remote_root_is_prefixed(dsh_ftps_server: FtpServerInfo) -> None:
@@ -375,6 +341,14 @@ def test_vsftpd_upload_with_session_reuse(vsftpd_server: FtpServerInfo) -> None:
         client.upload_bytes("project/images/study.zip", b"replaced")
     assert (vsftpd_server.root / "project/images/study.zip").read_bytes() == b"replaced"
     assert _files_under(vsftpd_server.root) == ["project/images/study.zip"]
+
+
+def test_vsftpd_read_bytes_with_session_reuse(vsftpd_server: FtpServerInfo) -> None:
+    """RETR opens a data connection too: it must resume the control session like STOR."""
+    with FtpsClient(vsftpd_server.settings()) as client:
+        client.upload_bytes("project/manifest.json", PAYLOAD)
+        assert client.read_bytes("project/manifest.json") == PAYLOAD
+        assert client.read_bytes("project/absent.json") is None
 
 
 def test_vsftpd_refuses_stock_ftplib_without_session_reuse(vsftpd_server: FtpServerInfo) -> None:

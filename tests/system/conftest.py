@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from stack.driver import Stack
-from stack.settings import REPO_DIR, StackSettings
+from stack.settings import StackSettings
 from stack.standins.emap_load import load_cohort_reports
 from stack.synthetic.cohort import Cohort, generate_cohort, load_into_vna
 
@@ -26,16 +26,6 @@ pytestmark = pytest.mark.system
 # Test-only projects (same allow-lists as chest-xray) so failure tests get fresh work items.
 TEST_PROJECTS = ("retry-ftps", "retry-raw", "retry-vna", "retry-cogstack", "partial-fetch")
 MAIN = "chest-xray"
-
-
-def _projects_dir(root: Path) -> Path:
-    folder = root / "projects"
-    folder.mkdir()
-    for path in (REPO_DIR / "projects").glob("*.yaml"):
-        shutil.copy(path, folder / path.name)
-    for name in TEST_PROJECTS:
-        shutil.copy(REPO_DIR / "projects" / "chest-xray.yaml", folder / f"{name}.yaml")
-    return folder
 
 
 @pytest.fixture(scope="session")
@@ -52,8 +42,8 @@ def stack() -> Iterator[Stack]:
         "PIXL_EXPORT_BACKOFF_SECONDS": "1",
         "PIXL_REPORT_LEASE_SECONDS": "15",
         "PIXL_REPORT_BACKOFF_SECONDS": "1",
-        "PIXL_PROJECTS_DIR": str(_projects_dir(root)),
     }
+    settings.test_projects = TEST_PROJECTS
     stack = Stack(settings)
     try:
         stack.up(timeout=120)
