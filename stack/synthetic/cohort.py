@@ -10,8 +10,8 @@ none of them arrived.
 What ``generate_cohort(out_dir)`` writes::
 
     out_dir/dicom/0001.dcm …                 the VNA's content (names are counters, never ids)
-    out_dir/extract/                         OMOP ES extract for the project (see
-                                             pixl_core/extract.py for the format)
+    out_dir/extract/                         OMOP ES extract for the project (written by
+                                             omop_es.py; cli/pixl_cli/extract_reader.py reads it)
     out_dir/extract-<second_project>/        OMOP ES extract for the second project
     out_dir/reports.jsonl                    one report per study (EMAP's content)
 
@@ -53,8 +53,6 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import requests
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
@@ -80,6 +78,14 @@ from stack.synthetic.dicom_builder import (
     chest_pixels,
     set_private,
     write_file,
+)
+from stack.synthetic.omop_es import (
+    CHEST_XRAY_CONCEPT,
+    UNMAPPED_CONCEPT,
+    Person,
+    Procedure,
+    extract_summary,
+    write_extract,
 )
 from stack.synthetic.reports import ReportContent, Sentence, write_report
 
@@ -112,14 +118,6 @@ MIN_STUDIES = max(SPECIAL_ROLES) + 1
 # Every identifier listed by Cohort.identifiers() is at least this long, so a scan for it
 # cannot match ordinary words or numbers by chance.
 MIN_IDENTIFIER_LENGTH = 5
-
-# OMOP concepts: 4163872 is SNOMED "Plain chest X-ray"; an unmapped source gets concept 0, as
-# OMOP ES writes for local codes it cannot map (here, the MR study).
-CHEST_XRAY_CONCEPT = 4163872
-UNMAPPED_CONCEPT = 0
-EHR_TYPE_CONCEPT = 32817  # "EHR"
-MALE_CONCEPT = 8507
-FEMALE_CONCEPT = 8532
 
 _UID_NAMESPACE = "pixl-synthetic-cohort"
 
@@ -943,11 +941,6 @@ def _write_dicom(
 # --- OMOP ES extract --------------------------------------------------------------------------
 
 
-def _write_table(path: Path, columns: dict[str, pa.Array]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(columns), path)
-
-
 def _write_extract(
     extract_dir: Path,
     project: str,
@@ -956,90 +949,44 @@ def _write_extract(
     extracted_at: datetime,
 ) -> None:
     """An OMOP ES extract for ``project``: its own sequential person and procedure ids."""
-    persons: dict[str, int] = {}
-    person_rows: list[SyntheticStudy] = []
-    procedure_rows: list[tuple[int, int, SyntheticStudy]] = []
+    persons: dict[str, Person] = {}
+    procedures: list[Procedure] = []
     for study in studies:
         if study.mrn not in persons:
-            persons[study.mrn] = len(persons) + 1
-            person_rows.append(study)
-        procedure_id = len(procedure_rows) + 1
+            persons[study.mrn] = Person(
+                person_id=len(persons) + 1,
+                mrn=study.mrn,
+                year_of_birth=study.dob.year,
+                sex=study.sex,
+                nhs_number=study.nhs_number,
+                given_name=study.given_name,
+                family_name=study.family_name,
+                date_of_birth=study.dob,
+                postcode=study.postcode,
+            )
+        procedure_id = len(procedures) + 1
         study.procedure_ids[project] = procedure_id
-        procedure_rows.append((procedure_id, persons[study.mrn], study))
+        is_mr = study.modality == "MR"  # a local code OMOP ES cannot map
+        procedures.append(
+            Procedure(
+                procedure_occurrence_id=procedure_id,
+                person_id=persons[study.mrn].person_id,
+                accession_number=study.accession_number,
+                procedure_date=study.study_datetime.date(),
+                procedure_datetime=study.study_datetime,
+                concept_id=UNMAPPED_CONCEPT if is_mr else CHEST_XRAY_CONCEPT,
+                source_value="MCHES" if is_mr else "XCHES",
+            )
+        )
     # The duplicated row: OMOP ES wrote the same procedure twice, in both files.
-    procedure_rows += [row for row in procedure_rows if row[2].role == DUPLICATED_ROW]
-
-    ids = [row[0] for row in procedure_rows]
-    rows = [row[2] for row in procedure_rows]
-    _write_table(
-        extract_dir / "public" / "PROCEDURE_OCCURRENCE.parquet",
-        {
-            "procedure_occurrence_id": pa.array(ids, pa.int64()),
-            "person_id": pa.array([row[1] for row in procedure_rows], pa.int64()),
-            "procedure_concept_id": pa.array(
-                [UNMAPPED_CONCEPT if s.modality == "MR" else CHEST_XRAY_CONCEPT for s in rows],
-                pa.int64(),
-            ),
-            "procedure_date": pa.array([s.study_datetime.date() for s in rows], pa.date32()),
-            "procedure_datetime": pa.array([s.study_datetime for s in rows], pa.timestamp("us")),
-            "procedure_end_date": pa.array([None] * len(rows), pa.date32()),
-            "procedure_type_concept_id": pa.array([EHR_TYPE_CONCEPT] * len(rows), pa.int64()),
-            "modifier_concept_id": pa.array([0] * len(rows), pa.int64()),
-            "quantity": pa.array([1] * len(rows), pa.int64()),
-            "provider_id": pa.array([None] * len(rows), pa.int64()),
-            "visit_occurrence_id": pa.array([1000 + i for i in ids], pa.int64()),
-            "visit_detail_id": pa.array([None] * len(rows), pa.int64()),
-            "procedure_source_value": pa.array(
-                ["MCHES" if s.modality == "MR" else "XCHES" for s in rows], pa.string()
-            ),
-            "procedure_source_concept_id": pa.array([0] * len(rows), pa.int64()),
-            "modifier_source_value": pa.array([None] * len(rows), pa.string()),
-        },
-    )
-    _write_table(
-        extract_dir / "public" / "PERSON.parquet",
-        {
-            "person_id": pa.array([persons[s.mrn] for s in person_rows], pa.int64()),
-            "gender_concept_id": pa.array(
-                [MALE_CONCEPT if s.sex == "M" else FEMALE_CONCEPT for s in person_rows],
-                pa.int64(),
-            ),
-            "year_of_birth": pa.array([s.dob.year for s in person_rows], pa.int64()),
-            "race_concept_id": pa.array([0] * len(person_rows), pa.int64()),
-            "ethnicity_concept_id": pa.array([0] * len(person_rows), pa.int64()),
-        },
-    )
-    _write_table(
-        extract_dir / "private" / "PERSON_LINKS.parquet",
-        {
-            "person_id": pa.array([persons[s.mrn] for s in person_rows], pa.int64()),
-            "PrimaryMrn": pa.array([s.mrn for s in person_rows], pa.string()),
-            "NhsNumber": pa.array([s.nhs_number for s in person_rows], pa.string()),
-            "Forename": pa.array([s.given_name for s in person_rows], pa.string()),
-            "Surname": pa.array([s.family_name for s in person_rows], pa.string()),
-            "DateOfBirth": pa.array([s.dob for s in person_rows], pa.date32()),
-            "Sex": pa.array([s.sex for s in person_rows], pa.string()),
-            "Postcode": pa.array([s.postcode for s in person_rows], pa.string()),
-        },
-    )
-    _write_table(
-        extract_dir / "private" / "PROCEDURE_OCCURRENCE_LINKS.parquet",
-        {
-            "procedure_occurrence_id": pa.array(ids, pa.int64()),
-            "AccessionNumber": pa.array([s.accession_number for s in rows], pa.string()),
-            "procedure_date": pa.array([s.study_datetime.date() for s in rows], pa.date32()),
-        },
-    )
+    duplicated = {s.procedure_ids[project] for s in studies if s.role == DUPLICATED_ROW}
+    procedures += [p for p in procedures if p.procedure_occurrence_id in duplicated]
     digest = hashlib.sha1(f"omop-es:{seed}:{project}".encode()).hexdigest()
-    summary = {
-        "datetime": extracted_at.isoformat(),
-        "project_name": project,
-        "omop_es_hash": digest,
-        "settings": {"cdm_source_name": project, "cdm_version": "5.4"},
-        "synthetic": True,
-    }
-    (extract_dir / "extract_summary.json").write_text(
-        json.dumps(summary, indent=2) + "\n", encoding="utf-8"
+    write_extract(
+        extract_dir,
+        list(persons.values()),
+        procedures,
+        extract_summary(project, extracted_at, digest),
     )
 
 
