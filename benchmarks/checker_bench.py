@@ -2,7 +2,8 @@
 
 Input: 10,000 synthetic UK chest X-ray reports from ``stack.synthetic.reports.generate``
 (seed 7: 30% with one to three of the patient's identifiers planted, 10% with someone else's,
-the rest clean; about 500-1,250 characters, mean ~790), each with its patient's identifiers. They are
+the rest clean; about 470-1,180 characters, mean ~780, laid out as EMAP's narrative, impression
+and addenda joined as the report worker joins them), each with its patient's identifiers. They are
 generated in memory (about half a second), not stored.
 
 Candidates, each over the same 10,000 texts:

@@ -11,9 +11,9 @@ Three candidates, each from the bytes of a DICOM Part 10 file to the bytes of th
 
 Inputs: (a) the real chest CR ``RG1_UNCI.dcm`` from pydicom-data (1955x1841, 16-bit, 7.2 MB),
 (b) a synthetic 3000x2500 16-bit DX (15 MB), (c) for memory only, a synthetic 5000x5000 16-bit
-DX (50 MB). Synthetic files are uncompressed Explicit VR Little Endian with a realistic header
-(patient, study, series, equipment, exposure, code sequences, a private block) and are generated
-once into ``benchmarks/.work/``.
+DX (50 MB). Synthetic files are uncompressed Explicit VR Little Endian, built on
+``stack.synthetic.dicom_builder`` with a realistic header (patient, study, series, equipment,
+exposure, code sequences, a private block), and are generated once into ``benchmarks/.work/``.
 
 Goals: PIXL ≤ 1.2x floor and faster than dicom-anonymizer (median per-instance time), and total
 peak memory ≤ 3x the file size.
@@ -51,26 +51,22 @@ import sys
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import asdict
+from datetime import datetime
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from dicomanonymizer import anonymize_dataset
 from pydicom import dcmread, dcmwrite
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
-    DigitalXRayImageStorageForPresentation,
-    ExplicitVRLittleEndian,
-)
 
 from benchmarks.common import WORK_DIR, Result, measure_interleaved
 from pixl_core.config.projects import Project, load_project
 from pixl_core.dicom.deid import deidentify_bytes
 from pixl_core.hashing import ProjectHasher
+from stack.synthetic.dicom_builder import base_dataset, code_item, to_bytes
 
 TITLE = "De-identification engine"
 PROJECT_SLUG = "chest-xray"
@@ -79,7 +75,7 @@ BENCH_SECRET = b"pixl-benchmark-secret-not-for-real-data"
 FLOOR_RATIO_GOAL = 1.2
 MEMORY_RATIO_GOAL = 3.0
 # Bump when the synthetic header changes, so stale files in .work/ are not reused.
-SYNTHETIC_VERSION = 1
+SYNTHETIC_VERSION = 2
 CR_FILE = "RG1_UNCI.dcm"
 DX_SHAPE = (3000, 2500)
 MEMORY_SHAPE = (5000, 5000)
@@ -93,54 +89,50 @@ Candidate = Callable[[bytes], bytes]
 
 
 def synthetic_dx(rows: int, columns: int, seed: int = 20240601) -> Dataset:
-    """A DX "for presentation" chest PA with a realistic identifiable header and 12-bit noise."""
+    """A DX "for presentation" chest PA with a realistic identifiable header and 12-bit pixels.
+
+    The shared ``base_dataset`` plus what a DX room and the RIS add: exposure, detector, codes,
+    request attributes and a vendor's private block that leaks a name.
+    """
     uid_root = "1.2.826.0.1.3680043.10.1234."  # an example root; the values are made up
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = f"{uid_root}3.{seed}.{rows}.{columns}"
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds = base_dataset(
+        modality="DX",
+        sop_uid=f"{uid_root}3.{seed}.{rows}.{columns}",
+        study_uid=f"{uid_root}1.{seed}",
+        series_uid=f"{uid_root}2.{seed}",
+        patient_name="Doe^John^Michael",
+        patient_id="MRN0012345",
+        birth_date="19640229",
+        sex="M",
+        age="060Y",
+        accession="RRK12345678",
+        study_id="UCH2024031501",
+        study_datetime=datetime(2024, 3, 15, 10, 12, 4),
+        series_datetime=datetime(2024, 3, 15, 10, 15, 29),
+        manufacturer="ACME Medical",
+        model="DigiRad 5000",
+        pixel_spacing=0.139,
+        rows=rows,
+        columns=columns,
+        pixel_seed=seed,
+    )
     ds.InstanceCreationDate = "20240315"
     ds.InstanceCreationTime = "101530"
-    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = "20240315"
-    ds.StudyTime = "101204"
-    ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = "101529.123000"
+    ds.AcquisitionDate = "20240315"
+    ds.AcquisitionTime = "101529.123000"
     ds.AcquisitionDateTime = "20240315101529.123000"
-    ds.AccessionNumber = "RRK12345678"
-    ds.Modality = "DX"
-    ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.Manufacturer = "ACME Medical"
     ds.InstitutionName = "University College Hospital"
     ds.InstitutionAddress = "235 Euston Road, London NW1 2BU"
     ds.ReferringPhysicianName = "Smith^Jane^^Dr"
     ds.StationName = "UCH-XR-ROOM3"
-    ds.StudyDescription = "XR CHEST"
-    ds.SeriesDescription = "PA"
     ds.InstitutionalDepartmentName = "Radiology"
     ds.OperatorsName = "Jones^Sam"
-    ds.ManufacturerModelName = "DigiRad 5000"
-    procedure = Dataset()
-    procedure.CodeValue = "XCHES"
-    procedure.CodingSchemeDesignator = "99UCLH"
-    procedure.CodeMeaning = "XR Chest"
-    ds.ProcedureCodeSequence = Sequence([procedure])
-    ds.PatientName = "Doe^John^Michael"
-    ds.PatientID = "MRN0012345"
+    ds.ProcedureCodeSequence = Sequence([code_item("XCHES", "99UCLH", "XR Chest")])
     ds.IssuerOfPatientID = "UCLH"
-    ds.PatientBirthDate = "19640229"
-    ds.PatientSex = "M"
     ds.OtherPatientIDs = "9434765919"
-    ds.PatientAge = "060Y"
     ds.PatientSize = "1.78"
     ds.PatientWeight = "82"
     ds.PatientAddress = "1 Example Street, London"
-    ds.BodyPartExamined = "CHEST"
     ds.DeviceSerialNumber = "SN-00042-XR"
     ds.SoftwareVersions = ["DR 4.2.1", "IP 2.0"]
     ds.ProtocolName = "Chest PA"
@@ -158,48 +150,13 @@ def synthetic_dx(rows: int, columns: int, seed: int = 20240601) -> Dataset:
     ds.ExposureIndex = "412"
     ds.TargetExposureIndex = "400"
     ds.DeviationIndex = "0.1"
-    ds.DetectorType = "SCINTILLATOR"
     ds.DetectorID = "DET-7781"
     ds.DetectorElementPhysicalSize = ["0.139", "0.139"]
     ds.DetectorElementSpacing = ["0.139", "0.139"]
-    ds.ImagerPixelSpacing = ["0.139", "0.139"]
-    ds.ViewPosition = "PA"
     ds.PositionerType = "NONE"
-    ds.StudyInstanceUID = f"{uid_root}1.{seed}"
-    ds.SeriesInstanceUID = f"{uid_root}2.{seed}"
-    ds.StudyID = "UCH2024031501"
-    ds.SeriesNumber = 1
     ds.AcquisitionNumber = 1
-    ds.InstanceNumber = 1
-    ds.PatientOrientation = ["A", "F"]
-    ds.ImageLaterality = "U"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = rows
-    ds.Columns = columns
-    ds.PixelSpacing = ["0.139", "0.139"]
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.WindowCenter = "2048"
-    ds.WindowWidth = "4096"
-    ds.RescaleIntercept = "0"
-    ds.RescaleSlope = "1"
-    ds.RescaleType = "US"
-    ds.LossyImageCompression = "00"
-    ds.BurnedInAnnotation = "NO"
-    ds.PresentationLUTShape = "IDENTITY"
-    view = Dataset()
-    view.CodeValue = "R-10214"
-    view.CodingSchemeDesignator = "SRT"
-    view.CodeMeaning = "postero-anterior"
-    ds.ViewCodeSequence = Sequence([view])
-    region = Dataset()
-    region.CodeValue = "T-D3000"
-    region.CodingSchemeDesignator = "SRT"
-    region.CodeMeaning = "Chest"
-    ds.AnatomicRegionSequence = Sequence([region])
+    ds.ViewCodeSequence = Sequence([code_item("R-10214", "SRT", "postero-anterior")])
+    ds.AnatomicRegionSequence = Sequence([code_item("T-D3000", "SRT", "Chest")])
     request = Dataset()
     request.RequestedProcedureID = "RP0099812"
     request.ScheduledProcedureStepID = "SPS0099812"
@@ -211,17 +168,7 @@ def synthetic_dx(rows: int, columns: int, seed: int = 20240601) -> Dataset:
     private.add_new(0x10, "LO", "Chest PA adult")
     private.add_new(0x11, "DS", "2.5")
     private.add_new(0x12, "LO", "Doe^John")  # vendors do leak identifiers here
-    pixels = np.random.default_rng(seed).integers(0, 4096, size=(rows, columns), dtype=np.uint16)
-    ds.PixelData = pixels.tobytes()
-    ds["PixelData"].VR = "OW"
     return ds
-
-
-def encode(ds: Dataset) -> bytes:
-    """The Part 10 bytes of ``ds``."""
-    out = BytesIO()
-    dcmwrite(out, ds, enforce_file_format=True)
-    return out.getvalue()
 
 
 def synthetic_file(rows: int, columns: int) -> Path:
@@ -230,7 +177,7 @@ def synthetic_file(rows: int, columns: int) -> Path:
     if not path.is_file():
         WORK_DIR.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
-        partial.write_bytes(encode(synthetic_dx(rows, columns)))
+        partial.write_bytes(to_bytes(synthetic_dx(rows, columns)))
         partial.replace(path)
     return path
 
@@ -407,7 +354,7 @@ def memory_child(method: str, mode: str, path: str) -> dict[str, Any]:
     funcs = candidates()
     function = funcs[method]
     data = Path(path).read_bytes()
-    function(encode(synthetic_dx(64, 64)))  # warm-up: imports, caches, dictionaries
+    function(to_bytes(synthetic_dx(64, 64)))  # warm-up: imports, caches, dictionaries
     gc.collect()
     if mode == "tracemalloc":
         tracemalloc.start()

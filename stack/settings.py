@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from stack.ports import free_port
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 PORT_NAMES = (
@@ -26,12 +27,6 @@ PORT_NAMES = (
     "cogstack_http",
 )
 SECRET_NAMES = ("PIXL_HASH_KEY", "PIXL_ORTHANC_PASSWORD", "PIXL_DSH_PASSWORD")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

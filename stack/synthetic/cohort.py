@@ -10,8 +10,8 @@ none of them arrived.
 What ``generate_cohort(out_dir)`` writes::
 
     out_dir/dicom/0001.dcm …                 the VNA's content (names are counters, never ids)
-    out_dir/extract/                         OMOP ES extract for the project (see
-                                             pixl_core/extract.py for the format)
+    out_dir/extract/                         OMOP ES extract for the project (written by
+                                             omop_es.py; cli/pixl_cli/extract_reader.py reads it)
     out_dir/extract-<second_project>/        OMOP ES extract for the second project
     out_dir/reports.jsonl                    one report per study (EMAP's content)
 
@@ -53,19 +53,43 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import requests
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
+
+from pixl_ehr.checker import (
+    ADDRESS,
+    DATE_OF_BIRTH,
+    MRN,
+    NAME,
+    NHS_NUMBER,
+    PHONE,
+    POSTCODE,
+    PatientIdentifiers,
+    nhs_number_is_valid,
+)
+from stack.synthetic.dicom_builder import (
+    EXAMPLE_CREATOR,
+    EXAMPLE_GROUP,
+    EXAMPLE_OFFSET,
+    SOP_CLASS_BY_MODALITY,
+    base_dataset,
+    chest_pixels,
+    set_private,
+    write_file,
+)
+from stack.synthetic.omop_es import (
+    CHEST_XRAY_CONCEPT,
+    UNMAPPED_CONCEPT,
+    Person,
+    Procedure,
+    extract_summary,
+    write_extract,
+)
+from stack.synthetic.reports import ReportContent, Sentence, write_report
 
 # --- constants --------------------------------------------------------------------------------
-
-CR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")  # Computed Radiography Image Storage
-DX_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1.1")  # Digital X-Ray Image Storage - For Presentation
-MR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")  # MR Image Storage
 
 EXPORTED = "exported"
 NOT_FOUND = "not_found"
@@ -91,22 +115,9 @@ SPECIAL_ROLES = {
 }
 MIN_STUDIES = max(SPECIAL_ROLES) + 1
 
-# The override in projects/chest-xray.yaml keeps this private element for Philips DigitalDiagnost.
-EXAMPLE_CREATOR = "PIXL EXAMPLE EXPOSURE"
-EXAMPLE_GROUP = 0x0021
-EXAMPLE_OFFSET = 0x10
-
 # Every identifier listed by Cohort.identifiers() is at least this long, so a scan for it
 # cannot match ordinary words or numbers by chance.
 MIN_IDENTIFIER_LENGTH = 5
-
-# OMOP concepts: 4163872 is SNOMED "Plain chest X-ray"; an unmapped source gets concept 0, as
-# OMOP ES writes for local codes it cannot map (here, the MR study).
-CHEST_XRAY_CONCEPT = 4163872
-UNMAPPED_CONCEPT = 0
-EHR_TYPE_CONCEPT = 32817  # "EHR"
-MALE_CONCEPT = 8507
-FEMALE_CONCEPT = 8532
 
 _UID_NAMESPACE = "pixl-synthetic-cohort"
 
@@ -514,23 +525,6 @@ class Cohort:
 # --- identity helpers -------------------------------------------------------------------------
 
 
-def nhs_check_digit(first_nine: str) -> int | None:
-    """The modulus-11 check digit of an NHS number's first nine digits (None: no valid one)."""
-    total = sum(int(d) * (10 - i) for i, d in enumerate(first_nine))
-    check = 11 - total % 11
-    if check == 11:
-        return 0
-    return None if check == 10 else check
-
-
-def is_valid_nhs_number(value: str) -> bool:
-    """True when ``value`` (spaces allowed) is ten digits with a valid check digit."""
-    digits = value.replace(" ", "")
-    if len(digits) != 10 or not digits.isdigit():
-        return False
-    return nhs_check_digit(digits[:9]) == int(digits[9])
-
-
 def _date_forms(day: date) -> list[str]:
     """A date of birth as DICOM, ISO and UK reports write it."""
     return [
@@ -591,9 +585,10 @@ class _Identities:
             while True:
                 first = str(self.rng.choice((4, 6, 7)))  # England's issued ranges
                 nine = first + f"{self.rng.randrange(10**8):08d}"
-                check = nhs_check_digit(nine)
-                if check is not None:
-                    return nine + str(check)
+                # at most one check digit passes; none does when the check value would be 10
+                for digit in "0123456789":
+                    if nhs_number_is_valid(nine + digit):
+                        return nine + digit
 
         return self._unique(make)
 
@@ -756,45 +751,6 @@ def _plan_studies(
 # --- DICOM ------------------------------------------------------------------------------------
 
 
-def _pixels(size: int, view: str, modality: str, photometric: str, seed: list[int]) -> np.ndarray:
-    """A smooth synthetic image, 12 bits in 16: body, two lungs, heart, spine (or an MR slice).
-
-    Small and cheap to make, yet it looks like a chest film in a viewer, and it holds no text.
-    """
-    rng = np.random.default_rng(seed)
-    v, u = np.mgrid[-1.0 : 1.0 : size * 1j, -1.0 : 1.0 : size * 1j]
-
-    def blob(cx: float, cy: float, rx: float, ry: float, power: float = 2.0) -> np.ndarray:
-        return np.exp(-((((u - cx) / rx) ** 2 + ((v - cy) / ry) ** 2) ** power))
-
-    if modality == "MR":
-        density = (
-            0.7 * blob(0, 0, 0.8, 0.6, 3)
-            - 0.4 * blob(-0.35, 0, 0.25, 0.35)
-            - 0.4 * blob(0.35, 0, 0.25, 0.35)
-        )
-    elif view == "LL":
-        body = blob(0, 0.05, 0.7, 0.9, 3)
-        density = (
-            0.7 * body - 0.35 * blob(0.05, -0.1, 0.45, 0.55) + 0.25 * blob(-0.2, 0.3, 0.3, 0.3)
-        )
-    else:
-        body = blob(0, 0.05, 0.9, 0.95, 3)
-        lungs = blob(-0.42, -0.1, 0.3, 0.6) + blob(0.42, -0.1, 0.3, 0.6)
-        ribs = 0.03 * np.sin(v * 38.0) * lungs
-        spine = np.exp(-((u / 0.07) ** 2)) * body
-        density = 0.7 * body - 0.55 * lungs + ribs + 0.25 * blob(0.1, 0.3, 0.3, 0.25) + 0.15 * spine
-    values = 300.0 + 3300.0 * np.clip(density, 0.0, 1.0) + rng.normal(0.0, 15.0, density.shape)
-    values = np.clip(values, 0, 4095)
-    if photometric == "MONOCHROME1":
-        values = 4095 - values
-    return values.astype("<u2")
-
-
-def _sop_class(device: _Device) -> UID:
-    return {"MR": MR_STORAGE, "CR": CR_STORAGE}.get(device.modality, DX_STORAGE)
-
-
 def _study_description(device: _Device) -> str:
     if device.modality == "MR":
         return "MR THORAX"
@@ -812,69 +768,65 @@ def _instance(
 ) -> Dataset:
     """One instance with identifiers wherever a hospital's modality and RIS put them.
 
-    ``counter`` (the file's number) varies the exposure values and the pixel noise.
+    The shared ``base_dataset`` plus what this site writes: institution, staff, the NHS number
+    as another patient id, address and phone, the request, exposure (or MR) parameters, and the
+    Philips private element the project's override keeps. ``counter`` (the file's number)
+    varies the exposure values and the pixel noise.
     """
     patient, device = plan.patient, plan.device
     is_mr = device.modality == "MR"
-    sop_class = _sop_class(device)
     when = plan.study_datetime
-    series_time = when + timedelta(minutes=series.series_number)
     age = (
         when.year
         - patient.dob.year
         - ((when.month, when.day) < (patient.dob.month, patient.dob.day))
     )
-
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyDate = when.strftime("%Y%m%d")
-    ds.SeriesDate = series_time.strftime("%Y%m%d")
-    ds.AcquisitionDate = series_time.strftime("%Y%m%d")
-    ds.ContentDate = series_time.strftime("%Y%m%d")
-    ds.StudyTime = when.strftime("%H%M%S")
-    ds.SeriesTime = series_time.strftime("%H%M%S")
-    ds.AcquisitionTime = series_time.strftime("%H%M%S")
-    ds.ContentTime = series_time.strftime("%H%M%S")
-    ds.AccessionNumber = plan.accession
-    ds.Modality = device.modality
-    if not is_mr:
-        ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.Manufacturer = device.manufacturer
+    ds = base_dataset(
+        sop_uid=sop_uid,
+        study_uid=study.study_uid,
+        series_uid=series.series_uid,
+        modality=device.modality,
+        patient_name=f"{patient.family_name.upper()}^{patient.given_name}^^{patient.title}",
+        patient_id=patient.mrn,
+        birth_date=patient.dob.strftime("%Y%m%d"),
+        sex=patient.sex,
+        age=f"{age:03d}Y",
+        accession=plan.accession,
+        study_id=plan.study_id,
+        study_datetime=when,
+        series_datetime=when + timedelta(minutes=series.series_number),
+        study_description=study.study_description,
+        series_description=series.description,
+        view_position=None if is_mr else series.view_position,
+        series_number=series.series_number,
+        manufacturer=device.manufacturer,
+        model=device.model,
+        photometric=device.photometric,
+        pixel_spacing=round(device.detector_mm / size, 4),
+        pixels=chest_pixels(
+            size, series.view_position, device.modality, device.photometric, [seed, counter]
+        ),
+    )
+    ds.AcquisitionDate = ds.SeriesDate
+    ds.AcquisitionTime = ds.SeriesTime
     ds.InstitutionName = _INSTITUTION
     ds.InstitutionAddress = _INSTITUTION_ADDRESS
-    ds.ReferringPhysicianName = _dicom_name(_full(*plan.referrer[:2]), "Dr")
-    ds.StationName = device.station
-    ds.StudyDescription = study.study_description
-    ds.SeriesDescription = series.description
     ds.InstitutionalDepartmentName = _DEPARTMENT
+    ds.ReferringPhysicianName = _dicom_name(_full(*plan.referrer[:2]), "Dr")
     ds.NameOfPhysiciansReadingStudy = _dicom_name(_full(*plan.radiologist), "Dr")
     ds.OperatorsName = _dicom_name(_full(*plan.operator))
-    ds.ManufacturerModelName = device.model
-    ds.PatientName = f"{patient.family_name.upper()}^{patient.given_name}^^{patient.title}"
-    ds.PatientID = patient.mrn
+    ds.StationName = device.station
+    ds.DeviceSerialNumber = device.serial
+    ds.SoftwareVersions = device.software
     ds.IssuerOfPatientID = "NGH"
-    ds.PatientBirthDate = patient.dob.strftime("%Y%m%d")
-    ds.PatientSex = patient.sex
     ds.OtherPatientIDs = patient.nhs_number
     other = Dataset()
     other.PatientID = patient.nhs_number
     other.IssuerOfPatientID = "NHS"
     other.TypeOfPatientID = "TEXT"
     ds.OtherPatientIDsSequence = DicomSequence([other])
-    ds.PatientAge = f"{age:03d}Y"
-    ds.PatientAddress = f"{patient.street}, {patient.town} {patient.postcode}"
+    ds.PatientAddress = patient.address
     ds.PatientTelephoneNumbers = patient.phone
-    ds.BodyPartExamined = "CHEST"
-    ds.DeviceSerialNumber = device.serial
-    ds.SoftwareVersions = device.software
-    ds.StudyInstanceUID = study.study_uid
-    ds.SeriesInstanceUID = series.series_uid
-    ds.StudyID = plan.study_id
-    ds.SeriesNumber = series.series_number
-    ds.InstanceNumber = 1
     request = Dataset()
     request.AccessionNumber = plan.accession
     request.RequestedProcedureID = plan.accession
@@ -882,7 +834,6 @@ def _instance(
     request.RequestedProcedureDescription = ds.StudyDescription
     ds.RequestAttributesSequence = DicomSequence([request])
 
-    spacing = round(device.detector_mm / size, 4)
     if is_mr:
         ds.ScanningSequence = "SE"
         ds.SequenceVariant = "SK"
@@ -897,52 +848,25 @@ def _instance(
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0] if series.series_number == 2 else [
             1, 0, 0, 0, 0, -1,
         ]  # fmt: skip
-        ds.PixelSpacing = [spacing, spacing]
-    else:
-        portable = device.portable
+        return ds
+    portable = device.portable
+    ds.KVP = "90" if portable else "125"
+    ds.DistanceSourceToDetector = "1000" if portable else "1800"
+    ds.ExposureTime = str(8 + counter % 13)
+    ds.XRayTubeCurrent = str(200 + (counter * 37) % 250)
+    ds.Exposure = str(max(1, int(ds.XRayTubeCurrent) * int(ds.ExposureTime) // 1000))
+    if device is _PHILIPS:
         lateral = series.view_position == "LL"
-        ds.KVP = "90" if portable else "125"
-        ds.DistanceSourceToDetector = "1000" if portable else "1800"
-        ds.ExposureTime = str(8 + counter % 13)
-        ds.XRayTubeCurrent = str(200 + (counter * 37) % 250)
-        ds.Exposure = str(max(1, int(ds.XRayTubeCurrent) * int(ds.ExposureTime) // 1000))
-        ds.ImagerPixelSpacing = [spacing, spacing]
-        ds.PixelSpacing = [spacing, spacing]
-        ds.ViewPosition = series.view_position
-        ds.ImageLaterality = "U"
-        ds.PatientOrientation = ["A", "F"] if lateral else ["L", "F"]
-        ds.PixelIntensityRelationship = "LOG"
-        ds.PixelIntensityRelationshipSign = 1
-        ds.PresentationLUTShape = "INVERSE" if device.photometric == "MONOCHROME1" else "IDENTITY"
-        ds.BurnedInAnnotation = "NO"
-        ds.DetectorType = "STORAGE" if device.modality == "CR" else "SCINTILLATOR"
-        if device is _PHILIPS:
-            ds.AcquisitionDeviceProcessingDescription = "Thorax pa" if not lateral else "Thorax lat"
-            block = ds.private_block(EXAMPLE_GROUP, EXAMPLE_CREATOR, create=True)
-            block.add_new(EXAMPLE_OFFSET, "DS", f"{250 + counter % 300}.5")
-
-    pixel_seed = [seed, counter]
-    arr = _pixels(size, series.view_position, device.modality, device.photometric, pixel_seed)
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = device.photometric
-    ds.Rows = size
-    ds.Columns = size
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.WindowCenter = "2048"
-    ds.WindowWidth = "4096"
-    ds.RescaleIntercept = "0"
-    ds.RescaleSlope = "1"
-    ds.LossyImageCompression = "00"
-    ds.PixelData = arr.tobytes()
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
+        ds.AcquisitionDeviceProcessingDescription = "Thorax lat" if lateral else "Thorax pa"
+        set_private(
+            ds,
+            EXAMPLE_GROUP,
+            0x10,
+            EXAMPLE_CREATOR,
+            EXAMPLE_OFFSET,
+            "DS",
+            f"{250 + counter % 300}.5",
+        )
     return ds
 
 
@@ -982,7 +906,7 @@ def _build_study(plan: _Plan, seed: int) -> SyntheticStudy:
         study_uid=study_uid,
         study_datetime=plan.study_datetime,
         modality=device.modality,
-        sop_class_uid=str(_sop_class(device)),
+        sop_class_uid=str(SOP_CLASS_BY_MODALITY[device.modality]),
         study_description=_study_description(device),
         manufacturer=device.manufacturer,
         model=device.model,
@@ -1011,17 +935,10 @@ def _write_dicom(
             for sop_uid in series.sop_instance_uids:
                 counter += 1
                 ds = _instance(plan, study, series, sop_uid, size, seed, counter)
-                path = dicom_dir / f"{counter:04d}.dcm"
-                ds.save_as(path, enforce_file_format=True)
-                series.files.append(path)
+                series.files.append(write_file(ds, dicom_dir / f"{counter:04d}.dcm"))
 
 
 # --- OMOP ES extract --------------------------------------------------------------------------
-
-
-def _write_table(path: Path, columns: dict[str, pa.Array]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(columns), path)
 
 
 def _write_extract(
@@ -1032,90 +949,44 @@ def _write_extract(
     extracted_at: datetime,
 ) -> None:
     """An OMOP ES extract for ``project``: its own sequential person and procedure ids."""
-    persons: dict[str, int] = {}
-    person_rows: list[SyntheticStudy] = []
-    procedure_rows: list[tuple[int, int, SyntheticStudy]] = []
+    persons: dict[str, Person] = {}
+    procedures: list[Procedure] = []
     for study in studies:
         if study.mrn not in persons:
-            persons[study.mrn] = len(persons) + 1
-            person_rows.append(study)
-        procedure_id = len(procedure_rows) + 1
+            persons[study.mrn] = Person(
+                person_id=len(persons) + 1,
+                mrn=study.mrn,
+                year_of_birth=study.dob.year,
+                sex=study.sex,
+                nhs_number=study.nhs_number,
+                given_name=study.given_name,
+                family_name=study.family_name,
+                date_of_birth=study.dob,
+                postcode=study.postcode,
+            )
+        procedure_id = len(procedures) + 1
         study.procedure_ids[project] = procedure_id
-        procedure_rows.append((procedure_id, persons[study.mrn], study))
+        is_mr = study.modality == "MR"  # a local code OMOP ES cannot map
+        procedures.append(
+            Procedure(
+                procedure_occurrence_id=procedure_id,
+                person_id=persons[study.mrn].person_id,
+                accession_number=study.accession_number,
+                procedure_date=study.study_datetime.date(),
+                procedure_datetime=study.study_datetime,
+                concept_id=UNMAPPED_CONCEPT if is_mr else CHEST_XRAY_CONCEPT,
+                source_value="MCHES" if is_mr else "XCHES",
+            )
+        )
     # The duplicated row: OMOP ES wrote the same procedure twice, in both files.
-    procedure_rows += [row for row in procedure_rows if row[2].role == DUPLICATED_ROW]
-
-    ids = [row[0] for row in procedure_rows]
-    rows = [row[2] for row in procedure_rows]
-    _write_table(
-        extract_dir / "public" / "PROCEDURE_OCCURRENCE.parquet",
-        {
-            "procedure_occurrence_id": pa.array(ids, pa.int64()),
-            "person_id": pa.array([row[1] for row in procedure_rows], pa.int64()),
-            "procedure_concept_id": pa.array(
-                [UNMAPPED_CONCEPT if s.modality == "MR" else CHEST_XRAY_CONCEPT for s in rows],
-                pa.int64(),
-            ),
-            "procedure_date": pa.array([s.study_datetime.date() for s in rows], pa.date32()),
-            "procedure_datetime": pa.array([s.study_datetime for s in rows], pa.timestamp("us")),
-            "procedure_end_date": pa.array([None] * len(rows), pa.date32()),
-            "procedure_type_concept_id": pa.array([EHR_TYPE_CONCEPT] * len(rows), pa.int64()),
-            "modifier_concept_id": pa.array([0] * len(rows), pa.int64()),
-            "quantity": pa.array([1] * len(rows), pa.int64()),
-            "provider_id": pa.array([None] * len(rows), pa.int64()),
-            "visit_occurrence_id": pa.array([1000 + i for i in ids], pa.int64()),
-            "visit_detail_id": pa.array([None] * len(rows), pa.int64()),
-            "procedure_source_value": pa.array(
-                ["MCHES" if s.modality == "MR" else "XCHES" for s in rows], pa.string()
-            ),
-            "procedure_source_concept_id": pa.array([0] * len(rows), pa.int64()),
-            "modifier_source_value": pa.array([None] * len(rows), pa.string()),
-        },
-    )
-    _write_table(
-        extract_dir / "public" / "PERSON.parquet",
-        {
-            "person_id": pa.array([persons[s.mrn] for s in person_rows], pa.int64()),
-            "gender_concept_id": pa.array(
-                [MALE_CONCEPT if s.sex == "M" else FEMALE_CONCEPT for s in person_rows],
-                pa.int64(),
-            ),
-            "year_of_birth": pa.array([s.dob.year for s in person_rows], pa.int64()),
-            "race_concept_id": pa.array([0] * len(person_rows), pa.int64()),
-            "ethnicity_concept_id": pa.array([0] * len(person_rows), pa.int64()),
-        },
-    )
-    _write_table(
-        extract_dir / "private" / "PERSON_LINKS.parquet",
-        {
-            "person_id": pa.array([persons[s.mrn] for s in person_rows], pa.int64()),
-            "PrimaryMrn": pa.array([s.mrn for s in person_rows], pa.string()),
-            "NhsNumber": pa.array([s.nhs_number for s in person_rows], pa.string()),
-            "Forename": pa.array([s.given_name for s in person_rows], pa.string()),
-            "Surname": pa.array([s.family_name for s in person_rows], pa.string()),
-            "DateOfBirth": pa.array([s.dob for s in person_rows], pa.date32()),
-            "Sex": pa.array([s.sex for s in person_rows], pa.string()),
-            "Postcode": pa.array([s.postcode for s in person_rows], pa.string()),
-        },
-    )
-    _write_table(
-        extract_dir / "private" / "PROCEDURE_OCCURRENCE_LINKS.parquet",
-        {
-            "procedure_occurrence_id": pa.array(ids, pa.int64()),
-            "AccessionNumber": pa.array([s.accession_number for s in rows], pa.string()),
-            "procedure_date": pa.array([s.study_datetime.date() for s in rows], pa.date32()),
-        },
-    )
+    duplicated = {s.procedure_ids[project] for s in studies if s.role == DUPLICATED_ROW}
+    procedures += [p for p in procedures if p.procedure_occurrence_id in duplicated]
     digest = hashlib.sha1(f"omop-es:{seed}:{project}".encode()).hexdigest()
-    summary = {
-        "datetime": extracted_at.isoformat(),
-        "project_name": project,
-        "omop_es_hash": digest,
-        "settings": {"cdm_source_name": project, "cdm_version": "5.4"},
-        "synthetic": True,
-    }
-    (extract_dir / "extract_summary.json").write_text(
-        json.dumps(summary, indent=2) + "\n", encoding="utf-8"
+    write_extract(
+        extract_dir,
+        list(persons.values()),
+        procedures,
+        extract_summary(project, extracted_at, digest),
     )
 
 
@@ -1126,13 +997,14 @@ def _report(study: SyntheticStudy, plan: _Plan) -> dict[str, object]:
     """A UK-style report; some carry the patient's identifiers in the ways real ones do.
 
     Which identifiers are planted rotates with the study's position, so that across the cohort
-    every kind and format appears, and some reports are clean apart from the signature.
+    every kind and format appears, and some reports are clean apart from the signature. The
+    report is written by the one generator (``reports.write_report``); what it planted is kept
+    in ``study.report_identifiers``, and EMAP's record is returned.
     """
     finding = plan.finding
     family, given = study.family_name, study.given_name
     referrer_given, referrer_family, referrer_role = plan.referrer
     referrer = f"Dr {referrer_given} {referrer_family}"
-    radiologist = f"Dr {study.radiologist}"
     dob_uk = study.dob.strftime("%d/%m/%Y")
     dob_long = f"{study.dob.day} {study.dob.strftime('%b %Y')}"
     when = study.study_datetime
@@ -1142,63 +1014,86 @@ def _report(study: SyntheticStudy, plan: _Plan) -> dict[str, object]:
         "MR THORAX": "MRI THORAX",
     }.get(study.study_description, study.study_description)
 
-    header: list[str] = []
-    body_extra: list[str] = []
-    addenda: list[str] = []
-    planted: list[str] = []
-    impression = finding.impression
+    header: list[Sentence] = []
+    findings: list[Sentence] = [[finding.findings]]
+    impression: Sentence = [finding.impression]
+    addenda: list[Sentence] = []
     variant = study.index % 5
     if variant == 1:
         header.append(
-            f"Patient: {study.title} {family.upper()}   DOB: {dob_uk}   NHS No: "
-            f"{study.nhs_number_spaced}"
+            [
+                "Patient: ",
+                (NAME, f"{study.title} {family.upper()}"),
+                "   DOB: ",
+                (DATE_OF_BIRTH, dob_uk),
+                "   NHS No: ",
+                (NHS_NUMBER, study.nhs_number_spaced),
+            ]
         )
-        planted += [f"{study.title} {family.upper()}", dob_uk, study.nhs_number_spaced]
     elif variant == 2:
-        body_extra.append(
-            f"{given[0]}. {family} (MRN {study.mrn}, born {dob_long}) attended as an outpatient."
+        findings.append(
+            [
+                (NAME, f"{given[0]}. {family}"),
+                " (MRN ",
+                (MRN, study.mrn),
+                ", born ",
+                (DATE_OF_BIRTH, dob_long),
+                ") attended as an outpatient.",
+            ]
         )
         addenda.append(
-            f"ADDENDUM: Result telephoned to {referrer} on {study.phone} at "
-            f"{(when + timedelta(hours=2)).strftime('%H:%M')}."
+            [
+                f"ADDENDUM: Result telephoned to {referrer} on ",
+                (PHONE, study.phone),
+                f" at {(when + timedelta(hours=2)).strftime('%H:%M')}.",
+            ]
         )
-        planted += [f"{given[0]}. {family}", study.mrn, dob_long, study.phone]
     elif variant == 3:
         addenda.append(
-            f"ADDENDUM: {family.upper()}, {given} (NHS {study.nhs_number}) of {study.address} "
-            f"to be recalled for CT; letter sent to {study.postcode}."
+            [
+                "ADDENDUM: ",
+                (NAME, f"{family.upper()}, {given}"),
+                " (NHS ",
+                (NHS_NUMBER, study.nhs_number),
+                ") of ",
+                (ADDRESS, study.address),
+                " to be recalled for CT; letter sent to ",
+                (POSTCODE, study.postcode),
+                ".",
+            ]
         )
-        planted += [
-            f"{family.upper()}, {given}",
-            study.nhs_number,
-            study.address,
-            study.postcode,
-        ]
     elif variant == 4:
-        impression += f" Findings discussed with {referrer}, {referrer_role}."
-        body_extra.append(
-            f"Comparison is made with {given} {family}'s previous film of "
-            f"{(when - timedelta(days=400)).strftime('%d/%m/%Y')}."
+        impression.append(f" Findings discussed with {referrer}, {referrer_role}.")
+        findings.append(
+            [
+                "Comparison is made with ",
+                (NAME, f"{given} {family}"),
+                f"'s previous film of {(when - timedelta(days=400)).strftime('%d/%m/%Y')}.",
+            ]
         )
-        planted += [f"{given} {family}"]
     if finding.addendum:
-        addenda.append(f"ADDENDUM: {finding.addendum} {radiologist}.")
+        addenda.append([f"ADDENDUM: {finding.addendum} Dr {study.radiologist}."])
 
-    parts = [
-        *header,
-        exam,
-        f"Clinical details: {finding.clinical}",
-        f"Findings: {finding.findings}" + ("" if not body_extra else " " + " ".join(body_extra)),
-        f"Reported by {radiologist}, Consultant Radiologist, "
-        f"{(when + timedelta(hours=3)).strftime('%d/%m/%Y %H:%M')}.",
-    ]
-    study.report_identifiers = planted
+    report = write_report(
+        ReportContent(
+            exam=exam,
+            clinical=finding.clinical,
+            findings=findings,
+            impression=impression,
+            radiologist=study.radiologist,
+            reported_at=when + timedelta(hours=3),
+            header=header,
+            addenda=addenda,
+        ),
+        PatientIdentifiers(**study.checker_identifiers()),
+    )
+    study.report_identifiers = [report.text[start:end] for _kind, start, end in report.planted]
     return {
         "mrn": study.mrn,
         "accession_number": study.accession_number,
-        "narrative": "\n\n".join(parts),
-        "impression": impression,
-        "addenda": addenda,
+        "narrative": report.narrative,
+        "impression": report.impression,
+        "addenda": list(report.addenda),
     }
 
 

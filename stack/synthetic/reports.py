@@ -1,4 +1,10 @@
-"""Synthetic UK chest X-ray reports with identifiers planted at known offsets.
+"""Synthetic UK chest X-ray reports with identifiers planted at known offsets: the one generator.
+
+Two callers, one writer: ``generate`` (reports for the checker's tests and benchmark) and the
+demo cohort (``cohort.py``, one report per study, about that study's patient) both describe a
+report as ``ReportContent`` (sections whose sentences may carry planted identifiers) and lay it
+out with ``write_report``, which returns the parts as EMAP holds them (narrative, impression,
+addenda), the text the report worker builds from them, and the offset of every planted value.
 
 The report checker is judged on two numbers: recall on identifiers that are really there, and
 flags on reports that are clean. Real reports cannot be used for either outside the hospital, so
@@ -21,6 +27,8 @@ Every identity is fake: names from built-in lists, phone numbers from Ofcom's ra
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import NamedTuple
 
@@ -40,16 +48,24 @@ from pixl_ehr.checker import (
     PatientIdentifiers,
     nhs_number_is_valid,
 )
+from pixl_ehr.emap import PART_SEPARATOR
 
 Planted = tuple[str, int, int]  # (kind, start, end)
 
 
 class SyntheticReport(NamedTuple):
-    """One report: its text, its patient's identifiers, and where identifiers were planted."""
+    """One report: its text, its patient's identifiers, where identifiers were planted, its parts.
+
+    ``text`` is the parts joined as the report worker joins EMAP's sections; ``planted`` holds
+    ``(kind, start, end)`` offsets into it.
+    """
 
     text: str
     identifiers: PatientIdentifiers
     planted: list[Planted]
+    narrative: str
+    impression: str
+    addenda: tuple[str, ...]
 
 
 # --- identities -------------------------------------------------------------------------------
@@ -301,31 +317,104 @@ def _identifiers(rng: random.Random, p: _Patient) -> PatientIdentifiers:
     )
 
 
-# --- planting ---------------------------------------------------------------------------------
+# --- writing a report -------------------------------------------------------------------------
+
+# A piece of a sentence is plain text, or ``(kind, value)``: a value planted on purpose, whose
+# offsets the report records under the checker's ``kind``.
+Piece = str | tuple[str, str]
+Sentence = list[Piece]
+
+
+@dataclass(frozen=True)
+class ReportContent:
+    """What one report says, section by section; any sentence may carry planted identifiers.
+
+    ``write_report`` lays it out as EMAP holds a report: the narrative (``header`` lines, the
+    examination, ``details``, clinical details, technique, comparison, findings and the
+    radiologist's sign-off, one a line), the impression, then each addendum.
+    """
+
+    exam: str
+    clinical: str
+    findings: Sequence[Sentence]
+    impression: Sentence
+    radiologist: str  # "Given Family"
+    reported_at: datetime
+    header: Sequence[Sentence] = ()  # lines above the examination, e.g. a patient banner
+    details: Sequence[str] = ()  # lines between the examination and the clinical details
+    technique: str | None = None
+    comparison: str | None = None
+    addenda: Sequence[Sentence] = ()
+
+    def narrative(self) -> list[Sentence]:
+        """The narrative's lines, in reading order."""
+        lines: list[Sentence] = [*self.header, [self.exam], *([d] for d in self.details)]
+        lines.append([f"Clinical details: {self.clinical}"])
+        if self.technique is not None:
+            lines.append([f"Technique: {self.technique}"])
+        if self.comparison is not None:
+            lines.append([self.comparison])
+        findings: Sentence = ["Findings: "]
+        for number, sentence in enumerate(self.findings):
+            findings += [" " if number else "", *sentence]
+        lines.append(findings)
+        lines.append(
+            [
+                f"Reported by Dr {self.radiologist}, Consultant Radiologist, "
+                f"{self.reported_at:%d/%m/%Y %H:%M}."
+            ]
+        )
+        return lines
 
 
 class _Text:
     """A report being written: appends pieces and remembers where planted values went."""
 
     def __init__(self) -> None:
-        self.parts: list[str] = []
+        self.pieces: list[str] = []
         self.length = 0
         self.planted: list[Planted] = []
 
     def add(self, piece: str) -> None:
-        self.parts.append(piece)
+        self.pieces.append(piece)
         self.length += len(piece)
 
-    def plant(self, kind: str, value: str) -> None:
-        self.planted.append((kind, self.length, self.length + len(value)))
-        self.add(value)
+    def part(self, lines: list[Sentence]) -> tuple[int, int]:
+        """Write the lines of one part, one a line; return where the part starts and ends."""
+        start = self.length
+        for number, line in enumerate(lines):
+            if number:
+                self.add("\n")
+            for piece in line:
+                if isinstance(piece, tuple):
+                    kind, value = piece
+                    self.planted.append((kind, self.length, self.length + len(value)))
+                    self.add(value)
+                elif piece:
+                    self.add(piece)
+        return start, self.length
 
-    def text(self) -> str:
-        return "".join(self.parts)
+
+def write_report(content: ReportContent, identifiers: PatientIdentifiers) -> SyntheticReport:
+    """Lay ``content`` out as EMAP's parts and record the offset of every planted value.
+
+    The offsets are into ``SyntheticReport.text``, the parts joined as the report worker joins
+    them (``pixl_ehr.emap.PART_SEPARATOR``), so they are exactly what the checker must find.
+    """
+    out = _Text()
+    bounds = []
+    for number, part in enumerate(
+        [content.narrative(), [content.impression], *([a] for a in content.addenda)]
+    ):
+        if number:
+            out.add(PART_SEPARATOR)
+        bounds.append(out.part(part))
+    text = "".join(out.pieces)
+    narrative, impression, *addenda = (text[start:end] for start, end in bounds)
+    return SyntheticReport(text, identifiers, out.planted, narrative, impression, tuple(addenda))
 
 
-# A planted sentence: pieces that are either plain text or (kind, value) to plant.
-Sentence = list[str | tuple[str, str]]
+# --- planting ---------------------------------------------------------------------------------
 
 
 def _name_variants(p: _Patient) -> list[tuple[str, str, str]]:
@@ -461,53 +550,44 @@ def _study_time(rng: random.Random) -> datetime:
     return datetime(2018, 1, 1, 8) + timedelta(minutes=rng.randrange(60 * 24 * 365 * 7))
 
 
-def _report(rng: random.Random, p: _Patient, planted_sentences: list[Sentence]) -> _Text:
+def _random_content(rng: random.Random, planted_sentences: list[Sentence]) -> ReportContent:
+    """A report drawn from the lists above, with ``planted_sentences`` among its findings."""
     when = _study_time(rng)
     radiologist = " ".join(rng.choice(_RADIOLOGISTS))
-    sections: list[Sentence] = [
-        [f"{rng.choice(_EXAMS)}\n"],
-        [
-            f"Examination date: {when:%d/%m/%Y %H:%M}. Accession: RRV{rng.randrange(10**8):08d}.\n",
-        ],
-        [f"Clinical details: {rng.choice(_CLINICAL)}\n"],
-        [f"Technique: {rng.choice(_TECHNIQUE)}\n"],
-    ]
+    exam = rng.choice(_EXAMS)
+    examined = f"Examination date: {when:%d/%m/%Y %H:%M}. Accession: RRV{rng.randrange(10**8):08d}."
+    clinical = rng.choice(_CLINICAL)
+    technique = rng.choice(_TECHNIQUE)
     earlier = when - timedelta(days=rng.randrange(30, 900))
-    sections.append(
-        [
-            rng.choice(
-                (
-                    f"Comparison: {earlier:%d/%m/%Y}.\n",
-                    "No previous imaging available for comparison.\n",
-                    f"Comparison is made with the CT of {earlier:%d %b %Y}.\n",
-                    f"Comparison: {earlier:%Y-%m-%d}.\n",
-                )
-            )
-        ]
+    comparison = rng.choice(
+        (
+            f"Comparison: {earlier:%d/%m/%Y}.",
+            "No previous imaging available for comparison.",
+            f"Comparison is made with the CT of {earlier:%d %b %Y}.",
+            f"Comparison: {earlier:%Y-%m-%d}.",
+        )
     )
-    findings = rng.sample(_FINDINGS, rng.randrange(4, 9))
-    body: list[Sentence] = [["Findings: "]] + [[f"{s} "] for s in findings]
+    findings: list[Sentence] = [[s] for s in rng.sample(_FINDINGS, rng.randrange(4, 9))]
     for sentence in planted_sentences:
-        body.insert(rng.randrange(1, len(body) + 1), [*sentence, " "])
-    sections += body
-    sections.append([f"\nImpression: {rng.choice(_IMPRESSIONS)}\n"])
+        # drawn as a position after the "Findings:" label, as it always has been
+        findings.insert(rng.randrange(1, len(findings) + 2) - 1, sentence)
+    impression = rng.choice(_IMPRESSIONS)
+    addenda: list[Sentence] = []
     if rng.random() < 0.3:
         later = when + timedelta(hours=rng.randrange(2, 72))
-        sections.append([f"ADDENDUM {later:%d/%m/%Y %H:%M}: {rng.choice(_ADDENDA)}\n"])
-    sections.append(
-        [
-            f"Reported by Dr {radiologist}, Consultant Radiologist, "
-            f"{when + timedelta(hours=3):%d/%m/%Y %H:%M}."
-        ]
+        addenda.append([f"ADDENDUM {later:%d/%m/%Y %H:%M}: {rng.choice(_ADDENDA)}"])
+    return ReportContent(
+        exam=exam,
+        clinical=clinical,
+        findings=findings,
+        impression=[impression],
+        radiologist=radiologist,
+        reported_at=when + timedelta(hours=3),
+        details=[examined],
+        technique=technique,
+        comparison=comparison,
+        addenda=addenda,
     )
-    out = _Text()
-    for section in sections:
-        for piece in section:
-            if isinstance(piece, tuple):
-                out.plant(*piece)
-            elif piece:
-                out.add(piece)
-    return out
 
 
 def generate(
@@ -532,8 +612,7 @@ def generate(
             sentences = [_patient_sentence(rng, kind, patient) for kind in kinds]
         elif draw < planted_fraction + pattern_fraction:
             sentences = [_pattern_sentence(rng, rng.choice(_PATTERN_PLANT), patient)]
-        built = _report(rng, patient, sentences)
-        reports.append(SyntheticReport(built.text(), identifiers, built.planted))
+        reports.append(write_report(_random_content(rng, sentences), identifiers))
     return reports
 
 

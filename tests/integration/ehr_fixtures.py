@@ -11,12 +11,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from pixl_core.db.connection import Connection
 from pixl_ehr.checker import CheckResult, Finding, PatientIdentifiers
 from pixl_ehr.cogstack import CogstackError
 from stack.standins.emap_load import load_reports
+from stack.synthetic.omop_es import EXAMPLE_PERSONS, EXAMPLE_PROCEDURES, write_public
 
 PROJECT = "chest-xray"
 SECRET = b"unit-test-secret-for-ehr-0123456789"
@@ -107,14 +106,7 @@ def add_extract(
 def stage_public(tmp_path: Path, when: str = "2024-03-01T10-15-00") -> Path:
     """A staging folder like ``pixl populate`` leaves: STAGING/<project>/<stamp>/public/."""
     folder = tmp_path / "staging" / PROJECT / when / "public"
-    folder.mkdir(parents=True)
-    pd.DataFrame({"procedure_occurrence_id": [1, 2], "person_id": [10, 20]}).to_parquet(
-        folder / "PROCEDURE_OCCURRENCE.parquet"
-    )
-    pd.DataFrame({"person_id": [10, 20], "year_of_birth": [1961, 1950]}).to_parquet(
-        folder / "PERSON.parquet"
-    )
-    return folder
+    return write_public(folder, EXAMPLE_PERSONS, EXAMPLE_PROCEDURES)
 
 
 def set_state(conn: Connection, report_id: int, state: str, **fields: Any) -> None:

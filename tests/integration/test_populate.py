@@ -10,12 +10,12 @@ from pixl_cli.extract_reader import read_csv_cohort, read_extract
 from pixl_cli.populate import populate
 from pixl_core.db.connection import connect
 from pixl_core.db.work_queue import counts_by_state
-from tests.unit.test_extract import write_csv, write_extract
+from stack.synthetic.omop_es import write_example_extract
 
 
 @pytest.fixture
 def extract_dir(tmp_path: Path) -> Path:
-    return write_extract(tmp_path / "extract")
+    return write_example_extract(tmp_path / "extract")
 
 
 def test_populate_twice_adds_nothing_and_stages_public_files(
@@ -66,12 +66,12 @@ def test_populate_twice_adds_nothing_and_stages_public_files(
 def test_populate_from_csv_skips_studies_already_queued(db_url: str, tmp_path: Path):
     conn = connect(db_url)
     try:
-        populate(conn, read_extract(write_extract(tmp_path / "x")), tmp_path / "staging")
-        path = write_csv(
-            tmp_path / "more.csv",
+        populate(conn, read_extract(write_example_extract(tmp_path / "x")), tmp_path / "staging")
+        path = tmp_path / "more.csv"
+        path.write_text(
             "mrn,accession_number,study_datetime\n"
             "FAKEMRN001,FAKEACC0001,2023-01-01\n"
-            "FAKEMRN009,FAKEACC0009,2023-01-09\n",
+            "FAKEMRN009,FAKEACC0009,2023-01-09\n"
         )
         result = populate(conn, read_csv_cohort(path, "chest-xray"), tmp_path / "staging")
     finally:

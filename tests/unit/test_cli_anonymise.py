@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from tests.phi_corpus import MR_STORAGE, TEST_HASH_KEY, base_dataset, to_bytes
+from stack.synthetic.dicom_builder import MR_STORAGE, base_dataset, to_bytes
+from stack.synthetic.phi_corpus import TEST_HASH_KEY
 
 PIXL = Path(sys.executable).with_name("pixl")
 ROOT = "1.2.826.0.1.3680043.10.979."

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import uvicorn
 
 from pixl_core.errors import PixlConfigError
 from pixl_ehr.cogstack import CogstackClient, CogstackError, CogstackSettings
+from stack.ports import free_port
 from stack.standins.cogstack_api import create_app
 from stack.standins.cogstack_redactor import redact
 
@@ -71,12 +71,6 @@ KEPT = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _settings(url: str, **overrides: float) -> CogstackSettings:
     values: dict[str, float] = {"timeout": 5, "retries": 2, "backoff_seconds": 0.001}
     values.update(overrides)
@@ -94,7 +88,7 @@ def _settings(url: str, **overrides: float) -> CogstackSettings:
 @pytest.fixture(scope="module")
 def standin_url() -> Iterator[str]:
     """The stand-in app served by uvicorn in a background thread."""
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
     )
@@ -232,7 +226,7 @@ def test_standin_invalid_request_is_400_without_echo(standin_url: str) -> None:
 
 
 def test_service_down_raises_unreachable_after_retries() -> None:
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     pauses: list[float] = []
     client = CogstackClient(
         _settings(f"http://127.0.0.1:{port}", retries=3, backoff_seconds=0.01),
@@ -343,7 +337,7 @@ def test_from_env_reads_every_variable_and_hides_the_password() -> None:
 
 
 def test_standin_module_serves_and_client_fails_once_it_stops() -> None:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
         [sys.executable, "-m", "stack.standins.cogstack_api", "--port", str(port)],

@@ -17,9 +17,9 @@ import pydicom
 import pytest
 
 from pixl_cli.extract_reader import read_extract
+from pixl_ehr.checker import nhs_number_is_valid
 from stack.synthetic.cohort import (
     DUPLICATED_ROW,
-    EXAMPLE_CREATOR,
     EXPORTED,
     MIN_IDENTIFIER_LENGTH,
     MISSING_FROM_VNA,
@@ -34,6 +34,7 @@ from stack.synthetic.cohort import (
     generate_cohort,
     load_into_vna,
 )
+from stack.synthetic.dicom_builder import EXAMPLE_CREATOR
 
 PROJECT = "chest-xray"
 SECOND = "chest-xray-research"
@@ -44,15 +45,6 @@ SIZE = 64  # small images keep the test fast; the layout does not depend on the 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
     return generate_cohort(tmp_path_factory.mktemp("cohort"), n_studies=N_STUDIES, image_size=SIZE)
-
-
-def _mod11_ok(number: str) -> bool:
-    """Independent of stack.synthetic.cohort: the NHS modulus-11 rule, written out again."""
-    if len(number) != 10 or not number.isdigit():
-        return False
-    remainder = sum(int(number[i]) * (10 - i) for i in range(9)) % 11
-    check = (11 - remainder) % 11
-    return check != 10 and check == int(number[9])
 
 
 def test_extract_validates_and_collapses_duplicates(cohort: Cohort) -> None:
@@ -137,7 +129,7 @@ def test_identifiers(cohort: Cohort) -> None:
         assert {study.nhs_number, study.nhs_number_spaced, study.postcode} <= identifiers
         assert {study.family_name.upper(), study.patient_name, study.study_uid} <= identifiers
         assert set(study.sop_instance_uids) <= identifiers
-        assert _mod11_ok(study.nhs_number)
+        assert nhs_number_is_valid(study.nhs_number)  # what the checker looks for
     assert len({s.accession_number for s in cohort.studies}) == len(cohort.studies)
 
 

@@ -39,7 +39,7 @@ from pixl_core.dicom.deid import (
 from pixl_core.dicom.header import parse_header
 from pixl_core.errors import PixlConfigError
 from pixl_core.hashing import KEY_VARIABLE, ProjectHasher, hash_accession_number
-from tests.phi_corpus import (
+from stack.synthetic.dicom_builder import (
     BASIC_TEXT_SR_STORAGE,
     CR_STORAGE,
     DX_STORAGE,
@@ -48,13 +48,11 @@ from tests.phi_corpus import (
     GSPS_STORAGE,
     KEY_OBJECT_STORAGE,
     MR_STORAGE,
-    TEST_HASH_KEY,
-    Corpus,
     base_dataset,
-    build_corpus,
     set_private,
     to_bytes,
 )
+from stack.synthetic.phi_corpus import TEST_HASH_KEY, Corpus, build_corpus
 
 ROOT = "1.2.826.0.1.3680043.10.978."
 # Some tests write deliberately invalid values; pydicom warns about each.

@@ -1,6 +1,6 @@
 """Nothing planted in the PHI corpus comes out of the de-identification engine.
 
-The corpus (tests/phi_corpus.py) plants a unique token wherever identifiers hide in a chest
+The corpus (stack/synthetic/phi_corpus.py) plants a unique token wherever identifiers hide in a chest
 X-ray header, and uses original UIDs from a root used nowhere else. Both paths are checked:
 the real ``pixl anonymise`` command in a subprocess and ``deidentify_bytes`` in process. Every
 output byte and every output path is scanned for every planted value (as written, upper and
@@ -20,7 +20,7 @@ import pytest
 from pixl_core.config.projects import REPO_ROOT, load_project_file
 from pixl_core.dicom.deid import Refused, deidentify_bytes
 from pixl_core.hashing import ProjectHasher
-from tests.phi_corpus import TEST_HASH_KEY, Corpus, build_corpus, readable_bytes
+from stack.synthetic.phi_corpus import TEST_HASH_KEY, Corpus, build_corpus, readable_bytes
 
 PIXL = Path(sys.executable).with_name("pixl")
 # Instances the chest-xray project must refuse, and why; everything else must come out.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,67 +10,43 @@ import pytest
 
 from pixl_cli.extract_reader import project_slug, read_csv_cohort, read_extract
 from pixl_core.errors import PixlConfigError
+from stack.synthetic.omop_es import (
+    EXAMPLE_PERSONS,
+    EXAMPLE_PROCEDURES,
+    EXAMPLE_SUMMARY,
+    write_example_extract,
+)
 
-# Fake identifiers, distinctive so a test can assert they never appear in a message.
-MRNS = ["FAKEMRN001", "FAKEMRN002", "FAKEMRN003"]
-ACCESSIONS = ["FAKEACC0001", "FAKEACC0002", "FAKEACC0003", "FAKEACC0004"]
-SUMMARY = {
-    "datetime": "2024-03-01T10:15:00",
-    "settings": {"cdm_source_name": "Chest Xray"},
-    "repository_hash": "0123abcd",
-}
+MRNS = [person.mrn for person in EXAMPLE_PERSONS]
+ACCESSIONS = [p.accession_number for p in EXAMPLE_PROCEDURES if p.accession_number]
 
 
-def write_extract(
+def example_extract(
     root: Path,
     *,
     procedures: pd.DataFrame | None = None,
     persons: pd.DataFrame | None = None,
     links: pd.DataFrame | None = None,
-    summary: dict | None = None,
+    summary: object = None,
 ) -> Path:
-    """A small fake extract: three people, four procedures, one of them without a link."""
-    if procedures is None:
-        procedures = pd.DataFrame(
-            {
-                "procedure_occurrence_id": [1, 2, 3, 4, 5],
-                "person_id": [10, 10, 20, 30, 30],
-                "procedure_concept_id": [4163872] * 5,
-                "procedure_datetime": pd.to_datetime(
-                    ["2023-01-01 09:00", "2023-02-01 10:00", None, "2023-04-01 12:00", None]
-                ),
-                "procedure_date": pd.to_datetime(
-                    ["2023-01-01", "2023-02-01", "2023-03-01", "2023-04-01", "2023-05-01"]
-                ).date,
-            }
-        )
-    if persons is None:
-        persons = pd.DataFrame({"person_id": [10, 20, 30], "PrimaryMrn": MRNS})
-    if links is None:
-        links = pd.DataFrame(
-            {
-                "procedure_occurrence_id": [1, 2, 3, 4],
-                "AccessionNumber": ACCESSIONS,
-                "procedure_date": pd.to_datetime(
-                    ["2023-01-01", "2023-02-01", "2023-03-01", "2023-04-01"]
-                ).date,
-            }
-        )
-    (root / "public").mkdir(parents=True)
-    (root / "private").mkdir()
-    procedures.to_parquet(root / "public" / "PROCEDURE_OCCURRENCE.parquet")
-    pd.DataFrame({"person_id": [10, 20, 30], "year_of_birth": [1950, 1960, 1970]}).to_parquet(
-        root / "public" / "PERSON.parquet"
-    )
-    persons.to_parquet(root / "private" / "PERSON_LINKS.parquet")
-    links.to_parquet(root / "private" / "PROCEDURE_OCCURRENCE_LINKS.parquet")
-    (root / "extract_summary.json").write_text(json.dumps(SUMMARY if summary is None else summary))
+    """The example extract, with the tables a test gives written over the example's own.
+
+    (Three people, five procedures, one of them without a link: see ``omop_es``.)
+    """
+    write_example_extract(root, summary)
+    for frame, relative in (
+        (procedures, "public/PROCEDURE_OCCURRENCE.parquet"),
+        (persons, "private/PERSON_LINKS.parquet"),
+        (links, "private/PROCEDURE_OCCURRENCE_LINKS.parquet"),
+    ):
+        if frame is not None:
+            frame.to_parquet(root / relative)
     return root
 
 
 @pytest.fixture
 def extract_dir(tmp_path: Path) -> Path:
-    return write_extract(tmp_path / "extract")
+    return write_example_extract(tmp_path / "extract")
 
 
 def one_line_error(call, *args) -> str:
@@ -126,7 +101,7 @@ def test_exact_duplicate_rows_collapse(tmp_path: Path):
     links = pd.DataFrame(
         {"procedure_occurrence_id": [1, 2, 2], "AccessionNumber": ["A1", "A2", "A2"]}
     )
-    extract = read_extract(write_extract(tmp_path / "x", procedures=procedures, links=links))
+    extract = read_extract(example_extract(tmp_path / "x", procedures=procedures, links=links))
     assert len(extract.cohort) == 2
     assert extract.duplicate_rows == 2
 
@@ -137,7 +112,7 @@ def test_summary_variants_are_accepted(tmp_path: Path):
         "project_name": "Chest_Xray  Pilot",
         "settings": {"omop_es_hash": "beef"},
     }
-    extract = read_extract(write_extract(tmp_path / "x", summary=summary))
+    extract = read_extract(example_extract(tmp_path / "x", summary=summary))
     assert extract.project == "chest-xray-pilot"
     assert extract.omop_es_hash == "beef"
     assert extract.staging_name == "2024-03-01T10-15-00"
@@ -166,7 +141,7 @@ def test_missing_file_is_named(extract_dir: Path, relative: str, expected: str):
 
 def test_missing_column_is_named_with_the_fix(tmp_path: Path):
     persons = pd.DataFrame({"person_id": [10, 20, 30], "mrn_typo": MRNS})
-    message = one_line_error(read_extract, write_extract(tmp_path / "x", persons=persons))
+    message = one_line_error(read_extract, example_extract(tmp_path / "x", persons=persons))
     assert message.startswith("private/PERSON_LINKS.parquet is missing column PrimaryMrn: ")
     assert "re-export" in message
 
@@ -175,7 +150,7 @@ def test_missing_date_column_is_named(tmp_path: Path):
     procedures = pd.DataFrame({"procedure_occurrence_id": [1], "person_id": [10]})
     links = pd.DataFrame({"procedure_occurrence_id": [1], "AccessionNumber": ["A1"]})
     message = one_line_error(
-        read_extract, write_extract(tmp_path / "x", procedures=procedures, links=links)
+        read_extract, example_extract(tmp_path / "x", procedures=procedures, links=links)
     )
     assert message.startswith(
         "public/PROCEDURE_OCCURRENCE.parquet is missing column procedure_datetime"
@@ -184,7 +159,7 @@ def test_missing_date_column_is_named(tmp_path: Path):
 
 def test_non_integer_ids_are_refused(tmp_path: Path):
     persons = pd.DataFrame({"person_id": ["10", "20", "30"], "PrimaryMrn": MRNS})
-    message = one_line_error(read_extract, write_extract(tmp_path / "x", persons=persons))
+    message = one_line_error(read_extract, example_extract(tmp_path / "x", persons=persons))
     assert message.startswith("private/PERSON_LINKS.parquet column person_id must hold integer ids")
 
 
@@ -205,15 +180,18 @@ def test_bad_json_is_one_line(extract_dir: Path):
 @pytest.mark.parametrize(
     ("summary", "expected"),
     [
-        ({**SUMMARY, "datetime": "yesterday"}, 'field "datetime" is not ISO 8601'),
-        ({k: v for k, v in SUMMARY.items() if k != "datetime"}, 'has no "datetime"'),
-        ({k: v for k, v in SUMMARY.items() if k != "settings"}, "has no project name"),
-        ({k: v for k, v in SUMMARY.items() if k != "repository_hash"}, 'has no "omop_es_hash"'),
-        ([SUMMARY], "must hold a JSON object"),
+        ({**EXAMPLE_SUMMARY, "datetime": "yesterday"}, 'field "datetime" is not ISO 8601'),
+        ({k: v for k, v in EXAMPLE_SUMMARY.items() if k != "datetime"}, 'has no "datetime"'),
+        ({k: v for k, v in EXAMPLE_SUMMARY.items() if k != "settings"}, "has no project name"),
+        (
+            {k: v for k, v in EXAMPLE_SUMMARY.items() if k != "repository_hash"},
+            'has no "omop_es_hash"',
+        ),
+        ([EXAMPLE_SUMMARY], "must hold a JSON object"),
     ],
 )
 def test_incomplete_summary_is_named(tmp_path: Path, summary, expected: str):
-    message = one_line_error(read_extract, write_extract(tmp_path / "x", summary=summary))
+    message = one_line_error(read_extract, example_extract(tmp_path / "x", summary=summary))
     assert message.startswith("extract_summary.json")
     assert expected in message
 
@@ -230,7 +208,7 @@ def test_text_dates_that_do_not_parse_are_refused_without_their_value(tmp_path: 
     procedures = pd.DataFrame(
         {"procedure_occurrence_id": [1], "person_id": [10], "procedure_date": ["FAKEMRN001"]}
     )
-    message = one_line_error(read_extract, write_extract(tmp_path / "x", procedures=procedures))
+    message = one_line_error(read_extract, example_extract(tmp_path / "x", procedures=procedures))
     assert "column procedure_date has 1 value(s) that are not ISO 8601 dates" in message
 
 

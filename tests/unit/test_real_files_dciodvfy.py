@@ -29,7 +29,7 @@ from pydicom.data.data_manager import DATA_ROOT, external_data_sources
 from pixl_core.config.projects import REPO_ROOT, Project, load_project_file
 from pixl_core.dicom.deid import Refused, deidentify_bytes
 from pixl_core.hashing import ProjectHasher
-from tests.phi_corpus import TEST_HASH_KEY, build_corpus
+from stack.synthetic.phi_corpus import TEST_HASH_KEY, build_corpus
 
 DCIODVFY = Path(sys.executable).with_name("dciodvfy")
 CHEST_CRS = {f"RG{n}_{kind}.dcm" for n in (1, 3) for kind in ("UNCI", "UNCR", "J2KR", "J2KI")}

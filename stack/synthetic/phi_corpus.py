@@ -4,9 +4,11 @@ Every planted value is a unique, recognisable token (``PHIX`` + letters/digits: 
 keyed hash can never reproduce one by chance), and every original UID comes from a root used
 nowhere else. A de-identified output that contains any of them has leaked.
 
-Use it from tests (``build_corpus(tmp_path)``) or on its own::
+The instances are built on ``dicom_builder.base_dataset`` (the same base as the demo cohort's
+and the benchmark's images), then planted here. Use it from tests and benchmarks
+(``build_corpus(tmp_path)``) or on its own::
 
-    python -m tests.phi_corpus OUTDIR
+    python -m stack.synthetic.phi_corpus OUTDIR
 
 which writes the instances under ``OUTDIR/input/`` and the planted values to
 ``OUTDIR/planted.json``.
@@ -45,11 +47,10 @@ import random
 import string
 import sys
 import zlib
-from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -60,34 +61,25 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
 )
 
-# A hash key for tests only (never used outside tests/).
+from stack.synthetic.dicom_builder import (
+    CR_STORAGE,
+    DX_STORAGE,
+    EXAMPLE_CREATOR,
+    EXAMPLE_GROUP,
+    EXAMPLE_OFFSET,
+    base_dataset,
+    code_item,
+    set_private,
+    to_bytes,
+)
+
+# The key the tests de-identify the corpus with: public, so never a real project's key.
 TEST_HASH_KEY = "pixl-tests-only-key-0123456789abcdef"
-
-CR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")
-DX_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1.1")
-MR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
-BASIC_TEXT_SR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.88.11")
-GSPS_STORAGE = UID("1.2.840.10008.5.1.4.1.1.11.1")
-KEY_OBJECT_STORAGE = UID("1.2.840.10008.5.1.4.1.1.88.59")
-
-# The creator and offset that projects/chest-xray's Philips DigitalDiagnost override keeps.
-EXAMPLE_CREATOR = "PIXL EXAMPLE EXPOSURE"
-EXAMPLE_GROUP = 0x0021
-EXAMPLE_OFFSET = 0x10
 
 # Original UIDs come from this root only, so a scan can also look for the root itself.
 UID_ROOT = "1.2.826.0.1.3680043.10.977."
-ROWS = COLUMNS = 64
 
 _TOKEN_ALPHABET = "GHJKLMNPQRSTUVWXYZ" + string.digits  # no A-F: a token is never hex
-
-
-def pixel_bytes(seed: int, rows: int = ROWS, columns: int = COLUMNS) -> bytes:
-    """Deterministic 12-bit pixels in 16-bit words (high byte <= 0x0F: never ASCII text)."""
-    values = array("H", ((i * 37 + seed * 101) % 4096 for i in range(rows * columns)))
-    if sys.byteorder != "little":
-        values.byteswap()
-    return values.tobytes()
 
 
 class Planter:
@@ -189,103 +181,6 @@ def new_patient(planter: Planter, key: str) -> Patient:
     )
 
 
-def base_dataset(
-    *,
-    modality: str = "CR",
-    sop_class: UID | str = CR_STORAGE,
-    sop_uid: str,
-    study_uid: str,
-    series_uid: str,
-    patient_id: str = "PIXLTEST0001",
-    accession: str = "ACC0001",
-    study_date: str = "20230105",
-    manufacturer: str = "Philips Medical Systems",
-    model: str = "DigitalDiagnost",
-    transfer_syntax: UID = ExplicitVRLittleEndian,
-    pixel_seed: int = 1,
-) -> Dataset:
-    """A minimal valid CR/DX instance (64x64, 12 bits in 16) to build tests on."""
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyDate = study_date
-    ds.SeriesDate = study_date
-    ds.ContentDate = study_date
-    ds.StudyTime = "101500"
-    ds.ContentTime = "101700"
-    ds.AccessionNumber = accession
-    ds.Modality = modality
-    ds.Manufacturer = manufacturer
-    ds.ManufacturerModelName = model
-    ds.ReferringPhysicianName = ""
-    ds.StudyDescription = "XR CHEST"
-    ds.SeriesDescription = "PA"
-    ds.PatientName = "TEST^PATIENT"
-    ds.PatientID = patient_id
-    ds.PatientBirthDate = ""
-    ds.PatientSex = "F"
-    ds.PatientAge = "045Y"
-    ds.BodyPartExamined = "CHEST"
-    ds.ViewPosition = "PA"
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.StudyID = "1"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
-    ds.PatientOrientation = ["A", "F"]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = ROWS
-    ds.Columns = COLUMNS
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    if modality == "DX":
-        ds.PresentationIntentType = "FOR PRESENTATION"
-        ds.ImageLaterality = "U"
-        ds.ImagerPixelSpacing = [0.15, 0.15]
-        ds.DetectorType = "SCINTILLATOR"
-        ds.PixelIntensityRelationship = "LIN"
-        ds.PixelIntensityRelationshipSign = 1
-        ds.RescaleIntercept = 0
-        ds.RescaleSlope = 1
-        ds.RescaleType = "US"
-        ds.BurnedInAnnotation = "NO"
-        ds.PresentationLUTShape = "IDENTITY"
-        ds.LossyImageCompression = "00"
-        ds.PositionerType = ""
-        ds.AcquisitionContextSequence = Sequence()
-        ds.ImageType = ["ORIGINAL", "PRIMARY", ""]
-    ds.WindowCenter = 2048
-    ds.WindowWidth = 4096
-    ds.PixelData = pixel_bytes(pixel_seed)
-    ds["PixelData"].VR = "OW"
-    ds.file_meta = file_meta_for(ds, transfer_syntax)
-    return ds
-
-
-def file_meta_for(ds: Dataset, transfer_syntax: UID) -> FileMetaDataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = "1.2.826.0.1.3680043.10.976.1"
-    meta.ImplementationVersionName = "PHICORPUS_1"
-    return meta
-
-
-def to_bytes(ds: Dataset) -> bytes:
-    """The Part 10 bytes of ``ds``, encoded as its file meta's transfer syntax says."""
-    from io import BytesIO
-
-    out = BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
-
-
 def readable_bytes(data: bytes) -> bytes:
     """``data``, followed by the inflated data set if the file is deflated (so a scan sees it)."""
     if len(data) < 144 or data[128:132] != b"DICM" or data[132:136] != b"\x02\x00\x00\x00":
@@ -297,22 +192,6 @@ def readable_bytes(data: bytes) -> bytes:
         return data + zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[meta_end:])
     except zlib.error:
         return data
-
-
-def set_private(
-    ds: Dataset, group: int, block: int, creator: str, offset: int, vr: str, value: object
-) -> None:
-    """Write ``creator`` at (group,00bb) and the value at (group,bbxx), at a chosen block."""
-    ds.add_new((group << 16) | block, "LO", creator)
-    ds.add_new((group << 16) | (block << 8) | offset, vr, value)
-
-
-def _code_item(value: str, scheme: str, meaning: str) -> Dataset:
-    item = Dataset()
-    item.CodeValue = value
-    item.CodingSchemeDesignator = scheme
-    item.CodeMeaning = meaning
-    return item
 
 
 def plant_identifiers(
@@ -335,7 +214,7 @@ def plant_identifiers(
     ds.PatientAddress = t("PatientAddress", 40)
     ds.PatientTelephoneNumbers = t("PatientTelephoneNumbers", 16)
     ds.EthnicGroup = t("EthnicGroup", 16)
-    ds.EthnicGroupCodeSequence = Sequence([_code_item("X1", "99PHI", t("EthnicGroupCode"))])
+    ds.EthnicGroupCodeSequence = Sequence([code_item("X1", "99PHI", t("EthnicGroupCode"))])
     ds.PatientComments = t("PatientComments", 40)
     ds.AdditionalPatientHistory = t("AdditionalPatientHistory", 40)
     ds.MilitaryRank = t("MilitaryRank")
@@ -389,7 +268,7 @@ def plant_identifiers(
     request.AccessionNumber = t("RequestAttributesSequence.AccessionNumber", 16)
     request.RequestedProcedureDescription = t("RequestAttributesSequence.Description", 40)
     request.ScheduledProtocolCodeSequence = Sequence(
-        [_code_item("P1", "99PHI", t("RequestAttributesSequence.ProtocolCode.CodeMeaning", 40))]
+        [code_item("P1", "99PHI", t("RequestAttributesSequence.ProtocolCode.CodeMeaning", 40))]
     )
     request.StudyInstanceUID = planter.uid(f"{name}.RequestAttributesSequence.StudyInstanceUID")
     ds.RequestAttributesSequence = Sequence([request])
@@ -402,21 +281,21 @@ def plant_identifiers(
 
     # Kept sequences (chest-xray keeps ViewCodeSequence and AnatomicRegionSequence items'
     # codes): what they do not list must still go, two levels deep and in private blocks.
-    view = _code_item("R-10214", "SRT", "postero-anterior")
+    view = code_item("R-10214", "SRT", "postero-anterior")
     view.CodingSchemeVersion = t("ViewCodeSequence.CodingSchemeVersion", 16)
     view.ViewModifierCodeSequence = Sequence(
-        [_code_item("X2", "99PHI", t("ViewCodeSequence.ViewModifier.CodeMeaning", 40))]
+        [code_item("X2", "99PHI", t("ViewCodeSequence.ViewModifier.CodeMeaning", 40))]
     )
-    deep = _code_item("X3", "99PHI", t("ViewCodeSequence.ViewModifier.deep", 40))
+    deep = code_item("X3", "99PHI", t("ViewCodeSequence.ViewModifier.deep", 40))
     view.ViewModifierCodeSequence[0].EquivalentCodeSequence = Sequence([deep])
     set_private(view, 0x0029, 0x10, "PHI ITEM VENDOR", 0x01, "LO", t("ViewCodeSequence.private"))
     set_private(
         view, EXAMPLE_GROUP, 0x10, EXAMPLE_CREATOR, 0x11, "LO", t("ViewCodeSequence.example+11")
     )
     ds.ViewCodeSequence = Sequence([view])
-    region = _code_item("T-D3000", "SRT", "Chest")
+    region = code_item("T-D3000", "SRT", "Chest")
     region.AnatomicRegionModifierSequence = Sequence(
-        [_code_item("X4", "99PHI", t("AnatomicRegionSequence.Modifier.CodeMeaning", 40))]
+        [code_item("X4", "99PHI", t("AnatomicRegionSequence.Modifier.CodeMeaning", 40))]
     )
     ds.AnatomicRegionSequence = Sequence([region])
 
@@ -506,10 +385,10 @@ def build_corpus(outdir: Path, seed: int = 20240501) -> Corpus:
             series_uid=planter.uid(f"{name}.SeriesInstanceUID"),
             manufacturer=manufacturer,
             model=model,
+            series_number=series_number,
             transfer_syntax=transfer_syntax,
             pixel_seed=len(files) + 1,
         )
-        ds.SeriesNumber = series_number
         ds.FrameOfReferenceUID = frame_of_reference or planter.uid(f"{name}.FrameOfReferenceUID")
         ds.PositionReferenceIndicator = ""
         plant_identifiers(ds, planter, name, patient, accession=accession)
@@ -644,7 +523,7 @@ def fake_jpeg_frame(seed: int, size: int = 512) -> bytes:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m tests.phi_corpus OUTDIR", file=sys.stderr)
+        print("usage: python -m stack.synthetic.phi_corpus OUTDIR", file=sys.stderr)
         return 2
     outdir = Path(args[0])
     corpus = build_corpus(outdir)
