@@ -318,7 +318,7 @@ class PlainOrthanc:
 def plain_orthanc(stack: Stack, name: str, deadline: Deadline) -> Iterator[PlainOrthanc]:
     """A plugin-less Orthanc as ``PIXLRAW`` on orthanc-raw's DICOM port (orthanc-raw stopped)."""
     from stack.local_stack import ORTHANC_BINARY
-    from stack.settings import free_port
+    from stack.ports import free_port
 
     settings = stack.settings
     stack.supervisor("stop", "orthanc-raw")

@@ -15,7 +15,7 @@ from pixl_cli.main import app as pixl_app
 from pixl_core.db.connection import connect
 from pixl_core.transport.ftps import FtpsClient
 from pixl_ehr.service import ServiceConfig, create_app
-from tests.fixtures.ftps import free_port
+from stack.ports import free_port
 from tests.integration.ehr_fixtures import (
     PROJECT,
     SECRET,

@@ -25,7 +25,7 @@ from pixl_core.hashing import ProjectHasher, hash_accession_number
 from pixl_core.transport.ftps import FtpsClient
 from pixl_ehr.report_worker import ReportWorkerSettings
 from pixl_ehr.service import ServiceConfig, create_app
-from tests.fixtures.ftps import free_port
+from stack.ports import free_port
 from tests.integration.ehr_fixtures import (
     PROJECT,
     SECRET,
