@@ -35,7 +35,7 @@ def run_loop(
     *,
     name: str,
     logger: logging.Logger,
-    db_url: str,
+    db_url: str | None,
     claim: Callable[[], Work | None],
     process: Callable[[Work], float | None],
     reset: Callable[[], None],
@@ -47,10 +47,11 @@ def run_loop(
 
     ``reset`` forgets the worker's connection after a database error (in ``ready``, ``claim``
     or ``process``: each step handles its own expected errors, so what reaches here means the
-    database went away), so the next round reconnects. Returns at once if ``stop`` is set
-    before the database answers.
+    database went away), so the next round reconnects. With ``db_url``, first waits for the
+    database and migrates it (None: the caller knows the schema is current); returns at once if
+    ``stop`` is set before the database answers.
     """
-    if not migrate_when_ready(db_url, stop, logger):
+    if db_url is not None and not migrate_when_ready(db_url, stop, logger):
         return
     while not stop.is_set():
         try:
