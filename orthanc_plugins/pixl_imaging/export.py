@@ -8,11 +8,12 @@ as exported with its instance count and SHA-256, and deleted from orthanc-anon.
 
 "Never uploaded twice": the state change to ``exported`` is a single conditional UPDATE, and a
 retry after a crash between upload and update finds the complete file already there (same size)
-and does not send it again.
+and does not send it again; and the exporter renews its lease after zipping, so a study another
+exporter took over meanwhile (this one's lease ran out) is not uploaded by both.
 
 The queue is ``pixl_core.db.work_queue``, where ``anonymising`` is a *stage* of the study queue:
 ``claim_stage`` gives a study only to a worker named ``anon:…`` and leaves its state alone;
-``renew`` keeps the lease while a large zip is built; ``defer`` is the backoff when the DSH or
+``renew`` extends the lease for the upload; ``defer`` is the backoff when the DSH or
 orthanc-anon fails (the study stays ``anonymising``, ``export_attempts`` grows, the next try is
 due after an exponentially growing pause); ``requeue`` sends a study whose instances went
 missing back to orthanc-raw. The loop is ``pixl_core.db.polling.run_loop``. Failures are
@@ -65,7 +66,6 @@ class ExportItem:
     project: str
     study_uid: str = field(repr=False)
     instances_sent: int
-    export_attempts: int
 
     @classmethod
     def from_work_item(cls, item: WorkItem) -> ExportItem:
@@ -74,7 +74,6 @@ class ExportItem:
             project=item.project,
             study_uid=item.row["study_uid"],
             instances_sent=item.row["instances_sent"],
-            export_attempts=item.row["export_attempts"],
         )
 
 

@@ -43,6 +43,7 @@ from datetime import datetime
 from typing import Any
 
 from psycopg2 import sql
+from psycopg2.extensions import cursor
 from psycopg2.extras import Json, RealDictCursor
 
 from pixl_core.db.connection import Connection
@@ -210,16 +211,17 @@ def _backoff(tries: sql.Composable) -> sql.Composable:
 
 
 def _claim_rows(
-    conn: Connection,
+    cur: cursor,
     spec: QueueSpec,
     claimable: sql.Composable,
     order: sql.Composable,
     changes: sql.Composable,
     params: dict[str, Any],
 ) -> list[WorkItem]:
-    """The one claim statement: lock up to ``%(limit)s`` claimable rows that no other
-    transaction holds (SKIP LOCKED), apply ``changes`` and take them for ``%(worker_id)s``
-    with a lease of ``%(lease)s`` seconds."""
+    """The one claim statement, run on ``cur`` (a ``RealDictCursor`` in the caller's
+    transaction): lock up to ``%(limit)s`` claimable rows that no other transaction holds (SKIP
+    LOCKED), apply ``changes`` and take them for ``%(worker_id)s`` with a lease of
+    ``%(lease)s`` seconds."""
     statement = sql.SQL(
         """
         WITH picked AS (
@@ -238,10 +240,10 @@ def _claim_rows(
         RETURNING w.*
         """
     ).format(t=sql.Identifier(spec.table), claimable=claimable, order=order, changes=changes)
-    with conn, conn.cursor(cursor_factory=RealDictCursor) as cur:
-        cur.execute(statement, params)
-        rows = cur.fetchall()
-    return sorted((WorkItem.from_row(spec.table, row) for row in rows), key=lambda i: i.id)
+    cur.execute(statement, params)
+    return sorted(
+        (WorkItem.from_row(spec.table, row) for row in cur.fetchall()), key=lambda i: i.id
+    )
 
 
 def claim(
@@ -266,8 +268,8 @@ def claim(
     if limit <= 0:
         return []
     in_progress = tuple(spec.in_progress_states)
-    if max_attempts is not None:
-        with conn, conn.cursor() as cur:
+    with conn, conn.cursor(cursor_factory=RealDictCursor) as cur:
+        if max_attempts is not None:
             cur.execute(
                 sql.SQL(
                     "UPDATE {t} SET state = 'failed', last_error_code = 'lease_expired', "
@@ -278,25 +280,25 @@ def claim(
                 ).format(t=sql.Identifier(spec.table)),
                 {"in_progress": in_progress, "max_attempts": max_attempts, "project": project},
             )
-    return _claim_rows(
-        conn,
-        spec,
-        claimable=sql.SQL(
-            "((state = 'queued' AND next_attempt_at <= now()) "
-            "OR (state IN %(in_progress)s AND claimed_until < now())) "
-            "AND (%(project)s::text IS NULL OR project = %(project)s)"
-        ),
-        order=sql.SQL("next_attempt_at, id"),
-        changes=sql.SQL("state = %(claimed_state)s, attempts = w.attempts + 1,"),
-        params={
-            "in_progress": in_progress,
-            "project": project,
-            "limit": limit,
-            "claimed_state": spec.claimed_state,
-            "worker_id": worker_id,
-            "lease": float(lease_seconds),
-        },
-    )
+        return _claim_rows(
+            cur,
+            spec,
+            claimable=sql.SQL(
+                "((state = 'queued' AND next_attempt_at <= now()) "
+                "OR (state IN %(in_progress)s AND claimed_until < now())) "
+                "AND (%(project)s::text IS NULL OR project = %(project)s)"
+            ),
+            order=sql.SQL("next_attempt_at, id"),
+            changes=sql.SQL("state = %(claimed_state)s, attempts = w.attempts + 1,"),
+            params={
+                "in_progress": in_progress,
+                "project": project,
+                "limit": limit,
+                "claimed_state": spec.claimed_state,
+                "worker_id": worker_id,
+                "lease": float(lease_seconds),
+            },
+        )
 
 
 def claim_stage(
@@ -324,25 +326,27 @@ def claim_stage(
         )
     if limit <= 0:
         return []
-    return _claim_rows(
-        conn,
-        spec,
-        claimable=sql.SQL(
-            "state = %(state)s AND {ready} IS NOT NULL "
-            "AND (claimed_by IS NULL OR claimed_by NOT LIKE %(prefix)s OR claimed_until < now()) "
-            "AND (%(project)s::text IS NULL OR project = %(project)s)"
-        ).format(ready=sql.Identifier(stage.ready_column)),
-        order=sql.SQL("updated_at, id"),
-        changes=sql.SQL(""),
-        params={
-            "state": stage.state,
-            "prefix": stage.worker_prefix + "%",
-            "project": project,
-            "limit": limit,
-            "worker_id": worker_id,
-            "lease": float(lease_seconds),
-        },
-    )
+    with conn, conn.cursor(cursor_factory=RealDictCursor) as cur:
+        return _claim_rows(
+            cur,
+            spec,
+            claimable=sql.SQL(
+                "state = %(state)s AND {ready} IS NOT NULL "
+                "AND (claimed_by IS NULL OR claimed_by NOT LIKE %(prefix)s "
+                "OR claimed_until < now()) "
+                "AND (%(project)s::text IS NULL OR project = %(project)s)"
+            ).format(ready=sql.Identifier(stage.ready_column)),
+            order=sql.SQL("updated_at, id"),
+            changes=sql.SQL(""),
+            params={
+                "state": stage.state,
+                "prefix": stage.worker_prefix + "%",
+                "project": project,
+                "limit": limit,
+                "worker_id": worker_id,
+                "lease": float(lease_seconds),
+            },
+        )
 
 
 def renew(
