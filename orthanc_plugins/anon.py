@@ -53,6 +53,9 @@ def _start() -> None:
             backoff_base_seconds=env_number(
                 "PIXL_EXPORT_BACKOFF_SECONDS", 5.0, float, positive=True
             ),
+            poll_seconds=env_number(
+                "PIXL_EXPORT_POLL_SECONDS", ExportSettings.poll_seconds, float, positive=True
+            ),
         ),
     )
     for number in range(env_number("PIXL_EXPORT_THREADS", 2, int, positive=True)):
@@ -61,9 +64,9 @@ def _start() -> None:
 
 
 def _counters() -> dict[str, int]:
-    values = dict(ingest.counters)
+    values = ingest.counters.snapshot()
     if exporter is not None:
-        values.update({f"export_{k}": v for k, v in exporter.counters.items()})
+        values.update({f"export_{k}": v for k, v in exporter.counters.snapshot().items()})
     return values
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import sys
@@ -28,6 +27,9 @@ def _start() -> None:
         worker_id=f"raw:{socket.gethostname()}:{os.getpid()}",
         lease_seconds=env_number("PIXL_FETCH_LEASE_SECONDS", 600.0, float, positive=True),
         backoff_base_seconds=env_number("PIXL_FETCH_BACKOFF_SECONDS", 10.0, float, positive=True),
+        poll_seconds=env_number(
+            "PIXL_FETCH_POLL_SECONDS", RawWorkerSettings.poll_seconds, float, positive=True
+        ),
         fetch=FetchSettings(
             vna_modality=os.environ.get("PIXL_VNA_MODALITY", "vna"),
             own_aet=os.environ.get("PIXL_RAW_AET", "PIXLRAW"),
@@ -45,7 +47,7 @@ def _start() -> None:
 
 
 def _counters() -> dict[str, int]:
-    return dataclasses.asdict(worker.counters) if worker else {}
+    return worker.counters.snapshot() if worker else {}
 
 
 def _publish_metrics(stop) -> None:  # type: ignore[no-untyped-def]

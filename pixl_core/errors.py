@@ -6,6 +6,11 @@ metrics, so what went wrong is named precisely and never with an identifier. A
 ``PixlConfigError`` is raised for anything the operator must fix (a missing secret, an invalid
 allow-list, an unknown project); the CLI prints its message alone, without a traceback, and
 exits 2. Messages must never contain an identifier taken from patient data.
+
+Workers record ``exc.code`` rather than a code of their own choosing, so the subclasses below
+exist for the codes: a broken allow-list is recorded as ``invalid_allowlist``, not as the
+``unknown_project`` it used to be mistaken for. Codes match the schema's
+``^[a-z][a-z0-9_.-]{0,63}$``.
 """
 
 from __future__ import annotations
@@ -35,3 +40,21 @@ class UnknownProjectError(PixlConfigError):
     """A work item or command names a project that has no ``projects/<slug>.yaml``."""
 
     code = "unknown_project"
+
+
+class InvalidProjectError(PixlConfigError):
+    """A ``projects/<slug>.yaml`` exists but is not valid (YAML, keys, values)."""
+
+    code = "invalid_project"
+
+
+class InvalidAllowlistError(PixlConfigError):
+    """A tag allow-list file is missing, not valid, or conflicts with another one."""
+
+    code = "invalid_allowlist"
+
+
+class HashKeyError(PixlConfigError):
+    """``PIXL_HASH_KEY`` is missing (``hash_key_missing``) or too short (``hash_key_short``)."""
+
+    code = "hash_key_missing"

@@ -14,7 +14,7 @@ import hmac
 import os
 from dataclasses import dataclass
 
-from pixl_core.errors import PixlConfigError
+from pixl_core.errors import HashKeyError
 
 KEY_VARIABLE = "PIXL_HASH_KEY"
 _MIN_KEY_LENGTH = 16
@@ -24,14 +24,15 @@ def secret_from_env() -> bytes:
     """Return the hash secret from the environment, or refuse with a one-line fix."""
     value = os.environ.get(KEY_VARIABLE, "")
     if not value:
-        raise PixlConfigError(
+        raise HashKeyError(
             f"{KEY_VARIABLE} is not set: export a secret of at least {_MIN_KEY_LENGTH} "
             "characters (e.g. `openssl rand -hex 32`) before running PIXL"
         )
     if len(value) < _MIN_KEY_LENGTH:
-        raise PixlConfigError(
+        raise HashKeyError(
             f"{KEY_VARIABLE} is too short: use at least {_MIN_KEY_LENGTH} characters "
-            "(e.g. `openssl rand -hex 32`)"
+            "(e.g. `openssl rand -hex 32`)",
+            code="hash_key_short",
         )
     return value.encode()
 

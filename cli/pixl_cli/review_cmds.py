@@ -3,7 +3,8 @@
 Flagged reports are withheld from the radiology parquet until someone decides. The listing
 shows report ids and the findings' kinds and offsets only (never text), so it can be pasted into
 a ticket; the decision is recorded with the operating-system user name of whoever ran it.
-The logic is in ``pixl_ehr.review``; these are the typer commands around it.
+The logic and its SQL are in ``pixl_ehr.review`` and ``pixl_core.db.work_queue``; these are the
+typer commands around them.
 """
 
 from __future__ import annotations
@@ -16,16 +17,9 @@ from rich.text import Text
 
 from pixl_cli.database import connect
 from pixl_cli.output import EXIT_DATA_ERROR, console, err_console, operator_errors
-from pixl_core import db
 from pixl_core.config.projects import load_project
+from pixl_core.db import work_queue
 from pixl_ehr import review
-
-
-def _state_of(conn: db.Connection, report_id: int) -> str | None:
-    with conn, conn.cursor() as cur:
-        cur.execute("SELECT state FROM report WHERE id = %s", (report_id,))
-        row = cur.fetchone()
-    return row[0] if row else None
 
 
 def flagged(
@@ -66,7 +60,7 @@ def _decide(report_id: int, decision: str) -> None:
             reviewer = review.reviewer_name()
             action = review.approve if decision == "approved" else review.reject
             applied = action(conn, report_id, reviewer)
-            state = None if applied else _state_of(conn, report_id)
+            state = None if applied else work_queue.state_of(conn, "report", report_id)
         finally:
             conn.close()
     if applied:
@@ -104,20 +98,14 @@ def show(report_id: int = typer.Argument(..., metavar="ID", help="Report id.")) 
     with operator_errors():
         conn = connect()
         try:
-            with conn, conn.cursor() as cur:
-                cur.execute(
-                    "SELECT state, deidentified_text, check_findings FROM report WHERE id = %s",
-                    (report_id,),
-                )
-                row = cur.fetchone()
+            report = review.checked_text(conn, report_id)
         finally:
             conn.close()
-    if row is None or row[1] is None:
+    if report is None:
         err_console.print(f"[red]error:[/red] report {report_id} has no checked text yet")
         raise typer.Exit(EXIT_DATA_ERROR)
-    state, text, findings = row
-    rendered = Text(text)
-    for finding in findings or []:
+    rendered = Text(report.text)
+    for finding in report.findings:
         rendered.stylize("bold reverse red", finding["start"], finding["end"])
-    console.print(f"report {report_id} ({state}); findings highlighted:", highlight=False)
+    console.print(f"report {report_id} ({report.state}); findings highlighted:", highlight=False)
     console.print(rendered, highlight=False, soft_wrap=True)

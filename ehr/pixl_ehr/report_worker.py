@@ -1,9 +1,9 @@
 """The EHR module's worker: fetch each study's report from EMAP, de-identify it, check it.
 
-It follows orthanc-raw's worker (``pixl_imaging.fetch_worker``): Postgres is the queue, rows are
-claimed with a lease (``work_queue.claim``), so a crashed worker's reports are taken again once
-the lease runs out, and failures go back to the queue with exponential backoff
-(``work_queue.fail``) until ``max_attempts``, then end ``failed`` with a short error code.
+It runs the same loop as orthanc-raw's worker (``pixl_core.db.polling.run_loop``): Postgres is
+the queue, rows are claimed with a lease (``work_queue.claim``), so a crashed worker's reports
+are taken again once the lease runs out, and failures go back to the queue with exponential
+backoff (``work_queue.fail``) until ``max_attempts``, then end ``failed`` with a short error code.
 
 For each claimed report (state ``fetching``):
 
@@ -44,6 +44,7 @@ from psycopg2.extras import Json
 
 from pixl_core import db
 from pixl_core.db import work_queue
+from pixl_core.db.polling import Counters, run_loop
 from pixl_core.db.work_queue import WorkItem
 from pixl_core.env import Number, env_number
 from pixl_core.errors import PixlConfigError, PixlError
@@ -102,19 +103,17 @@ class ReportWorkerSettings:
         )
 
 
-@dataclass
-class Counters:
-    """What this worker has done since it started, for ``GET /status`` (counts only)."""
-
-    claimed: int = 0
-    missing: int = 0
-    checked: int = 0
-    flagged: int = 0
-    retried: int = 0
-    failed: int = 0
-    rounds: int = 0
-    cogstack_probes_failed: int = 0
-    last_error_code: str | None = None
+# What this worker counts since it started, for ``GET /status`` (counts and a code only).
+COUNTERS = (
+    "claimed",
+    "missing",
+    "checked",
+    "flagged",
+    "retried",
+    "failed",
+    "rounds",
+    "cogstack_probes_failed",
+)
 
 
 @dataclass
@@ -177,8 +176,8 @@ class ReportWorker:
         self.checker_version = checker_version
         self._identifier_fields = _accepted_fields(identifiers_factory)
         self.cogstack_errors = cogstack_errors or _cogstack_error_types()
-        self.counters = Counters()
-        self._lock = threading.Lock()
+        self.counters = Counters(*COUNTERS)
+        self.counters.set("last_error_code", None)
         self._conn_obj: db.Connection | None = None
         self._emap_conn_obj: db.Connection | None = None
         # Pause before the next claim after Cogstack failed, growing while it stays down.
@@ -214,41 +213,47 @@ class ReportWorker:
         claiming during an outage would turn a long outage into failed reports. The pause
         between probes doubles from ``backoff_base_seconds`` up to ``max_backoff_seconds``.
         """
-        if not db.migrate_when_ready(self.db_url, stop, logger):
-            return
         try:
-            while not stop.is_set():
-                if self._outage_rounds and not self._cogstack_answers():
-                    self._outage_rounds += 1
-                    stop.wait(self._outage_pause())
-                    continue
-                if self._outage_rounds:
-                    logger.info("Cogstack answers again; claiming reports")
-                    self._outage_rounds = 0
-                try:
-                    result = self.run_once()
-                except Exception as exc:  # database down: wait and try again
-                    logger.warning(
-                        "report worker cannot claim work (%s); retrying", type(exc).__name__
-                    )
-                    self.close()
-                    stop.wait(5)
-                    continue
-                if result.cogstack_error:
-                    self._outage_rounds = 1
-                    stop.wait(self._outage_pause())
-                elif not result.claimed:
-                    stop.wait(self.settings.poll_seconds)
+            run_loop(
+                stop,
+                name="report worker",
+                logger=logger,
+                db_url=self.db_url,
+                ready=self._cogstack_ready,
+                claim=self._claim,
+                process=self._process_round,
+                reset=self.close,
+                poll_seconds=self.settings.poll_seconds,
+            )
         finally:
             self.close()
+
+    def _cogstack_ready(self, stop: threading.Event) -> bool:
+        """False (after pausing) while Cogstack is known to be down and still fails a probe."""
+        if not self._outage_rounds:
+            return True
+        if not self._cogstack_answers():
+            self._outage_rounds += 1
+            stop.wait(self._outage_pause())
+            return False
+        logger.info("Cogstack answers again; claiming reports")
+        self._outage_rounds = 0
+        return True
+
+    def _process_round(self, items: list[WorkItem]) -> float | None:
+        """Process one claimed round; after a Cogstack failure, the pause before the next."""
+        result = self.process(items)
+        if result.cogstack_error:
+            self._outage_rounds = 1
+            return self._outage_pause()
+        return None
 
     def _cogstack_answers(self) -> bool:
         """Whether the de-identification API works again, asked with a text that names no one."""
         try:
             self.deidentifier.deidentify(PROBE_TEXT)
         except Exception as exc:
-            with self._lock:
-                self.counters.cogstack_probes_failed += 1
+            self.counters.add("cogstack_probes_failed")
             logger.info("Cogstack still failing (%s)", type(exc).__name__)
             return False
         return True
@@ -261,7 +266,10 @@ class ReportWorker:
 
     def run_once(self, project: str | None = None) -> RoundResult:
         """Claim up to ``batch_size`` reports and take each as far as it goes; return counts."""
-        items = work_queue.claim(
+        return self.process(self._claim(project))
+
+    def _claim(self, project: str | None = None) -> list[WorkItem]:
+        return work_queue.claim(
             self._conn(),
             TABLE,
             self.settings.worker_id,
@@ -270,6 +278,9 @@ class ReportWorker:
             project,
             max_attempts=self.settings.max_attempts,
         )
+
+    def process(self, items: Sequence[WorkItem]) -> RoundResult:
+        """Take each claimed report as far as it goes; return how many ended in each state."""
         result = RoundResult(claimed=len(items))
         if not items:
             return result
@@ -465,8 +476,7 @@ class ReportWorker:
         )
         outcome = "failed" if new_state == "failed" else "retried"
         self._note(result, outcome)
-        with self._lock:
-            self.counters.last_error_code = code
+        self.counters.set("last_error_code", code)
         logger.warning("report item %s: %s (now %s)", item.id, code, new_state)
 
     def _drop_emap(self) -> None:
@@ -479,12 +489,10 @@ class ReportWorker:
         self._count(state)
 
     def _count(self, name: str, amount: int = 1) -> None:
-        with self._lock:
-            setattr(self.counters, name, getattr(self.counters, name) + amount)
+        self.counters.add(name, amount)
 
     def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            return dataclasses.asdict(self.counters)
+        return self.counters.snapshot()
 
 
 def _accepted_fields(factory: IdentifiersFactory) -> frozenset[str] | None:

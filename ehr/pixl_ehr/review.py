@@ -6,17 +6,28 @@ conditional ``UPDATE … WHERE id = %s AND state = 'flagged'``: deciding twice, 
 is not flagged, changes nothing and returns False, so two reviewers cannot both "win". Who
 decided (a staff user name, not patient data) and when is recorded on the row.
 
-Listings carry report ids and the findings' kinds and offsets only, never text.
+Listings carry report ids and the findings' kinds and offsets only, never text; only
+``checked_text`` returns the de-identified text, for ``pixl reports show`` inside the hospital.
 """
 
 from __future__ import annotations
 
 import getpass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pixl_core.db.connection import Connection
 
 Finding = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CheckedText:
+    """A report's de-identified text with the checker's findings (text left out of ``repr``)."""
+
+    state: str
+    text: str = field(repr=False)
+    findings: list[Finding]
 
 
 def list_flagged(conn: Connection, project: str) -> list[tuple[int, list[Finding]]]:
@@ -38,6 +49,20 @@ def list_flagged(conn: Connection, project: str) -> list[tuple[int, list[Finding
         )
         for report_id, findings in rows
     ]
+
+
+def checked_text(conn: Connection, report_id: int) -> CheckedText | None:
+    """The report's de-identified text and findings, or None if it has no checked text yet."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT state, deidentified_text, check_findings FROM report WHERE id = %s",
+            (report_id,),
+        )
+        row = cur.fetchone()
+    if row is None or row[1] is None:
+        return None
+    state, text, findings = row
+    return CheckedText(state=state, text=text, findings=list(findings or []))
 
 
 def reviewer_name() -> str:

@@ -8,8 +8,16 @@ as exported with its instance count and SHA-256, and deleted from orthanc-anon.
 
 "Never uploaded twice": the state change to ``exported`` is a single conditional UPDATE, and a
 retry after a crash between upload and update finds the complete file already there (same size)
-and does not send it again. When the DSH is down the study stays ``anonymising`` and is retried
-with exponential backoff.
+and does not send it again; and the exporter renews its lease after zipping, so a study another
+exporter took over meanwhile (this one's lease ran out) is not uploaded by both.
+
+The queue is ``pixl_core.db.work_queue``, where ``anonymising`` is a *stage* of the study queue:
+``claim_stage`` gives a study only to a worker named ``anon:…`` and leaves its state alone;
+``renew`` extends the lease for the upload; ``defer`` is the backoff when the DSH or
+orthanc-anon fails (the study stays ``anonymising``, ``export_attempts`` grows, the next try is
+due after an exponentially growing pause); ``requeue`` sends a study whose instances went
+missing back to orthanc-raw. The loop is ``pixl_core.db.polling.run_loop``. Failures are
+recorded as the error's ``code`` (``ftps_login``, ``invalid_allowlist``…), never an identifier.
 """
 
 from __future__ import annotations
@@ -19,22 +27,25 @@ import logging
 import tempfile
 import threading
 import zipfile
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pixl_core import db
 from pixl_core.config.projects import load_project
-from pixl_core.db import work_queue
-from pixl_core.errors import PixlConfigError, PixlError
+from pixl_core.db import study_records, work_queue
+from pixl_core.db.polling import Counters, run_loop
+from pixl_core.db.work_queue import WorkItem
+from pixl_core.errors import PixlConfigError
 from pixl_core.hashing import ProjectHasher
 from pixl_core.transport.ftps import FtpsClient, FtpsError
 from pixl_core.transport.orthanc_rest import OrthancApi, OrthancError
 
 logger = logging.getLogger("pixl.anon.export")
-WORKER_PREFIX = "anon:"
+TABLE = "study"
+STAGE = "anonymising"  # the study-queue stage the exporter owns (work_queue.QUEUES)
+COUNTERS = ("exported", "uploaded", "already_uploaded", "refused", "requeued", "export_retries")
 
 
 @dataclass
@@ -49,11 +60,21 @@ class ExportSettings:
 
 @dataclass(frozen=True)
 class ExportItem:
+    """A claimed study as the exporter sees it (identifiers left out of ``repr``)."""
+
     id: int
     project: str
-    study_uid: str
+    study_uid: str = field(repr=False)
     instances_sent: int
-    export_attempts: int
+
+    @classmethod
+    def from_work_item(cls, item: WorkItem) -> ExportItem:
+        return cls(
+            id=item.id,
+            project=item.project,
+            study_uid=item.row["study_uid"],
+            instances_sent=item.row["instances_sent"],
+        )
 
 
 class AnonExporter:
@@ -70,67 +91,49 @@ class AnonExporter:
         self.secret = secret
         self.ftps = ftps
         self.settings = settings
-        self.counters: Counter[str] = Counter()
+        self.counters = Counters(*COUNTERS)
         self._connections = db.ThreadConnections(db_url, self.settings.worker_id)
 
     def _conn(self) -> db.Connection:
         return self._connections.get()
 
     def run(self, stop: threading.Event) -> None:
-        if not db.migrate_when_ready(self.db_url, stop, logger):
-            return
-        while not stop.is_set():
-            try:
-                item = self.claim()
-            except Exception as exc:  # database down: wait and try again
-                logger.warning("exporter cannot claim work (%s); retrying", type(exc).__name__)
-                self._connections.reset()
-                stop.wait(5)
-                continue
-            if item is None:
-                stop.wait(self.settings.poll_seconds)
-                continue
-            self.export(item)
+        """Export studies until ``stop`` is set (several threads may run it). Survives Postgres
+        outages."""
+        run_loop(
+            stop,
+            name="exporter",
+            logger=logger,
+            db_url=self.db_url,
+            claim=self.claim,
+            process=self._export_one,
+            reset=self._connections.reset,
+            poll_seconds=self.settings.poll_seconds,
+        )
 
     def claim(self) -> ExportItem | None:
         """Take one handed-over study whose export is due (SKIP LOCKED, with a lease)."""
-        with self._conn() as conn, conn.cursor() as cur:
-            cur.execute(
-                """
-                WITH picked AS (
-                    SELECT id FROM study
-                    WHERE state = 'anonymising' AND instances_sent IS NOT NULL
-                      AND (claimed_by IS NULL OR claimed_by NOT LIKE %(prefix)s
-                           OR claimed_until < now())
-                    ORDER BY updated_at, id
-                    LIMIT 1
-                    FOR UPDATE SKIP LOCKED
-                )
-                UPDATE study AS s
-                SET claimed_by = %(me)s,
-                    claimed_until = now() + make_interval(secs => %(lease)s)
-                FROM picked WHERE s.id = picked.id
-                RETURNING s.id, s.project, s.study_uid, s.instances_sent, s.export_attempts
-                """,
-                {
-                    "prefix": WORKER_PREFIX + "%",
-                    "me": self.settings.worker_id,
-                    "lease": self.settings.lease_seconds,
-                },
-            )
-            row = cur.fetchone()
-        return ExportItem(*row) if row else None
+        items = work_queue.claim_stage(
+            self._conn(), TABLE, STAGE, self.settings.worker_id, 1, self.settings.lease_seconds
+        )
+        return ExportItem.from_work_item(items[0]) if items else None
+
+    def _export_one(self, item: ExportItem) -> None:
+        self.export(item)
 
     def export(self, item: ExportItem) -> str:
-        """Export one study; returns the state it ends in (or 'retry')."""
+        """Export one study; returns the state it ends in ('retry' after a backoff, 'lost' if
+        another exporter took it over)."""
         try:
             return self._export(item)
-        except (FtpsError, OrthancError, OSError) as exc:
-            code = exc.code if isinstance(exc, OrthancError) else _ftps_code(exc)
-            self._backoff(item, code)
+        except (FtpsError, OrthancError) as exc:
+            self._backoff(item, exc.code)
             return "retry"
-        except PixlConfigError:
-            self._set_state(item, "failed", last_error_code="unknown_project")
+        except OSError:
+            self._backoff(item, "local_io_error")
+            return "retry"
+        except PixlConfigError as exc:  # the operator must fix it: retrying would not help
+            self._set_state(item, "failed", last_error_code=exc.code)
             return "failed"
         except Exception as exc:  # never let one study kill the exporter
             logger.exception("unexpected export error on study item %s", item.id)
@@ -145,29 +148,41 @@ class AnonExporter:
             "/tools/find", {"Level": "Study", "Query": {"StudyInstanceUID": pseudo_uid}}
         )
         instances = self._instances(studies[0]) if studies else []
-        refused = self._refusals(item.id)
+        refused = study_records.refusals(self._conn(), item.id)
         if len(instances) + sum(refused.values()) < item.instances_sent:
             # Something handed over never arrived (orthanc-anon restarted mid-study?): let
             # orthanc-raw send the study again; it comes from its cache, not the VNA.
-            self._requeue(item, "incomplete_in_anon")
-            self.counters["requeued"] += 1
+            work_queue.requeue(
+                self._conn(), TABLE, STAGE, item.id, self.settings.worker_id, "incomplete_in_anon"
+            )
+            self.counters.add("requeued")
             return "queued"
         if not instances:
             reason = refused.most_common(1)[0][0] if refused else "nothing_to_export"
             self._set_state(item, "refused", last_error_code=reason)
-            self.counters["refused"] += 1
+            self.counters.add("refused")
             return "refused"
         remote = f"{project.slug}/dicom/{pseudo_uid}.zip"
         with tempfile.TemporaryDirectory(dir=self.settings.work_dir) as work:
             archive = Path(work) / "study.zip"
             digest = self._zip(instances, archive)
             size = archive.stat().st_size
+            if not work_queue.renew(
+                self._conn(),
+                TABLE,
+                item.id,
+                self.settings.worker_id,
+                self.settings.lease_seconds,
+                state=STAGE,
+            ):  # the lease ran out while zipping and another exporter took the study over
+                logger.warning("study item %s was taken over; not uploading it", item.id)
+                return "lost"
             with self.ftps(project.slug) as client:
                 if client.size(remote) != size:
                     client.upload_file(remote, archive)
-                    self.counters["uploaded"] += 1
+                    self.counters.add("uploaded")
                 else:
-                    self.counters["already_uploaded"] += 1
+                    self.counters.add("already_uploaded")
         applied = self._set_state(
             item,
             "exported",
@@ -177,7 +192,7 @@ class AnonExporter:
             last_error_code=None,
         )
         if applied:
-            self.counters["exported"] += 1
+            self.counters.add("exported")
             self.anon.delete(f"/studies/{studies[0]}")
         logger.info("study item %s exported (%d instances)", item.id, len(instances))
         return "exported"
@@ -194,14 +209,6 @@ class AnonExporter:
             instance["SeriesInstanceUID"] = series_uids[instance["ParentSeries"]]
         return instances
 
-    def _refusals(self, study_id: int) -> Counter[str]:
-        with self._conn() as conn, conn.cursor() as cur:
-            cur.execute(
-                "SELECT reason, count(*) FROM instance_refusal WHERE study_id = %s GROUP BY reason",
-                (study_id,),
-            )
-            return Counter(dict(cur.fetchall()))
-
     def _zip(self, instances: list[dict[str, Any]], target: Path) -> str:
         """Zip the instances as ``<series UID>/<instance UID>.dcm``; return the SHA-256."""
         with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as archive:
@@ -216,38 +223,20 @@ class AnonExporter:
         return digest.hexdigest()
 
     def _set_state(self, item: ExportItem, state: str, **fields: Any) -> bool:
-        return work_queue.complete(self._conn(), "study", item.id, state, "anonymising", **fields)
-
-    def _requeue(self, item: ExportItem, code: str) -> None:
-        with self._conn() as conn, conn.cursor() as cur:
-            cur.execute(
-                "UPDATE study SET state = 'queued', claimed_by = NULL, claimed_until = NULL, "
-                "next_attempt_at = now(), last_error_code = %s "
-                "WHERE id = %s AND state = 'anonymising' AND claimed_by = %s",
-                (code, item.id, self.settings.worker_id),
-            )
+        return work_queue.complete(self._conn(), TABLE, item.id, state, STAGE, **fields)
 
     def _backoff(self, item: ExportItem, code: str) -> None:
-        delay = min(
-            self.settings.backoff_base_seconds * 2 ** min(item.export_attempts, 16),
-            self.settings.max_backoff_seconds,
+        delay = work_queue.defer(
+            self._conn(),
+            TABLE,
+            STAGE,
+            item.id,
+            self.settings.worker_id,
+            code,
+            self.settings.backoff_base_seconds,
+            max_backoff_seconds=self.settings.max_backoff_seconds,
         )
-        with self._conn() as conn, conn.cursor() as cur:
-            cur.execute(
-                "UPDATE study SET claimed_until = now() + make_interval(secs => %s), "
-                "export_attempts = export_attempts + 1, last_error_code = %s "
-                "WHERE id = %s AND state = 'anonymising' AND claimed_by = %s",
-                (delay, code, item.id, self.settings.worker_id),
-            )
-        self.counters["export_retries"] += 1
-        logger.warning("export of study item %s failed (%s); retry in %.0fs", item.id, code, delay)
-
-
-def _ftps_code(exc: Exception) -> str:
-    """A short error code (no paths, no identifiers) for the work item."""
-    if isinstance(exc, FtpsError):
-        step = "".join(c if c.isalnum() else "_" for c in exc.step.lower())
-        return f"ftps_{step}"[:60]
-    if isinstance(exc, PixlError):
-        return "export_error"
-    return "local_io_error"
+        self.counters.add("export_retries")
+        logger.warning(
+            "export of study item %s failed (%s); retry in %.0fs", item.id, code, delay or 0
+        )

@@ -2,9 +2,14 @@
 
 Runs as a background thread inside orthanc-raw (``orthanc_plugins/raw.py`` starts it) and talks
 to its own Orthanc over REST, so the same code runs in a system test against a real Orthanc and
-in a unit test against a stand-in. The rate (studies/s) and the number in flight are read from
+in a test against a stand-in. The rate (studies/s) and the number in flight are read from
 Postgres on every round, so ``pixl rate`` changes them while it runs. Claims carry a lease: if
 this process dies, another (or this one restarted) reclaims the work once the lease expires.
+
+The loop is ``pixl_core.db.polling.run_loop``, shared with the exporter and the report worker;
+what is the fetch worker's own is ``_ready``: one claim per due rate slot, while fewer than the
+in-flight limit are being fetched. A failure is recorded as the error's ``code`` (a broken
+project file as ``invalid_project``, a missing one as ``unknown_project``), never an identifier.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from dataclasses import dataclass, field
 
 from pixl_core import db
 from pixl_core.config.projects import load_project
-from pixl_core.db import work_queue
-from pixl_core.db.work_queue import WorkItem
+from pixl_core.db import study_records, work_queue
+from pixl_core.db.polling import Counters, run_loop
+from pixl_core.db.work_queue import FetchRate, WorkItem
 from pixl_core.dicom.deid import REFUSED_MODALITY
 from pixl_core.dicom.handoff import Handoff, mark
 from pixl_core.errors import PixlConfigError
@@ -39,20 +45,19 @@ class RawWorkerSettings:
     fetch: FetchSettings = field(default_factory=FetchSettings)
 
 
-@dataclass
-class Counters:
-    """What this worker has done, for ``/pixl/status`` and the metrics endpoint."""
-
-    claimed: int = 0
-    moves: int = 0
-    cached: int = 0
-    handed_off: int = 0
-    instances_sent: int = 0
-    not_found: int = 0
-    refused: int = 0
-    retried: int = 0
-    failed: int = 0
-    in_flight: int = 0
+# What this worker counts, for ``/pixl/status`` and the metrics endpoint.
+COUNTERS = (
+    "claimed",
+    "moves",
+    "cached",
+    "handed_off",
+    "instances_sent",
+    "not_found",
+    "refused",
+    "retried",
+    "failed",
+    "in_flight",
+)
 
 
 class RawWorker:
@@ -69,10 +74,12 @@ class RawWorker:
         self.anon = anon
         self.secret = secret
         self.settings = settings
-        self.counters = Counters()
-        self._lock = threading.Lock()
+        self.counters = Counters(*COUNTERS)
         self._connections = db.ThreadConnections(db_url, self.settings.worker_id)
         self._next_start = 0.0
+        self._rate = FetchRate(studies_per_second=1.0, max_in_flight=1)
+        self._futures: set[Future[None]] = set()
+        self._pool: ThreadPoolExecutor | None = None
 
     def _conn(self) -> db.Connection:
         return self._connections.get()
@@ -84,39 +91,41 @@ class RawWorker:
         sleeps the poll interval when the queue is empty; otherwise it waits exactly until the
         next rate slot or until a study in flight finishes.
         """
-        if not db.migrate_when_ready(self.db_url, stop, logger):
-            return
-        futures: set[Future[None]] = set()
         with ThreadPoolExecutor(MAX_IN_FLIGHT_CAP, thread_name_prefix="pixl-fetch") as pool:
-            while not stop.is_set():
-                futures = {f for f in futures if not f.done()}
-                try:
-                    rate = work_queue.get_fetch_rate(self._conn(), "*")
-                    limit = min(rate.max_in_flight, MAX_IN_FLIGHT_CAP)
-                    if len(futures) >= limit:
-                        wait(
-                            futures, timeout=self.settings.poll_seconds, return_when=FIRST_COMPLETED
-                        )
-                        continue
-                    delay = self._next_start - time.monotonic()
-                    if delay > 0:
-                        stop.wait(delay)
-                        continue
-                    claimed = self._claim(1)
-                except Exception as exc:  # database down: wait and try again
-                    logger.warning(
-                        "raw worker cannot claim work (%s); retrying", type(exc).__name__
-                    )
-                    self._connections.reset()
-                    stop.wait(5)
-                    continue
-                if not claimed:
-                    stop.wait(self.settings.poll_seconds)
-                    continue
-                interval = 1.0 / rate.studies_per_second
-                self._next_start = max(time.monotonic(), self._next_start) + interval
-                for item in claimed:
-                    futures.add(pool.submit(self.process, item))
+            self._pool = pool
+            run_loop(
+                stop,
+                name="raw worker",
+                logger=logger,
+                db_url=self.db_url,
+                ready=self._ready,
+                claim=lambda: self._claim(1),
+                process=self._start,
+                reset=self._connections.reset,
+                poll_seconds=self.settings.poll_seconds,
+            )
+
+    def _ready(self, stop: threading.Event) -> bool:
+        """Whether a study may be claimed now; if not, wait for a slot or a free place first."""
+        self._futures = {f for f in self._futures if not f.done()}
+        self._rate = work_queue.get_fetch_rate(self._conn(), "*")
+        limit = min(self._rate.max_in_flight, MAX_IN_FLIGHT_CAP)
+        if len(self._futures) >= limit:
+            wait(self._futures, timeout=self.settings.poll_seconds, return_when=FIRST_COMPLETED)
+            return False
+        delay = self._next_start - time.monotonic()
+        if delay > 0:
+            stop.wait(delay)
+            return False
+        return True
+
+    def _start(self, claimed: list[WorkItem]) -> None:
+        """Take the rate slot and fetch the claimed studies in the pool."""
+        assert self._pool is not None
+        interval = 1.0 / self._rate.studies_per_second
+        self._next_start = max(time.monotonic(), self._next_start) + interval
+        for item in claimed:
+            self._futures.add(self._pool.submit(self.process, item))
 
     def _claim(self, limit: int) -> list[WorkItem]:
         return work_queue.claim(
@@ -130,21 +139,19 @@ class RawWorker:
 
     def process(self, item: WorkItem) -> None:
         """Fetch one claimed study and hand it to orthanc-anon; record the outcome."""
-        with self._lock:
-            self.counters.claimed += 1
-            self.counters.in_flight += 1
+        self.counters.add("claimed")
+        self.counters.add("in_flight")
         try:
             self._process(item)
         except (FetchError, OrthancError) as exc:
             self._retry(item, exc.code if isinstance(exc, FetchError) else f"orthanc_{exc.code}")
-        except PixlConfigError:
-            self._finish(item, "failed", last_error_code="unknown_project")
+        except PixlConfigError as exc:  # the operator must fix it: retrying would not help
+            self._finish(item, "failed", last_error_code=exc.code)
         except Exception as exc:  # never let one study kill the worker
             logger.exception("unexpected error on study item %s", item.id)
             self._retry(item, "internal_" + type(exc).__name__.lower()[:40])
         finally:
-            with self._lock:
-                self.counters.in_flight -= 1
+            self.counters.add("in_flight", -1)
 
     def _process(self, item: WorkItem) -> None:
         project = load_project(item.project)
@@ -157,25 +164,25 @@ class RawWorker:
         if result.moves:
             self._record_move(item, len(result.instance_ids))
         if result.outcome is Outcome.NOT_FOUND:
-            self._count("not_found")
+            self.counters.add("not_found")
             self._finish(item, "not_found")
             return
         if result.outcome is Outcome.WRONG_MODALITY:
-            self._count("refused")
+            self.counters.add("refused")
             self._finish(
                 item, "refused", last_error_code=REFUSED_MODALITY, study_uid=result.study_uid
             )
             return
         if result.outcome is Outcome.CACHED:
-            self._count("cached")
+            self.counters.add("cached")
         else:
-            self._count("moves", result.moves)
+            self.counters.add("moves", result.moves)
         handoff = Handoff(project=item.project, work_item_id=item.id)
         for instance_id in result.instance_ids:
             data = self.raw.get_bytes(f"/instances/{instance_id}/file")
             self.anon.post_bytes("/instances", mark(data, handoff, self.secret))
-            self._count("instances_sent")
-        self._count("handed_off")
+            self.counters.add("instances_sent")
+        self.counters.add("handed_off")
         self._finish(
             item,
             "anonymising",
@@ -186,13 +193,9 @@ class RawWorker:
 
     def _record_move(self, item: WorkItem, instances: int) -> None:
         """Audit the C-MOVE (the first completed one per study; a top-up adds no row)."""
-        with self._conn() as conn, conn.cursor() as cur:
-            cur.execute(
-                "INSERT INTO vna_move (study_id, project, requested_by, finished_at, outcome, "
-                "instance_count) VALUES (%s, %s, %s, now(), 'completed', %s) "
-                "ON CONFLICT DO NOTHING",
-                (item.id, item.project, self.settings.worker_id, instances),
-            )
+        study_records.record_completed_move(
+            self._conn(), item.id, item.project, self.settings.worker_id, instances
+        )
 
     def _finish(self, item: WorkItem, state: str, **fields: object) -> None:
         work_queue.complete(self._conn(), "study", item.id, state, "fetching", **fields)
@@ -206,9 +209,5 @@ class RawWorker:
             self.settings.max_attempts,
             self.settings.backoff_base_seconds,
         )
-        self._count("failed" if new_state == "failed" else "retried")
+        self.counters.add("failed" if new_state == "failed" else "retried")
         logger.warning("study item %s: %s (now %s)", item.id, code, new_state)
-
-    def _count(self, name: str, amount: int = 1) -> None:
-        with self._lock:
-            setattr(self.counters, name, getattr(self.counters, name) + amount)

@@ -41,7 +41,7 @@ from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.valuerep import validate_value
 
-from pixl_core.errors import PixlConfigError
+from pixl_core.errors import InvalidAllowlistError
 
 
 class Action(StrEnum):
@@ -152,7 +152,7 @@ class AllowList:
         for key, rule in other.rules.items():
             existing = rules.get(key)
             if existing is not None and not override:
-                raise PixlConfigError(
+                raise InvalidAllowlistError(
                     f"{rule.source}: {key.label()} is already listed in {existing.source}; "
                     "list each attribute in one file only"
                 )
@@ -184,29 +184,32 @@ class AllowListFile:
 
 
 def load_allowlist_file(path: Path, display_name: str | None = None) -> AllowListFile:
-    """Load and validate one allow-list file, or raise one ``PixlConfigError`` line."""
+    """Load and validate one allow-list file, or raise one ``InvalidAllowlistError`` line.
+
+    Its code, ``invalid_allowlist``, is what a worker records on the work item.
+    """
     name = display_name or str(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise PixlConfigError(
+        raise InvalidAllowlistError(
             f"{name}: file not found; check the path in the project file"
         ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise PixlConfigError(f"{name}: not valid YAML{where}; fix the syntax") from None
+        raise InvalidAllowlistError(f"{name}: not valid YAML{where}; fix the syntax") from None
     if not isinstance(raw, dict):
-        raise PixlConfigError(f"{name}: expected a mapping with an 'attributes:' list")
+        raise InvalidAllowlistError(f"{name}: expected a mapping with an 'attributes:' list")
     unknown = set(raw) - FILE_KEYS
     if unknown:
-        raise PixlConfigError(
+        raise InvalidAllowlistError(
             f"{name}: unknown key '{sorted(unknown)[0]}'; allowed keys are "
             f"{', '.join(sorted(FILE_KEYS))}"
         )
     entries = raw.get("attributes")
     if not isinstance(entries, list) or not entries:
-        raise PixlConfigError(f"{name}: 'attributes:' must be a non-empty list of entries")
+        raise InvalidAllowlistError(f"{name}: 'attributes:' must be a non-empty list of entries")
     manufacturer = model = None
     if "match" in raw:
         manufacturer, model = _parse_match(raw["match"], name)
@@ -221,7 +224,7 @@ def load_allowlist_file(path: Path, display_name: str | None = None) -> AllowLis
 
 def _parse_match(raw: Any, name: str) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
     if not isinstance(raw, dict) or not raw or set(raw) - MATCH_KEYS:
-        raise PixlConfigError(
+        raise InvalidAllowlistError(
             f"{name}: 'match:' needs 'manufacturer:' and/or 'model:' regular expressions"
         )
     patterns: list[re.Pattern[str] | None] = []
@@ -232,7 +235,9 @@ def _parse_match(raw: Any, name: str) -> tuple[re.Pattern[str] | None, re.Patter
         try:
             patterns.append(re.compile(str(raw[key])))
         except re.error as exc:
-            raise PixlConfigError(f"{name}: match.{key} is not a valid regex ({exc})") from None
+            raise InvalidAllowlistError(
+                f"{name}: match.{key} is not a valid regex ({exc})"
+            ) from None
     return patterns[0], patterns[1]
 
 
@@ -242,7 +247,7 @@ def _parse_entries(entries: list[Any], name: str, prefix: str) -> AllowList:
         where = f"{name}: entry {prefix}{index}"
         rule = _parse_entry(entry, where, name, f"{prefix}{index}.")
         if rule.key in rules:
-            raise PixlConfigError(
+            raise InvalidAllowlistError(
                 f"{where} ({rule.key.label()}): duplicate of {rules[rule.key].source}; "
                 "keep one entry per attribute"
             )
@@ -252,40 +257,42 @@ def _parse_entries(entries: list[Any], name: str, prefix: str) -> AllowList:
 
 def _parse_entry(entry: Any, where: str, name: str, nested_prefix: str) -> Rule:
     if not isinstance(entry, dict):
-        raise PixlConfigError(f"{where}: expected a mapping with 'attribute:' and 'action:'")
+        raise InvalidAllowlistError(f"{where}: expected a mapping with 'attribute:' and 'action:'")
     unknown = set(entry) - ENTRY_KEYS
     if unknown:
-        raise PixlConfigError(
+        raise InvalidAllowlistError(
             f"{where}: unknown key '{sorted(unknown)[0]}'; allowed keys are "
             f"{', '.join(sorted(ENTRY_KEYS))}"
         )
     if "attribute" not in entry:
-        raise PixlConfigError(f"{where}: missing 'attribute:' (a keyword or \"(gggg,eeee)\")")
+        raise InvalidAllowlistError(f"{where}: missing 'attribute:' (a keyword or \"(gggg,eeee)\")")
     key, dict_vr = _parse_attribute(entry, where)
     where = f"{where} ({key.label()})"
     action_text = entry.get("action")
     try:
         action = Action(str(action_text))
     except ValueError:
-        raise PixlConfigError(
+        raise InvalidAllowlistError(
             f"{where}: unknown action '{action_text}'; use one of "
             f"{', '.join(a.value for a in Action)}"
         ) from None
     vr = _resolve_vr(entry, dict_vr, key, where)
     allowed_vrs = ACTION_VRS[action]
     if allowed_vrs is not None and vr is not None and vr not in allowed_vrs:
-        raise PixlConfigError(
+        raise InvalidAllowlistError(
             f"{where}: action '{action}' does not fit VR {vr}; it works on "
             f"{', '.join(sorted(allowed_vrs))}"
         )
     if allowed_vrs is not None and vr is None:
-        raise PixlConfigError(f"{where}: action '{action}' needs 'vr:' for a private attribute")
+        raise InvalidAllowlistError(
+            f"{where}: action '{action}' needs 'vr:' for a private attribute"
+        )
     value = _parse_value(entry, action, vr, where)
     truncate_to = _parse_truncate(entry, action, where)
     items = _parse_items(entry, action, vr, where, name, nested_prefix)
     justification = entry.get("justification")
     if justification is not None and not str(justification).strip():
-        raise PixlConfigError(f"{where}: 'justification:' is empty; explain or remove it")
+        raise InvalidAllowlistError(f"{where}: 'justification:' is empty; explain or remove it")
     return Rule(
         key=key,
         action=action,
@@ -305,41 +312,43 @@ def _parse_attribute(entry: dict[str, Any], where: str) -> tuple[AttributeKey, s
     if match is None:
         tag = tag_for_keyword(text)
         if tag is None:
-            raise PixlConfigError(
+            raise InvalidAllowlistError(
                 f"{where}: unknown keyword '{text}'; use a DICOM keyword (e.g. PatientSex) "
                 'or a tag "(gggg,eeee)"'
             )
         if creator is not None:
-            raise PixlConfigError(f"{where}: 'private_creator:' is only for private attributes")
+            raise InvalidAllowlistError(
+                f"{where}: 'private_creator:' is only for private attributes"
+            )
         return AttributeKey(canonical_group(tag >> 16), tag & 0xFFFF), _dictionary_vr(tag)
     group = int(match.group(1), 16)
     element_text = match.group(2).lower()
     if group % 2 == 1:
         if creator is None or not str(creator).strip():
-            raise PixlConfigError(
+            raise InvalidAllowlistError(
                 f"{where}: private attribute needs 'private_creator:' and an offset like "
                 f'"({group:04X},xx10)"'
             )
         if str(creator).strip().upper().startswith(RESERVED_CREATOR_PREFIX):
-            raise PixlConfigError(
+            raise InvalidAllowlistError(
                 f"{where}: private creator '{str(creator).strip()}' is PIXL's own hand-off "
                 "block, which must never leave; remove this entry"
             )
         if not element_text.startswith("xx"):
-            raise PixlConfigError(
+            raise InvalidAllowlistError(
                 f'{where}: list private attributes by offset, e.g. "({group:04X},xx'
                 f'{element_text[2:]})", never by raw element number (blocks move between files)'
             )
         offset = int(element_text[2:], 16)
         return AttributeKey(group, offset, str(creator).strip()), None
     if "x" in element_text:
-        raise PixlConfigError(f"{where}: 'xx' offsets are only for private (odd) groups")
+        raise InvalidAllowlistError(f"{where}: 'xx' offsets are only for private (odd) groups")
     if creator is not None:
-        raise PixlConfigError(f"{where}: 'private_creator:' is only for private attributes")
+        raise InvalidAllowlistError(f"{where}: 'private_creator:' is only for private attributes")
     tag = (group << 16) | int(element_text, 16)
     vr = _dictionary_vr(tag)
     if vr is None:
-        raise PixlConfigError(
+        raise InvalidAllowlistError(
             f"{where}: {text} is not a known public attribute; check the tag number"
         )
     return AttributeKey(canonical_group(group), tag & 0xFFFF), vr
@@ -359,7 +368,7 @@ def _resolve_vr(
     if given is not None:
         given = str(given).upper()
         if not key.is_private:
-            raise PixlConfigError(f"{where}: 'vr:' is only for private attributes")
+            raise InvalidAllowlistError(f"{where}: 'vr:' is only for private attributes")
         return given
     if dict_vr is not None and " or " in dict_vr:
         return dict_vr.split(" or ")[0]
@@ -383,10 +392,10 @@ def _parse_value(
 ) -> str | int | float | None:
     if action is not Action.REPLACE:
         if "value" in entry:
-            raise PixlConfigError(f"{where}: 'value:' only goes with action 'replace'")
+            raise InvalidAllowlistError(f"{where}: 'value:' only goes with action 'replace'")
         return None
     if "value" not in entry:
-        raise PixlConfigError(f"{where}: action 'replace' needs 'value:'")
+        raise InvalidAllowlistError(f"{where}: action 'replace' needs 'value:'")
     if vr in _INT_RANGES or vr in _FLOAT_VRS:
         return _parse_number(entry["value"], vr, where)
     value = str(entry["value"])
@@ -395,7 +404,7 @@ def _parse_value(
             validate_value(vr, value, pydicom_config.RAISE)
         except ValueError as exc:
             reason = str(exc).split("\n")[0]
-            raise PixlConfigError(f"{where}: value does not fit VR {vr} ({reason})") from None
+            raise InvalidAllowlistError(f"{where}: value does not fit VR {vr} ({reason})") from None
     return value
 
 
@@ -405,21 +414,23 @@ def _parse_number(raw: Any, vr: str, where: str) -> int | float:
             return float(raw)
         number = int(str(raw))
     except ValueError:
-        raise PixlConfigError(f"{where}: VR {vr} takes a number, not '{raw}'") from None
+        raise InvalidAllowlistError(f"{where}: VR {vr} takes a number, not '{raw}'") from None
     low, high = _INT_RANGES[vr]
     if not low <= number <= high:
-        raise PixlConfigError(f"{where}: {number} is out of range for VR {vr} ({low}..{high})")
+        raise InvalidAllowlistError(
+            f"{where}: {number} is out of range for VR {vr} ({low}..{high})"
+        )
     return number
 
 
 def _parse_truncate(entry: dict[str, Any], action: Action, where: str) -> str | None:
     if action is not Action.TRUNCATE:
         if "to" in entry:
-            raise PixlConfigError(f"{where}: 'to:' only goes with action 'truncate'")
+            raise InvalidAllowlistError(f"{where}: 'to:' only goes with action 'truncate'")
         return None
     to = entry.get("to")
     if to not in TRUNCATE_TO:
-        raise PixlConfigError(f"{where}: action 'truncate' needs 'to: year' or 'to: month'")
+        raise InvalidAllowlistError(f"{where}: action 'truncate' needs 'to: year' or 'to: month'")
     return str(to)
 
 
@@ -429,19 +440,19 @@ def _parse_items(
     items = entry.get("items")
     if vr != "SQ":
         if items is not None:
-            raise PixlConfigError(f"{where}: 'items:' only goes with a sequence (VR SQ)")
+            raise InvalidAllowlistError(f"{where}: 'items:' only goes with a sequence (VR SQ)")
         return None
     if action not in (Action.KEEP, Action.EMPTY, Action.REMOVE):
-        raise PixlConfigError(
+        raise InvalidAllowlistError(
             f"{where}: a sequence takes action keep (with 'items:'), empty or remove"
         )
     if action is Action.KEEP:
         if not isinstance(items, list) or not items:
-            raise PixlConfigError(
+            raise InvalidAllowlistError(
                 f"{where}: a kept sequence needs 'items:', the allow-list for its items; "
                 "without one, use action remove"
             )
         return _parse_entries(items, name, prefix)
     if items is not None:
-        raise PixlConfigError(f"{where}: 'items:' only goes with action keep")
+        raise InvalidAllowlistError(f"{where}: 'items:' only goes with action keep")
     return None

@@ -24,7 +24,12 @@ from pixl_core.config.allowlist import (
     AttributeKey,
     load_allowlist_file,
 )
-from pixl_core.errors import PixlConfigError, UnknownProjectError
+from pixl_core.errors import (
+    InvalidAllowlistError,
+    InvalidProjectError,
+    PixlConfigError,
+    UnknownProjectError,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROJECT_KEYS = frozenset(
@@ -152,18 +157,18 @@ def load_project_file(path: Path) -> Project:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError:
-        raise PixlConfigError(f"{name}: not valid YAML; fix the syntax") from None
+        raise InvalidProjectError(f"{name}: not valid YAML; fix the syntax") from None
     if not isinstance(raw, dict):
-        raise PixlConfigError(f"{name}: expected a mapping of project settings")
+        raise InvalidProjectError(f"{name}: expected a mapping of project settings")
     unknown = set(raw) - PROJECT_KEYS
     if unknown:
-        raise PixlConfigError(
+        raise InvalidProjectError(
             f"{name}: unknown key '{sorted(unknown)[0]}'; allowed keys are "
             f"{', '.join(sorted(PROJECT_KEYS))}"
         )
     modalities = raw.get("modalities")
     if not isinstance(modalities, list) or not modalities:
-        raise PixlConfigError(
+        raise InvalidProjectError(
             f"{name}: 'modalities:' must list the accepted modalities, e.g. [CR, DX]"
         )
     base_files = tuple(_load_files(raw.get("allowlists"), name, "allowlists", override=False))
@@ -175,12 +180,12 @@ def load_project_file(path: Path) -> Project:
     options = tuple(raw.get("ps315_options") or [])
     for option in options:
         if option not in PS315_OPTIONS:
-            raise PixlConfigError(
+            raise InvalidProjectError(
                 f"{name}: unknown PS3.15 option '{option}'; use one of {', '.join(PS315_OPTIONS)}"
             )
     max_days = raw.get("date_shift_max_days", 365)
     if not isinstance(max_days, int) or not 1 <= max_days <= 3650:
-        raise PixlConfigError(f"{name}: 'date_shift_max_days:' must be a whole number 1-3650")
+        raise InvalidProjectError(f"{name}: 'date_shift_max_days:' must be a whole number 1-3650")
     return Project(
         slug=path.stem,
         name=str(raw.get("name", path.stem)),
@@ -199,15 +204,15 @@ def load_project_file(path: Path) -> Project:
 
 def _load_files(value: Any, name: str, key: str, *, override: bool) -> list[AllowListFile]:
     if not override and (not isinstance(value, list) or not value):
-        raise PixlConfigError(f"{name}: '{key}:' must list allow-list files in tag_allowlists/")
+        raise InvalidProjectError(f"{name}: '{key}:' must list allow-list files in tag_allowlists/")
     if not isinstance(value, list):
-        raise PixlConfigError(f"{name}: '{key}:' must be a list of files in tag_allowlists/")
+        raise InvalidProjectError(f"{name}: '{key}:' must be a list of files in tag_allowlists/")
     loaded = []
     for relative in value:
         file = load_allowlist_file(allowlists_dir() / str(relative), f"tag_allowlists/{relative}")
         if file.is_override != override:
             kind = "an override (it has 'match:')" if file.is_override else "not an override"
-            raise PixlConfigError(f"{name}: tag_allowlists/{relative} is {kind}; move it")
+            raise InvalidProjectError(f"{name}: tag_allowlists/{relative} is {kind}; move it")
         loaded.append(file)
     return loaded
 
@@ -221,20 +226,22 @@ def _check_required(base: AllowList, name: str) -> None:
         rule = base.rule_for(AttributeKey(tag >> 16, tag & 0xFFFF))
         if rule is None or rule.action not in actions:
             wanted = " or ".join(a.value for a in actions)
-            raise PixlConfigError(
+            raise InvalidAllowlistError(
                 f"{name}: the allow-lists must list {keyword} with action {wanted}"
             )
 
 
 def _compile_filters(value: Any, name: str) -> tuple[re.Pattern[str], ...]:
     if not isinstance(value, list):
-        raise PixlConfigError(f"{name}: 'series_filters:' must be a list of regular expressions")
+        raise InvalidProjectError(
+            f"{name}: 'series_filters:' must be a list of regular expressions"
+        )
     patterns = []
     for text in value:
         try:
             patterns.append(re.compile(str(text), re.IGNORECASE))
         except re.error as exc:
-            raise PixlConfigError(
+            raise InvalidProjectError(
                 f"{name}: series filter '{text}' is not a valid regex ({exc})"
             ) from None
     return tuple(patterns)

@@ -2,8 +2,11 @@
 
 ``connection`` opens connections and applies ``migrations/``; ``states`` names every state and
 which are busy or terminal; ``work_queue`` claims, leases, completes and backs off work items of
-every table; ``work_items`` records extracts and their items. ``from pixl_core import db`` gives
-the connection helpers directly (``db.connect``, ``db.migrate``…).
+every table (the exporter's ``anonymising`` stage included); ``polling`` is the one loop every
+worker runs around it, with its counters; ``work_items`` records extracts and their items;
+``study_records`` holds what the imaging services record beside a study's state (VNA moves,
+refused instances). ``from pixl_core import db`` gives the connection helpers directly
+(``db.connect``, ``db.migrate``…).
 """
 
 from pixl_core.db.connection import (

@@ -1,10 +1,11 @@
-"""Postgres as the work queue: claim, renew, complete and fail study and report work items.
+"""Postgres as the work queue: claim, renew, complete, back off and fail work items of every table.
 
 There is no broker: a worker *claims* rows with ``SELECT … FOR UPDATE SKIP LOCKED``, which gives
 concurrent workers disjoint rows without waiting for each other, and marks them with its id and
 a lease (``claimed_until``). If the worker dies, the lease runs out and the next ``claim`` takes
-the row again, from the first in-progress state (so a study left in ``anonymising`` is fetched
-again, which orthanc-raw answers from its cache rather than from the VNA).
+the row again, from the first in-progress state (so a study left in ``fetching`` is fetched
+again, which orthanc-raw answers from its cache rather than from the VNA). Every claim, of
+either kind below, is the one statement in ``_claim_rows``.
 
 Every state change is one ``UPDATE … WHERE id = %s AND state = %s``: if the row is no longer
 in the expected state (another worker, or an earlier try of the same step, already moved it)
@@ -13,10 +14,24 @@ the update does not apply and the caller learns so, so a retried step cannot dou
 Each call here is its own transaction: it commits before returning, so the lease (not an open
 transaction) is what holds a claimed row.
 
-``attempts`` counts claims. ``fail`` puts the item back in the queue with exponential backoff
-until ``attempts`` reaches ``max_attempts``, then marks it ``failed``. Error codes are short
-lowercase strings such as ``vna_timeout`` and never identifiers; the schema refuses anything
-else.
+Two ways to own an item:
+
+- **The queue** (``claim`` → ``renew`` → ``complete`` or ``fail``): ``queued`` items whose
+  ``next_attempt_at`` has come, and in-progress items whose lease ran out, move to the claimed
+  state. ``attempts`` counts claims. ``fail`` puts the item back in the queue with exponential
+  backoff until ``attempts`` reaches ``max_attempts``, then marks it ``failed``.
+- **A stage** (``claim_stage`` → ``renew(state=…)`` → ``complete``, ``defer`` or ``requeue``):
+  a state in which a second kind of worker takes items over without moving them, declared as a
+  ``Stage`` of the queue. A study in ``anonymising`` belongs to orthanc-anon's exporter: only a
+  worker whose id starts with ``anon:`` claims it, once orthanc-raw has recorded
+  ``instances_sent``, and orthanc-raw's ``claim`` never takes it back. ``defer`` is the stage's
+  backoff: the item keeps its state (a destination that is down for hours loses nothing and
+  fails nothing), its own try counter (``export_attempts``) grows, and the lease is the wait.
+  ``requeue`` sends it back to ``queued`` when the stage finds its input incomplete.
+
+Both backoffs are ``_backoff``: ``base * 2 ** tries`` seconds, capped. Error codes are short
+lowercase strings such as ``vna_timeout`` (``PixlError.code``) and never identifiers; this
+module and the schema refuse anything else.
 """
 
 from __future__ import annotations
@@ -28,10 +43,26 @@ from datetime import datetime
 from typing import Any
 
 from psycopg2 import sql
+from psycopg2.extensions import cursor
 from psycopg2.extras import Json, RealDictCursor
 
 from pixl_core.db.connection import Connection
 from pixl_core.db.states import REPORT_STATES, STUDY_STATES
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A state in which a second kind of worker owns the items, claiming them in place.
+
+    Only workers whose id starts with ``worker_prefix`` claim here, and only items whose
+    ``ready_column`` is set; ``tries_column`` counts their failed tries for ``defer``'s backoff.
+    Column names come from this module, never from callers.
+    """
+
+    state: str
+    worker_prefix: str
+    ready_column: str
+    tries_column: str
 
 
 @dataclass(frozen=True)
@@ -43,6 +74,7 @@ class QueueSpec:
     claimed_state: str
     in_progress_states: tuple[str, ...]
     columns: frozenset[str]
+    stages: tuple[Stage, ...] = ()
 
 
 # Columns ``complete`` may set (state and lease columns are managed by this module).
@@ -67,11 +99,20 @@ QUEUES: dict[str, QueueSpec] = {
         table="study",
         states=STUDY_STATES,
         claimed_state="fetching",
-        # 'anonymising' belongs to orthanc-anon's exporter, which claims and leases it itself
-        # (pixl_imaging.export); orthanc-raw only ever reclaims what it was fetching.
+        # orthanc-raw only ever reclaims what it was fetching: 'anonymising' is a stage.
         in_progress_states=("fetching",),
         columns=_COMMON_COLUMNS
         | {"study_uid", "pseudo_study_uid", "instances_sent", "instance_count", "sha256"},
+        # orthanc-anon's exporter (pixl_imaging.export) takes a study over once orthanc-raw
+        # has handed every instance on and recorded how many.
+        stages=(
+            Stage(
+                state="anonymising",
+                worker_prefix="anon:",
+                ready_column="instances_sent",
+                tries_column="export_attempts",
+            ),
+        ),
     ),
     "report": QueueSpec(
         table="report",
@@ -144,10 +185,65 @@ def _check_state(spec: QueueSpec, state: str) -> None:
         raise ValueError(f"{state!r} is not a {spec.table} state: use one of {spec.states}")
 
 
-def _check_error_code(error_code: str) -> None:
+def _stage(spec: QueueSpec, state: str) -> Stage:
+    for stage in spec.stages:
+        if stage.state == state:
+            return stage
+    names = [stage.state for stage in spec.stages] or "none"
+    raise ValueError(f"{state!r} is not a stage of the {spec.table} queue: use one of {names}")
+
+
+def check_error_code(error_code: str) -> None:
+    """Refuse anything but a short lowercase code (``PixlError.code``) before it is stored."""
     if not _ERROR_CODE.match(error_code):
         # The code itself is not echoed: if it is malformed it may be an identifier.
         raise ValueError("error codes are short lowercase words like 'vna_timeout'")
+
+
+def _backoff(tries: sql.Composable) -> sql.Composable:
+    """The one backoff: ``%(base)s * 2 ** tries`` seconds, capped at ``%(cap)s`` (an interval).
+
+    The exponent is capped too, so a counter that grows for days never overflows.
+    """
+    return sql.SQL(
+        "make_interval(secs => LEAST(%(cap)s, %(base)s * power(2, LEAST(GREATEST({n}, 0), 16))))"
+    ).format(n=tries)
+
+
+def _claim_rows(
+    cur: cursor,
+    spec: QueueSpec,
+    claimable: sql.Composable,
+    order: sql.Composable,
+    changes: sql.Composable,
+    params: dict[str, Any],
+) -> list[WorkItem]:
+    """The one claim statement, run on ``cur`` (a ``RealDictCursor`` in the caller's
+    transaction): lock up to ``%(limit)s`` claimable rows that no other transaction holds (SKIP
+    LOCKED), apply ``changes`` and take them for ``%(worker_id)s`` with a lease of
+    ``%(lease)s`` seconds."""
+    statement = sql.SQL(
+        """
+        WITH picked AS (
+            SELECT id FROM {t}
+            WHERE {claimable}
+            ORDER BY {order}
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE {t} AS w
+        SET {changes}
+            claimed_by = %(worker_id)s,
+            claimed_until = now() + make_interval(secs => %(lease)s)
+        FROM picked
+        WHERE w.id = picked.id
+        RETURNING w.*
+        """
+    ).format(t=sql.Identifier(spec.table), claimable=claimable, order=order, changes=changes)
+    cur.execute(statement, params)
+    return sorted(
+        (WorkItem.from_row(spec.table, row) for row in cur.fetchall()), key=lambda i: i.id
+    )
 
 
 def claim(
@@ -171,7 +267,6 @@ def claim(
     spec = _spec(table)
     if limit <= 0:
         return []
-    ident = sql.Identifier(spec.table)
     in_progress = tuple(spec.in_progress_states)
     with conn, conn.cursor(cursor_factory=RealDictCursor) as cur:
         if max_attempts is not None:
@@ -182,32 +277,20 @@ def claim(
                     "WHERE state IN %(in_progress)s AND claimed_until < now() "
                     "AND attempts >= %(max_attempts)s "
                     "AND (%(project)s::text IS NULL OR project = %(project)s)"
-                ).format(t=ident),
+                ).format(t=sql.Identifier(spec.table)),
                 {"in_progress": in_progress, "max_attempts": max_attempts, "project": project},
             )
-        cur.execute(
-            sql.SQL(
-                """
-                WITH picked AS (
-                    SELECT id FROM {t}
-                    WHERE ((state = 'queued' AND next_attempt_at <= now())
-                           OR (state IN %(in_progress)s AND claimed_until < now()))
-                      AND (%(project)s::text IS NULL OR project = %(project)s)
-                    ORDER BY next_attempt_at, id
-                    LIMIT %(limit)s
-                    FOR UPDATE SKIP LOCKED
-                )
-                UPDATE {t} AS w
-                SET state = %(claimed_state)s,
-                    claimed_by = %(worker_id)s,
-                    claimed_until = now() + make_interval(secs => %(lease)s),
-                    attempts = w.attempts + 1
-                FROM picked
-                WHERE w.id = picked.id
-                RETURNING w.*
-                """
-            ).format(t=ident),
-            {
+        return _claim_rows(
+            cur,
+            spec,
+            claimable=sql.SQL(
+                "((state = 'queued' AND next_attempt_at <= now()) "
+                "OR (state IN %(in_progress)s AND claimed_until < now())) "
+                "AND (%(project)s::text IS NULL OR project = %(project)s)"
+            ),
+            order=sql.SQL("next_attempt_at, id"),
+            changes=sql.SQL("state = %(claimed_state)s, attempts = w.attempts + 1,"),
+            params={
                 "in_progress": in_progress,
                 "project": project,
                 "limit": limit,
@@ -216,20 +299,79 @@ def claim(
                 "lease": float(lease_seconds),
             },
         )
-        rows = cur.fetchall()
-    return sorted((WorkItem.from_row(spec.table, row) for row in rows), key=lambda i: i.id)
 
 
-def renew(conn: Connection, table: str, item_id: int, worker_id: str, lease_seconds: float) -> bool:
-    """Extend the lease of an item this worker still holds; False if it no longer holds it."""
+def claim_stage(
+    conn: Connection,
+    table: str,
+    state: str,
+    worker_id: str,
+    limit: int,
+    lease_seconds: float,
+    project: str | None = None,
+) -> list[WorkItem]:
+    """Claim up to ``limit`` items of a stage for ``worker_id`` (least recently changed first)
+    with a lease of ``lease_seconds``, leaving their state as it is.
+
+    Claimable: items in ``state`` whose ready column is set and which no live worker of the
+    stage holds (unclaimed, claimed by a worker of another kind, or with an expired lease, which
+    is also how a ``defer``red item comes due). ``attempts`` is not touched: it counts the
+    queue's claims, and the stage counts its own tries.
+    """
     spec = _spec(table)
+    stage = _stage(spec, state)
+    if not worker_id.startswith(stage.worker_prefix):
+        raise ValueError(
+            f"only workers named {stage.worker_prefix}… claim {spec.table} items in {state!r}"
+        )
+    if limit <= 0:
+        return []
+    with conn, conn.cursor(cursor_factory=RealDictCursor) as cur:
+        return _claim_rows(
+            cur,
+            spec,
+            claimable=sql.SQL(
+                "state = %(state)s AND {ready} IS NOT NULL "
+                "AND (claimed_by IS NULL OR claimed_by NOT LIKE %(prefix)s "
+                "OR claimed_until < now()) "
+                "AND (%(project)s::text IS NULL OR project = %(project)s)"
+            ).format(ready=sql.Identifier(stage.ready_column)),
+            order=sql.SQL("updated_at, id"),
+            changes=sql.SQL(""),
+            params={
+                "state": stage.state,
+                "prefix": stage.worker_prefix + "%",
+                "project": project,
+                "limit": limit,
+                "worker_id": worker_id,
+                "lease": float(lease_seconds),
+            },
+        )
+
+
+def renew(
+    conn: Connection,
+    table: str,
+    item_id: int,
+    worker_id: str,
+    lease_seconds: float,
+    *,
+    state: str | None = None,
+) -> bool:
+    """Extend the lease of an item this worker still holds; False if it no longer holds it.
+
+    ``state`` names the stage the item is held in (``claim_stage``); by default the item must
+    be in one of the queue's in-progress states.
+    """
+    spec = _spec(table)
+    states = (_stage(spec, state).state,) if state is not None else tuple(spec.in_progress_states)
     with conn, conn.cursor() as cur:
         cur.execute(
             sql.SQL(
                 "UPDATE {t} SET claimed_until = now() + make_interval(secs => %s) "
                 "WHERE id = %s AND claimed_by = %s AND state IN %s"
             ).format(t=sql.Identifier(spec.table)),
-            (float(lease_seconds), item_id, worker_id, tuple(spec.in_progress_states)),
+            (float(lease_seconds), item_id, worker_id, states),
         )
         return cur.rowcount == 1
 
@@ -263,7 +405,7 @@ def complete(
     if unknown:
         raise ValueError(f"{spec.table} has no settable columns {sorted(unknown)}")
     if "last_error_code" in fields and fields["last_error_code"] is not None:
-        _check_error_code(fields["last_error_code"])
+        check_error_code(fields["last_error_code"])
 
     assignments = [sql.SQL("state = %(new_state)s")]
     params: dict[str, Any] = {"new_state": new_state, "id": item_id, "expected": expected_state}
@@ -305,7 +447,7 @@ def fail(
     of this call) is left alone.
     """
     spec = _spec(table)
-    _check_error_code(error_code)
+    check_error_code(error_code)
     with conn, conn.cursor() as cur:
         cur.execute(
             sql.SQL(
@@ -313,8 +455,7 @@ def fail(
                 UPDATE {t}
                 SET state = CASE WHEN attempts >= %(max)s THEN 'failed' ELSE 'queued' END,
                     next_attempt_at = CASE WHEN attempts >= %(max)s THEN next_attempt_at
-                        ELSE now() + make_interval(secs => LEAST(
-                            %(cap)s, %(base)s * power(2, GREATEST(attempts - 1, 0))))
+                        ELSE now() + {delay}
                         END,
                     last_error_code = %(code)s,
                     claimed_by = NULL,
@@ -322,7 +463,7 @@ def fail(
                 WHERE id = %(id)s AND state IN %(in_progress)s
                 RETURNING state
                 """
-            ).format(t=sql.Identifier(spec.table)),
+            ).format(t=sql.Identifier(spec.table), delay=_backoff(sql.SQL("attempts - 1"))),
             {
                 "max": max_attempts,
                 "cap": float(max_backoff_seconds),
@@ -331,6 +472,88 @@ def fail(
                 "id": item_id,
                 "in_progress": tuple(spec.in_progress_states),
             },
+        )
+        row = cur.fetchone()
+    return row[0] if row else None
+
+
+def defer(
+    conn: Connection,
+    table: str,
+    state: str,
+    item_id: int,
+    worker_id: str,
+    error_code: str,
+    backoff_base_seconds: float,
+    *,
+    max_backoff_seconds: float = 3600.0,
+) -> float | None:
+    """Record a failed try of an item this worker holds in a stage; return the seconds until
+    it is due again, or None if the worker no longer holds it.
+
+    The item stays in its state, ``last_error_code`` is set and the stage's try counter grows;
+    the lease is the wait: it runs for ``backoff_base_seconds * 2 ** tries`` (tries before this
+    one, capped at ``max_backoff_seconds``), after which any worker of the stage may claim it.
+    """
+    spec = _spec(table)
+    stage = _stage(spec, state)
+    check_error_code(error_code)
+    tries = sql.Identifier(stage.tries_column)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                """
+                UPDATE {t}
+                SET claimed_until = now() + {delay},
+                    {tries} = {tries} + 1,
+                    last_error_code = %(code)s
+                WHERE id = %(id)s AND state = %(state)s AND claimed_by = %(worker_id)s
+                RETURNING extract(epoch FROM claimed_until - now())::float8
+                """
+            ).format(t=sql.Identifier(spec.table), delay=_backoff(tries), tries=tries),
+            {
+                "cap": float(max_backoff_seconds),
+                "base": float(backoff_base_seconds),
+                "code": error_code,
+                "id": item_id,
+                "state": stage.state,
+                "worker_id": worker_id,
+            },
+        )
+        row = cur.fetchone()
+    return float(row[0]) if row else None
+
+
+def requeue(
+    conn: Connection, table: str, state: str, item_id: int, worker_id: str, error_code: str
+) -> bool:
+    """Send an item this worker holds in a stage back to ``queued``, due now; True if applied.
+
+    For a stage that finds its input incomplete (instances handed over that never arrived):
+    the queue's first step runs again. ``attempts`` is left as it is.
+    """
+    spec = _spec(table)
+    stage = _stage(spec, state)
+    check_error_code(error_code)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "UPDATE {t} SET state = 'queued', claimed_by = NULL, claimed_until = NULL, "
+                "next_attempt_at = now(), last_error_code = %s "
+                "WHERE id = %s AND state = %s AND claimed_by = %s"
+            ).format(t=sql.Identifier(spec.table)),
+            (error_code, item_id, stage.state, worker_id),
+        )
+        return cur.rowcount == 1
+
+
+def state_of(conn: Connection, table: str, item_id: int) -> str | None:
+    """The item's current state, or None if there is no such item."""
+    spec = _spec(table)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("SELECT state FROM {t} WHERE id = %s").format(t=sql.Identifier(spec.table)),
+            (item_id,),
         )
         row = cur.fetchone()
     return row[0] if row else None

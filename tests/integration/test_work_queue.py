@@ -306,3 +306,84 @@ def test_queue_states_match_the_schema(conn, table: str):
         )
         (definition,) = cur.fetchone()
     assert set(re.findall(r"'([a-z_]+)'::text", definition)) == set(work_queue.QUEUES[table].states)
+
+
+def hand_over(conn, item_id: int, instances: int = 2) -> None:
+    """What orthanc-raw does: claim, fetch, and move the study into the 'anonymising' stage."""
+    work_queue.claim(conn, "study", "raw:a", 1, 60)
+    assert work_queue.complete(
+        conn,
+        "study",
+        item_id,
+        "anonymising",
+        "fetching",
+        study_uid="1.2.3",
+        instances_sent=instances,
+    )
+
+
+def test_stage_is_claimed_in_place_only_by_its_own_workers(conn):
+    (item_id,) = add_studies(conn, 1)
+    assert work_queue.claim_stage(conn, "study", "anonymising", "anon:a", 1, 60) == []  # queued
+    hand_over(conn, item_id)
+    with pytest.raises(ValueError, match="only workers named anon:"):
+        work_queue.claim_stage(conn, "study", "anonymising", "raw:a", 1, 60)
+    with pytest.raises(ValueError, match="not a stage"):
+        work_queue.claim_stage(conn, "study", "fetching", "anon:a", 1, 60)
+    (item,) = work_queue.claim_stage(conn, "study", "anonymising", "anon:a", 1, 60)
+    assert (item.id, item.state, item.claimed_by, item.attempts) == (
+        item_id,
+        "anonymising",
+        "anon:a",
+        1,
+    )
+    assert item.row["instances_sent"] == 2
+    assert work_queue.claim_stage(conn, "study", "anonymising", "anon:b", 1, 60) == []  # held
+    with conn, conn.cursor() as cur:
+        cur.execute("UPDATE study SET claimed_until = now() - interval '1 second'")
+    (again,) = work_queue.claim_stage(conn, "study", "anonymising", "anon:b", 1, 60)
+    assert again.claimed_by == "anon:b"  # a dead exporter's study is taken over
+    assert not work_queue.renew(conn, "study", item_id, "anon:a", 60, state="anonymising")
+    assert work_queue.renew(conn, "study", item_id, "anon:b", 60, state="anonymising")
+    assert not work_queue.renew(conn, "study", item_id, "anon:b", 60)  # not an in-progress state
+
+
+def test_stage_waits_until_the_study_is_ready(conn):
+    (item_id,) = add_studies(conn, 1)
+    work_queue.claim(conn, "study", "raw:a", 1, 60)
+    work_queue.complete(conn, "study", item_id, "anonymising", "fetching")  # no instances_sent
+    assert work_queue.claim_stage(conn, "study", "anonymising", "anon:a", 1, 60) == []
+
+
+def test_defer_keeps_the_state_and_backs_off_exponentially(conn):
+    (item_id,) = add_studies(conn, 1)
+    hand_over(conn, item_id)
+    for tries, delay in ((1, 5), (2, 10), (3, 20), (4, 30)):  # capped at 30
+        (item,) = work_queue.claim_stage(conn, "study", "anonymising", "anon:a", 1, 60)
+        waited = work_queue.defer(
+            conn, "study", "anonymising", item.id, "anon:a", "ftps_login", 5, max_backoff_seconds=30
+        )
+        assert waited == pytest.approx(delay, abs=0.01)
+        assert work_queue.claim_stage(conn, "study", "anonymising", "anon:b", 1, 60) == []
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT state, export_attempts, attempts, last_error_code FROM study")
+            assert cur.fetchone() == ("anonymising", tries, 1, "ftps_login")
+            cur.execute("UPDATE study SET claimed_until = now() - interval '1 second'")
+    assert work_queue.defer(conn, "study", "anonymising", item_id, "anon:b", "x", 5) is None
+
+
+def test_requeue_sends_a_held_study_back_to_the_first_step(conn):
+    (item_id,) = add_studies(conn, 1)
+    hand_over(conn, item_id)
+    work_queue.claim_stage(conn, "study", "anonymising", "anon:a", 1, 60)
+    assert not work_queue.requeue(conn, "study", "anonymising", item_id, "anon:b", "incomplete")
+    assert work_queue.requeue(conn, "study", "anonymising", item_id, "anon:a", "incomplete")
+    assert state_of(conn, item_id) == ("queued", 1, "incomplete", None, False)
+    (again,) = work_queue.claim(conn, "study", "raw:a", 1, 60)
+    assert (again.id, again.attempts) == (item_id, 2)
+
+
+def test_state_of_names_the_state_or_none(conn):
+    (item_id,) = add_studies(conn, 1)
+    assert work_queue.state_of(conn, "study", item_id) == "queued"
+    assert work_queue.state_of(conn, "study", item_id + 100) is None

@@ -1,0 +1,304 @@
+"""orthanc-anon's exporter against stand-ins for Orthanc and the DSH and a real Postgres.
+
+Studies reach the exporter the way they do in production: the fetch worker hands them from a
+stand-in orthanc-raw to a stand-in orthanc-anon whose received-instance callback is the real
+``AnonIngest``. Then the exporter zips, uploads, records and deletes, exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from pixl_core.db import work_queue
+from pixl_core.db.connection import connect
+from pixl_core.dicom.handoff import Handoff, mark
+from pixl_core.hashing import ProjectHasher
+from pixl_imaging.export import AnonExporter, ExportSettings
+from pixl_imaging.fetch_worker import RawWorker, RawWorkerSettings
+from pixl_imaging.ingest import AnonIngest
+from stack.synthetic.cohort import NO_REPORT, NORMAL, SCOUT_SERIES, WRONG_MODALITY, Cohort
+from tests.integration.imaging_fakes import (
+    SECRET,
+    FakeDsh,
+    FakeOrthanc,
+    add_study,
+    seconds_until,
+    study_row,
+)
+
+PROJECT = "chest-xray"
+HASHER = ProjectHasher.for_project(PROJECT, SECRET)
+
+
+class Pipeline:
+    """VNA → orthanc-raw → orthanc-anon (with the real ingest) → DSH, all but Postgres faked."""
+
+    def __init__(self, db_url: str, cohort: Cohort, work_dir: Path) -> None:
+        self.db_url = db_url
+        self.cohort = cohort
+        self.work_dir = work_dir
+        self.vna = FakeOrthanc("vna")
+        for study in cohort.studies:
+            if study.in_vna:
+                self.vna.load(study.files)
+        self.raw = FakeOrthanc("raw", vna=self.vna)
+        self.anon = FakeOrthanc("anon", on_received=AnonIngest(db_url, SECRET).on_received)
+        self.dsh = FakeDsh()
+        self.fetcher = RawWorker(
+            db_url, self.raw, self.anon, SECRET, RawWorkerSettings(worker_id="raw:test")
+        )
+        self.exporter = self.exporter_named("anon:test")
+
+    def exporter_named(self, worker_id: str) -> AnonExporter:
+        settings = ExportSettings(
+            worker_id=worker_id, poll_seconds=0.05, work_dir=self.work_dir, lease_seconds=60
+        )
+        return AnonExporter(self.db_url, self.anon, SECRET, self.dsh.client, settings)
+
+    def hand_over(self, conn, role: str) -> int:  # type: ignore[no-untyped-def]
+        """Queue the study of ``role`` and let the fetch worker hand it to orthanc-anon."""
+        study = self.cohort.by_role(role)
+        study_id = add_study(conn, PROJECT, study.mrn, study.accession_number)
+        self.fetch(conn)
+        assert study_row(conn, study_id)["state"] == "anonymising"
+        return study_id
+
+    def fetch(self, conn) -> None:  # type: ignore[no-untyped-def]
+        (item,) = work_queue.claim(conn, "study", "raw:test", 1, 60)
+        self.fetcher.process(item)
+
+    def export_next(self) -> str:
+        item = self.exporter.claim()
+        assert item is not None, "nothing to export"
+        return self.exporter.export(item)
+
+
+@pytest.fixture
+def pipeline(db_url: str, cohort: Cohort, tmp_path: Path) -> Pipeline:
+    return Pipeline(db_url, cohort, tmp_path)
+
+
+def remote_path(role_study_uid: str) -> str:
+    return f"{PROJECT}/dicom/{HASHER.uid(role_study_uid)}.zip"
+
+
+def make_due(conn, study_id: int) -> None:  # type: ignore[no-untyped-def]
+    """Let a deferred study's backoff run out now."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE study SET claimed_until = now() - interval '1 second' WHERE id = %s",
+            (study_id,),
+        )
+
+
+def test_export_uploads_once_and_deletes_local_copy(pipeline, conn, cohort):
+    study = cohort.by_role(NORMAL)
+    study_id = pipeline.hand_over(conn, NORMAL)
+
+    assert pipeline.export_next() == "exported"
+
+    remote = remote_path(study.study_uid)
+    assert list(pipeline.dsh.files) == [remote] and pipeline.dsh.uploads == [remote]
+    data = pipeline.dsh.files[remote]
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        names = sorted(archive.namelist())
+    assert names == sorted(
+        f"{HASHER.uid(series.series_uid)}/{HASHER.uid(sop)}.dcm"
+        for series in study.series
+        for sop in series.sop_instance_uids
+    )
+    row = study_row(conn, study_id)
+    assert (row["state"], row["instance_count"], row["sha256"], row["claimed_by"]) == (
+        "exported",
+        len(study.files),
+        hashlib.sha256(data).hexdigest(),
+        None,
+    )
+    assert row["pseudo_study_uid"] == HASHER.uid(study.study_uid)
+    assert pipeline.anon.instances == {}  # the local copy is gone
+    assert pipeline.exporter.claim() is None  # nothing left to export
+    counters = pipeline.exporter.counters.snapshot()
+    assert (counters["uploaded"], counters["exported"]) == (1, 1)
+
+
+def test_filtered_series_is_left_out_and_the_rest_exported(pipeline, conn, cohort):
+    study = cohort.by_role(SCOUT_SERIES)
+    study_id = pipeline.hand_over(conn, SCOUT_SERIES)
+
+    assert pipeline.export_next() == "exported"
+
+    assert study_row(conn, study_id)["instance_count"] == study.expected_instances
+    with zipfile.ZipFile(io.BytesIO(pipeline.dsh.files[remote_path(study.study_uid)])) as zipped:
+        folders = {name.split("/")[0] for name in zipped.namelist()}
+    assert folders == {HASHER.uid(s.series_uid) for s in study.series if not s.filtered}
+
+
+def test_retry_after_a_crash_between_upload_and_record_does_not_upload_again(
+    pipeline, conn, cohort
+):
+    study_id = pipeline.hand_over(conn, NORMAL)
+    pipeline.dsh.crash_after_upload = True  # the file arrives, then the connection is lost
+    pipeline.exporter.settings.backoff_base_seconds = 0.01
+
+    assert pipeline.export_next() == "retry"
+    assert study_row(conn, study_id)["state"] == "anonymising"
+    time.sleep(0.05)
+    assert pipeline.export_next() == "exported"
+
+    assert len(pipeline.dsh.uploads) == 1
+    assert pipeline.exporter.counters["already_uploaded"] == 1
+
+
+def test_dsh_down_backs_off_and_keeps_state(pipeline, conn, cohort):
+    study_id = pipeline.hand_over(conn, NORMAL)
+    pipeline.dsh.down = True
+
+    for tries, backoff in ((1, 5), (2, 10), (3, 20)):  # ExportSettings: 5 s, doubling
+        assert pipeline.export_next() == "retry"
+        row = study_row(conn, study_id)
+        assert (row["state"], row["export_attempts"], row["last_error_code"]) == (
+            "anonymising",
+            tries,
+            "ftps_login",
+        )
+        assert row["attempts"] == 1  # the fetch worker's count is untouched
+        assert seconds_until(conn, study_id, "claimed_until") == pytest.approx(backoff, abs=1)
+        assert pipeline.exporter.claim() is None  # not due yet, for this exporter
+        assert pipeline.exporter_named("anon:other").claim() is None  # nor for another
+        make_due(conn, study_id)
+
+    pipeline.dsh.down = False
+    assert pipeline.export_next() == "exported"
+    assert study_row(conn, study_id)["last_error_code"] is None
+    assert pipeline.exporter.counters["export_retries"] == 3
+
+
+def test_orthanc_anon_down_backs_off_with_its_code(pipeline, conn, cohort):
+    study_id = pipeline.hand_over(conn, NORMAL)
+    pipeline.anon.down = True
+
+    assert pipeline.export_next() == "retry"
+
+    row = study_row(conn, study_id)
+    assert (row["state"], row["last_error_code"]) == ("anonymising", "unreachable")
+    assert pipeline.dsh.files == {}
+
+
+def test_handed_over_study_is_claimed_only_by_an_anon_exporter(pipeline, conn, cohort):
+    pipeline.hand_over(conn, NORMAL)
+    with pytest.raises(ValueError, match="anon:"):
+        pipeline.exporter_named("raw:impostor").claim()
+    assert work_queue.claim(conn, "study", "raw:test", 5, 60) == []  # nor the fetch worker
+
+    first = pipeline.exporter.claim()
+    assert first is not None
+    assert pipeline.exporter_named("anon:other").claim() is None  # held by the first
+
+
+def test_missing_instances_send_the_study_back_to_orthanc_raw(pipeline, conn, cohort):
+    study = cohort.by_role(NORMAL)
+    study_id = pipeline.hand_over(conn, NORMAL)
+    lost = pipeline.anon.of_study(HASHER.uid(study.study_uid))[0]
+    del pipeline.anon.instances[lost.id]  # orthanc-anon lost one (restarted mid-study)
+
+    assert pipeline.export_next() == "queued"
+
+    row = study_row(conn, study_id)
+    assert (row["state"], row["last_error_code"], row["claimed_by"]) == (
+        "queued",
+        "incomplete_in_anon",
+        None,
+    )
+    assert pipeline.dsh.files == {}
+    pipeline.fetch(conn)  # orthanc-raw sends it again, from its cache
+    assert pipeline.raw.moves == ["study"]
+    assert pipeline.export_next() == "exported"
+    assert study_row(conn, study_id)["instance_count"] == len(study.files)
+
+
+def test_wholly_refused_study_ends_refused_with_its_reason(pipeline, conn, cohort):
+    study = cohort.by_role(WRONG_MODALITY)  # orthanc-raw would refuse it; here it got through
+    study_id = add_study(conn, PROJECT, study.mrn, study.accession_number)
+    work_queue.claim(conn, "study", "raw:test", 1, 60)
+    for path in study.files:
+        pipeline.anon.post_bytes(
+            "/instances", mark(path.read_bytes(), Handoff(PROJECT, study_id), SECRET)
+        )
+    assert work_queue.complete(
+        conn, "study", study_id, "anonymising", "fetching",
+        study_uid=study.study_uid, instances_sent=len(study.files),
+    )  # fmt: skip
+
+    assert pipeline.export_next() == "refused"
+
+    row = study_row(conn, study_id)
+    assert (row["state"], row["last_error_code"]) == ("refused", "modality_not_allowed")
+    assert pipeline.dsh.files == {}
+
+
+@pytest.mark.parametrize(
+    ("project", "code"),
+    [("broken-allowlist", "invalid_allowlist"), ("nowhere", "unknown_project")],
+)
+def test_configuration_error_fails_the_export_as_what_it_is(
+    pipeline, conn, cohort, broken_config, project, code
+):
+    study = cohort.by_role(NORMAL)
+    study_id = add_study(conn, project, study.mrn, study.accession_number)
+    work_queue.claim(conn, "study", "raw:test", 1, 60)
+    work_queue.complete(
+        conn, "study", study_id, "anonymising", "fetching",
+        study_uid=study.study_uid, instances_sent=1,
+    )  # fmt: skip
+
+    assert pipeline.export_next() == "failed"
+
+    row = study_row(conn, study_id)
+    assert (row["state"], row["last_error_code"]) == ("failed", code)
+
+
+def test_study_taken_over_while_zipping_is_not_uploaded(pipeline, conn, db_url, cohort):
+    study_id = pipeline.hand_over(conn, NORMAL)
+    other = connect(db_url)
+
+    def taken_over(_instance_id: str) -> None:  # the lease ran out; another exporter claimed it
+        with other, other.cursor() as cur:
+            cur.execute("UPDATE study SET claimed_by = 'anon:other' WHERE id = %s", (study_id,))
+
+    pipeline.anon.on_read = taken_over
+    try:
+        assert pipeline.export_next() == "lost"
+    finally:
+        other.close()
+    assert pipeline.dsh.uploads == []
+    row = study_row(conn, study_id)
+    assert (row["state"], row["claimed_by"]) == ("anonymising", "anon:other")
+
+
+def test_loop_exports_every_handed_over_study(pipeline, conn, cohort):
+    ids = [pipeline.hand_over(conn, role) for role in (NORMAL, NO_REPORT)]
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=pipeline.exporter.run, args=(stop,), daemon=True) for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while {study_row(conn, i)["state"] for i in ids} != {"exported"}:
+            assert time.monotonic() < deadline, "the exporter never finished"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(pipeline.dsh.uploads) == 2
+    assert pipeline.exporter.counters["exported"] == 2

@@ -1,0 +1,248 @@
+"""orthanc-raw's fetch worker against a stand-in Orthanc (with a VNA behind it) and a real
+Postgres: what it asks the VNA, what it hands to orthanc-anon, and what it records."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from pixl_core.db import work_queue
+from pixl_core.dicom.handoff import Handoff, read_bytes
+from pixl_imaging.fetch_worker import RawWorker, RawWorkerSettings
+from stack.synthetic.cohort import (
+    MISSING_FROM_VNA,
+    NO_REPORT,
+    NORMAL,
+    SHARED,
+    WRONG_MODALITY,
+    Cohort,
+    SyntheticStudy,
+)
+from tests.integration.imaging_fakes import (
+    SECRET,
+    FakeOrthanc,
+    add_study,
+    seconds_until,
+    study_row,
+)
+
+PROJECT = "chest-xray"
+
+
+class Imaging:
+    """The VNA, orthanc-raw and orthanc-anon stand-ins, and a fetch worker between them."""
+
+    def __init__(self, db_url: str, cohort: Cohort, **settings: object) -> None:
+        self.vna = FakeOrthanc("vna")
+        for study in cohort.studies:
+            if study.in_vna:
+                self.vna.load(study.files)
+        self.raw = FakeOrthanc("raw", vna=self.vna)
+        self.anon = FakeOrthanc("anon")
+        options = {"worker_id": "raw:test", "poll_seconds": 0.05, **settings}
+        self.worker = RawWorker(
+            db_url,
+            self.raw,
+            self.anon,
+            SECRET,
+            RawWorkerSettings(**options),  # type: ignore[arg-type]
+        )
+
+    def fetch_one(self, conn) -> None:  # type: ignore[no-untyped-def]
+        """Claim the next study as the worker's loop would, and fetch it."""
+        (item,) = work_queue.claim(conn, "study", "raw:test", 1, 60, max_attempts=5)
+        self.worker.process(item)
+
+
+@pytest.fixture
+def imaging(db_url: str, cohort: Cohort) -> Iterator[Imaging]:
+    yield Imaging(db_url, cohort)
+
+
+def queue(conn, study: SyntheticStudy, project: str = PROJECT) -> int:  # type: ignore[no-untyped-def]
+    return add_study(conn, project, study.mrn, study.accession_number)
+
+
+def vna_moves(conn) -> list[tuple[int, str, int]]:  # type: ignore[no-untyped-def]
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT study_id, outcome, instance_count FROM vna_move ORDER BY id")
+        return cur.fetchall()
+
+
+def test_study_in_the_vna_is_moved_once_and_handed_off_signed(imaging, conn, cohort):
+    study = cohort.by_role(NORMAL)
+    study_id = queue(conn, study)
+
+    imaging.fetch_one(conn)
+
+    row = study_row(conn, study_id)
+    assert (row["state"], row["study_uid"], row["instances_sent"], row["claimed_by"]) == (
+        "anonymising",
+        study.study_uid,
+        len(study.files),
+        None,
+    )
+    assert imaging.raw.moves == ["study"]
+    assert vna_moves(conn) == [(study_id, "completed", len(study.files))]
+    handed = imaging.anon.of_study(study.study_uid)
+    assert sorted(i.sop_uid for i in handed) == sorted(study.sop_instance_uids)
+    for instance in handed:  # each carries the signed note of its project and work item
+        assert read_bytes(instance.data, SECRET)[0] == Handoff(PROJECT, study_id)
+    counters = imaging.worker.counters.snapshot()
+    assert counters["moves"] == 1 and counters["handed_off"] == 1
+    assert counters["instances_sent"] == len(study.files) and counters["in_flight"] == 0
+
+
+def test_cached_study_is_handed_off_without_a_move(imaging, conn, cohort):
+    study = cohort.by_role(NORMAL)
+    imaging.raw.load(study.files)  # orthanc-raw still holds it from earlier
+    study_id = queue(conn, study)
+
+    imaging.fetch_one(conn)
+
+    assert study_row(conn, study_id)["state"] == "anonymising"
+    assert imaging.raw.moves == []
+    assert vna_moves(conn) == []
+    assert len(imaging.anon.of_study(study.study_uid)) == len(study.files)
+    assert imaging.worker.counters["cached"] == 1
+
+
+def test_study_asked_for_by_two_projects_is_moved_once(imaging, conn, cohort):
+    study = cohort.by_role(SHARED)
+    first = queue(conn, study, "chest-xray")
+    second = queue(conn, study, "chest-xray-research")
+
+    imaging.fetch_one(conn)
+    imaging.fetch_one(conn)
+
+    assert imaging.raw.moves == ["study"]  # the second project's copy came from the cache
+    assert vna_moves(conn) == [(first, "completed", len(study.files))]
+    assert {study_row(conn, first)["state"], study_row(conn, second)["state"]} == {"anonymising"}
+    # both projects' copies went to orthanc-anon, each signed for its own work item
+    notes = [read_bytes(data, SECRET)[0] for data in imaging.anon.posted]
+    assert sorted(notes, key=lambda n: n.work_item_id) == (
+        [Handoff("chest-xray", first)] * len(study.files)
+        + [Handoff("chest-xray-research", second)] * len(study.files)
+    )
+
+
+def test_study_missing_from_the_vna_ends_not_found_without_a_move(imaging, conn, cohort):
+    study_id = queue(conn, cohort.by_role(MISSING_FROM_VNA))
+
+    imaging.fetch_one(conn)
+
+    row = study_row(conn, study_id)
+    assert (row["state"], row["last_error_code"], row["claimed_by"]) == ("not_found", None, None)
+    assert imaging.raw.moves == [] and imaging.anon.instances == {}
+
+
+def test_wrong_modality_is_refused_without_a_move(imaging, conn, cohort):
+    study = cohort.by_role(WRONG_MODALITY)
+    study_id = queue(conn, study)
+
+    imaging.fetch_one(conn)
+
+    row = study_row(conn, study_id)
+    assert (row["state"], row["last_error_code"], row["study_uid"]) == (
+        "refused",
+        "modality_not_allowed",
+        study.study_uid,
+    )
+    assert imaging.raw.moves == [] and imaging.anon.instances == {}
+
+
+def test_vna_down_sends_the_study_back_to_the_queue_with_backoff(imaging, conn, cohort):
+    study = cohort.by_role(NORMAL)
+    study_id = queue(conn, study)
+    imaging.vna.down = True
+
+    imaging.fetch_one(conn)
+
+    row = study_row(conn, study_id)
+    assert (row["state"], row["attempts"], row["last_error_code"]) == (
+        "queued",
+        1,
+        "orthanc_http_500",
+    )
+    assert seconds_until(conn, study_id, "next_attempt_at") == pytest.approx(10, abs=2)
+    assert study.mrn not in row["last_error_code"]
+    assert imaging.worker.counters["retried"] == 1
+
+
+@pytest.mark.parametrize(
+    ("project", "code"),
+    [
+        ("broken-allowlist", "invalid_allowlist"),
+        ("broken-project", "invalid_project"),
+        ("nowhere", "unknown_project"),
+    ],
+)
+def test_configuration_error_is_recorded_as_what_it_is(
+    imaging, conn, cohort, broken_config, project, code
+):
+    study_id = queue(conn, cohort.by_role(NORMAL), project)
+
+    imaging.fetch_one(conn)
+
+    row = study_row(conn, study_id)
+    assert (row["state"], row["last_error_code"]) == ("failed", code)
+    assert imaging.raw.moves == []
+
+
+def _wait(condition, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _states(conn) -> list[str]:  # type: ignore[no-untyped-def]
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT state FROM study ORDER BY id")
+        return [state for (state,) in cur.fetchall()]
+
+
+def test_loop_keeps_no_more_than_the_in_flight_limit_fetching(imaging, conn, cohort):
+    work_queue.set_fetch_rate(conn, "*", 100.0, 2)
+    for role in (NORMAL, SHARED, NO_REPORT):
+        queue(conn, cohort.by_role(role))
+    imaging.raw.gate = threading.Event()  # moves wait until the gate opens
+    stop = threading.Event()
+    thread = threading.Thread(target=imaging.worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        _wait(lambda: _states(conn).count("fetching") == 2)
+        time.sleep(0.5)  # many rate slots pass; the limit holds
+        assert sorted(_states(conn)) == ["fetching", "fetching", "queued"]
+        imaging.raw.gate.set()
+        _wait(lambda: _states(conn) == ["anonymising"] * 3)
+    finally:
+        stop.set()
+        imaging.raw.gate.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert imaging.worker.counters["in_flight"] == 0
+
+
+def test_loop_claims_one_study_per_rate_slot(imaging, conn, cohort):
+    work_queue.set_fetch_rate(conn, "*", 0.5, 4)  # one study every 2 s
+    for role in (NORMAL, SHARED):
+        queue(conn, cohort.by_role(role))
+    stop = threading.Event()
+    thread = threading.Thread(target=imaging.worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        _wait(lambda: "queued" not in _states(conn)[:1])
+        first = time.monotonic()
+        time.sleep(0.5)
+        assert _states(conn)[1] == "queued"
+        _wait(lambda: "queued" not in _states(conn))
+        second = time.monotonic()
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert second - first >= 1.5

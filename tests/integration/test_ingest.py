@@ -1,0 +1,118 @@
+"""orthanc-anon's per-instance step against a real Postgres: only what orthanc-raw signed is
+de-identified; everything else is discarded, and each refusal is recorded once, by reason."""
+
+from __future__ import annotations
+
+import io
+
+import pydicom
+import pytest
+
+from pixl_core.config.projects import load_project
+from pixl_core.dicom.handoff import HANDOFF_CREATOR, HANDOFF_GROUP, Handoff, mark
+from pixl_core.hashing import ProjectHasher, hash_accession_number
+from pixl_imaging.ingest import AnonIngest
+from stack.synthetic.cohort import NORMAL, WRONG_MODALITY, Cohort, SyntheticStudy
+from tests.integration.imaging_fakes import SECRET, add_study
+
+PROJECT = "chest-xray"
+
+
+def marked(study: SyntheticStudy, work_item_id: int, project: str = PROJECT) -> bytes:
+    return mark(study.files[0].read_bytes(), Handoff(project, work_item_id), SECRET)
+
+
+def refusals(conn) -> list[tuple[int, str, str]]:  # type: ignore[no-untyped-def]
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT study_id, instance_key, reason FROM instance_refusal")
+        return cur.fetchall()
+
+
+@pytest.fixture
+def ingest(db_url: str) -> AnonIngest:
+    return AnonIngest(db_url, SECRET)
+
+
+def test_instance_from_orthanc_raw_is_deidentified(ingest, conn, cohort: Cohort):
+    study = cohort.by_role(NORMAL)
+    study_id = add_study(conn, PROJECT, study.mrn, study.accession_number)
+
+    out = ingest.on_received(marked(study, study_id))
+
+    assert out is not None
+    ds = pydicom.dcmread(io.BytesIO(out))
+    hasher = ProjectHasher.for_project(PROJECT, SECRET)
+    assert ds.AccessionNumber == hash_accession_number(hasher, study.accession_number)
+    assert ds.StudyInstanceUID == hasher.uid(study.study_uid)
+    assert ds.SOPInstanceUID == hasher.uid(study.series[0].sop_instance_uids[0])
+    assert ds.PatientID != study.mrn
+    assert ds.private_creators(HANDOFF_GROUP) == []  # the hand-off note never leaves
+    text = out.decode("latin-1")
+    for identifier in (study.mrn, study.accession_number, study.family_name, study.study_uid):
+        assert identifier not in text
+    assert HANDOFF_CREATOR not in text
+    assert ingest.counters["deidentified"] == 1
+    assert refusals(conn) == []
+
+
+def test_instance_without_handoff_is_discarded(ingest, conn, cohort: Cohort):
+    study = cohort.by_role(NORMAL)
+    add_study(conn, PROJECT, study.mrn, study.accession_number)
+
+    assert ingest.on_received(study.files[0].read_bytes()) is None
+    assert ingest.on_received(b"not DICOM at all") is None
+
+    assert ingest.counters["discarded_without_handoff"] == 2
+    assert refusals(conn) == []  # nothing says which work item it was: nothing to record
+
+
+def test_instance_signed_with_another_secret_is_discarded(ingest, conn, cohort: Cohort):
+    study = cohort.by_role(NORMAL)
+    study_id = add_study(conn, PROJECT, study.mrn, study.accession_number)
+    forged = mark(study.files[0].read_bytes(), Handoff(PROJECT, study_id), b"x" * 32)
+
+    assert ingest.on_received(forged) is None
+    assert ingest.counters["discarded_without_handoff"] == 1
+
+
+def test_refused_instance_is_recorded_once_by_reason_without_its_uid(ingest, conn, cohort):
+    study = cohort.by_role(WRONG_MODALITY)
+    study_id = add_study(conn, PROJECT, study.mrn, study.accession_number)
+    data = marked(study, study_id)
+
+    assert ingest.on_received(data) is None
+    assert ingest.on_received(data) is None  # orthanc-raw sent it again
+
+    [(recorded_study, key, reason)] = refusals(conn)
+    assert (recorded_study, reason) == (study_id, "modality_not_allowed")
+    assert key == ProjectHasher.for_project(PROJECT, SECRET).uid(
+        study.series[0].sop_instance_uids[0]
+    )
+    assert ingest.counters["refused_modality_not_allowed"] == 2
+
+
+@pytest.mark.parametrize(
+    ("project", "code"),
+    [
+        ("broken-allowlist", "invalid_allowlist"),
+        ("broken-project", "invalid_project"),
+        ("nowhere", "unknown_project"),
+    ],
+)
+def test_configuration_error_refuses_the_instance_as_what_it_is(
+    ingest, conn, cohort, broken_config, project, code
+):
+    study = cohort.by_role(NORMAL)
+    study_id = add_study(conn, project, study.mrn, study.accession_number)
+
+    assert ingest.on_received(marked(study, study_id, project)) is None
+
+    assert [reason for _id, _key, reason in refusals(conn)] == [code]
+
+
+def test_refused_instance_is_discarded_even_when_the_database_is_down(cohort: Cohort):
+    load_project(PROJECT)  # loaded before the outage, as in a running orthanc-anon
+    ingest = AnonIngest("postgresql://pixl@127.0.0.1:1/pixl", SECRET)  # nothing listens there
+
+    assert ingest.on_received(marked(cohort.by_role(WRONG_MODALITY), 1)) is None
+    assert ingest.counters["refused_modality_not_allowed"] == 1
