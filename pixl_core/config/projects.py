@@ -27,7 +27,6 @@ from pixl_core.config.allowlist import (
 from pixl_core.errors import (
     InvalidAllowlistError,
     InvalidProjectError,
-    PixlConfigError,
     UnknownProjectError,
 )
 
@@ -254,35 +253,37 @@ def _parse_destination(value: Any, name: str) -> Destination | None:
         return None
     ftps = value.get("ftps") if isinstance(value, dict) else None
     if not isinstance(ftps, dict):
-        raise PixlConfigError(f"{name}: 'destination:' must hold an 'ftps:' mapping")
+        raise InvalidProjectError(f"{name}: 'destination:' must hold an 'ftps:' mapping")
     if "password" in ftps:
         slug_variable = "PIXL_DSH_PASSWORD__" + Path(name).stem.upper().replace("-", "_")
-        raise PixlConfigError(
+        raise InvalidProjectError(
             f"{name}: never put the FTPS password in the project file; set {slug_variable} "
             "or PIXL_DSH_PASSWORD"
         )
     unknown = set(ftps) - DESTINATION_KEYS
     if unknown:
-        raise PixlConfigError(
+        raise InvalidProjectError(
             f"{name}: unknown destination key '{sorted(unknown)[0]}'; allowed keys are "
             f"{', '.join(sorted(DESTINATION_KEYS))}"
         )
     for key in ("host", "user"):
         if not isinstance(ftps.get(key), str) or not ftps[key].strip():
-            raise PixlConfigError(f"{name}: destination 'ftps:' needs '{key}:' (the DSH's {key})")
+            raise InvalidProjectError(
+                f"{name}: destination 'ftps:' needs '{key}:' (the DSH's {key})"
+            )
     for key in ("implicit_tls", "verify"):
         if not isinstance(ftps.get(key, True), bool):
-            raise PixlConfigError(f"{name}: destination '{key}:' must be true or false")
+            raise InvalidProjectError(f"{name}: destination '{key}:' must be true or false")
     implicit_tls = ftps.get("implicit_tls", False)
     port = ftps.get("port", 990 if implicit_tls else 21)
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        raise PixlConfigError(f"{name}: destination 'port:' must be a whole number 1-65535")
+        raise InvalidProjectError(f"{name}: destination 'port:' must be a whole number 1-65535")
     root = ftps.get("root", "/")
     if not isinstance(root, str) or not root.startswith("/"):
-        raise PixlConfigError(f"{name}: destination 'root:' must be an absolute path, e.g. /")
+        raise InvalidProjectError(f"{name}: destination 'root:' must be an absolute path, e.g. /")
     ca_file = ftps.get("ca_file")
     if ca_file is not None and not isinstance(ca_file, str):
-        raise PixlConfigError(f"{name}: destination 'ca_file:' must be the path of a PEM file")
+        raise InvalidProjectError(f"{name}: destination 'ca_file:' must be the path of a PEM file")
     return Destination(
         host=ftps["host"].strip(),
         user=ftps["user"].strip(),

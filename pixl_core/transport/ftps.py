@@ -167,7 +167,8 @@ class FtpsSettings:
         if destination is None:
             raise PixlConfigError(
                 f"projects/{slug}.yaml has no 'destination:'; add "
-                "destination: {ftps: {host, port, user, root}} naming the project's DSH server"
+                "destination: {ftps: {host, port, user, root}} naming the project's DSH server",
+                code="no_destination",
             )
         own_password = project_variable(PASSWORD_VARIABLE, slug)
         _, password = _first_given(
@@ -176,7 +177,8 @@ class FtpsSettings:
         if password is None:
             raise PixlConfigError(
                 f"neither {own_password} nor {PASSWORD_VARIABLE} is set: export one with the "
-                f"password of project {slug}'s DSH FTPS account (read only from the environment)"
+                f"password of project {slug}'s DSH FTPS account (read only from the environment)",
+                code="dsh_password_missing",
             )
         own_ca_file = project_variable(CA_FILE_VARIABLE, slug)
         ca_source, ca_file = _first_given(
@@ -187,7 +189,8 @@ class FtpsSettings:
         if ca_file is not None and not Path(ca_file).is_file():
             raise PixlConfigError(
                 f"{ca_source} names no file: set it to the PEM file of the CA that signed "
-                f"project {slug}'s DSH certificate, or unset it to use the system CAs"
+                f"project {slug}'s DSH certificate, or unset it to use the system CAs",
+                code="dsh_ca_file_missing",
             )
         return cls(
             host=destination.host,
