@@ -36,11 +36,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.valuerep import validate_value
 
+from pixl_core.config.yaml_file import read_mapping
 from pixl_core.errors import InvalidAllowlistError
 
 
@@ -189,24 +189,14 @@ def load_allowlist_file(path: Path, display_name: str | None = None) -> AllowLis
     Its code, ``invalid_allowlist``, is what a worker records on the work item.
     """
     name = display_name or str(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise InvalidAllowlistError(
-            f"{name}: file not found; check the path in the project file"
-        ) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise InvalidAllowlistError(f"{name}: not valid YAML{where}; fix the syntax") from None
-    if not isinstance(raw, dict):
-        raise InvalidAllowlistError(f"{name}: expected a mapping with an 'attributes:' list")
-    unknown = set(raw) - FILE_KEYS
-    if unknown:
-        raise InvalidAllowlistError(
-            f"{name}: unknown key '{sorted(unknown)[0]}'; allowed keys are "
-            f"{', '.join(sorted(FILE_KEYS))}"
-        )
+    raw = read_mapping(
+        path,
+        name,
+        FILE_KEYS,
+        expected="with an 'attributes:' list",
+        error=InvalidAllowlistError,
+        named_in="the project file",
+    )
     entries = raw.get("attributes")
     if not isinstance(entries, list) or not entries:
         raise InvalidAllowlistError(f"{name}: 'attributes:' must be a non-empty list of entries")

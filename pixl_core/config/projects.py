@@ -15,8 +15,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pixl_core.config.allowlist import (
     Action,
     AllowList,
@@ -24,6 +22,7 @@ from pixl_core.config.allowlist import (
     AttributeKey,
     load_allowlist_file,
 )
+from pixl_core.config.yaml_file import read_mapping
 from pixl_core.errors import (
     InvalidAllowlistError,
     InvalidProjectError,
@@ -153,18 +152,9 @@ def load_project(slug: str) -> Project:
 
 def load_project_file(path: Path) -> Project:
     name = f"projects/{path.name}"
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        raise InvalidProjectError(f"{name}: not valid YAML; fix the syntax") from None
-    if not isinstance(raw, dict):
-        raise InvalidProjectError(f"{name}: expected a mapping of project settings")
-    unknown = set(raw) - PROJECT_KEYS
-    if unknown:
-        raise InvalidProjectError(
-            f"{name}: unknown key '{sorted(unknown)[0]}'; allowed keys are "
-            f"{', '.join(sorted(PROJECT_KEYS))}"
-        )
+    raw = read_mapping(
+        path, name, PROJECT_KEYS, expected="of project settings", error=InvalidProjectError
+    )
     modalities = raw.get("modalities")
     if not isinstance(modalities, list) or not modalities:
         raise InvalidProjectError(

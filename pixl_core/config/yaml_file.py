@@ -1,0 +1,50 @@
+"""Reading one YAML configuration file into a mapping, with the one-line errors both kinds share.
+
+Projects and allow-lists are edited by hand and reviewed as pull requests; a typo must stop
+with the file's name, what is wrong and how to fix it, never a traceback. Both kinds are a
+mapping with a closed set of keys, so an unknown key (a misspelt ``allowlist:``) is refused
+rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Set
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pixl_core.errors import PixlConfigError
+
+
+def read_mapping(
+    path: Path,
+    name: str,
+    allowed_keys: Set[str],
+    *,
+    expected: str,
+    error: type[PixlConfigError],
+    named_in: str = "the command line",
+) -> dict[str, Any]:
+    """The file's top-level mapping, or ``error`` naming ``name`` and the fix.
+
+    ``expected`` completes "expected a mapping …" for a file that is not one; ``named_in`` says
+    where the path of a missing file came from.
+    """
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{name}: file not found; check the path in {named_in}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise error(f"{name}: not valid YAML{where}; fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise error(f"{name}: expected a mapping {expected}")
+    unknown = set(raw) - allowed_keys
+    if unknown:
+        raise error(
+            f"{name}: unknown key '{sorted(unknown)[0]}'; allowed keys are "
+            f"{', '.join(sorted(allowed_keys))}"
+        )
+    return raw
