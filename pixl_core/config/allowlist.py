@@ -40,7 +40,7 @@ from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.valuerep import validate_value
 
-from pixl_core.config.yaml_file import read_mapping
+from pixl_core.config.yaml_file import read_mapping, refuse_unknown_keys
 from pixl_core.errors import InvalidAllowlistError
 
 
@@ -248,12 +248,7 @@ def _parse_entries(entries: list[Any], name: str, prefix: str) -> AllowList:
 def _parse_entry(entry: Any, where: str, name: str, nested_prefix: str) -> Rule:
     if not isinstance(entry, dict):
         raise InvalidAllowlistError(f"{where}: expected a mapping with 'attribute:' and 'action:'")
-    unknown = set(entry) - ENTRY_KEYS
-    if unknown:
-        raise InvalidAllowlistError(
-            f"{where}: unknown key '{sorted(unknown)[0]}'; allowed keys are "
-            f"{', '.join(sorted(ENTRY_KEYS))}"
-        )
+    refuse_unknown_keys(entry, ENTRY_KEYS, where, InvalidAllowlistError)
     if "attribute" not in entry:
         raise InvalidAllowlistError(f"{where}: missing 'attribute:' (a keyword or \"(gggg,eeee)\")")
     key, dict_vr = _parse_attribute(entry, where)

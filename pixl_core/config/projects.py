@@ -22,7 +22,7 @@ from pixl_core.config.allowlist import (
     AttributeKey,
     load_allowlist_file,
 )
-from pixl_core.config.yaml_file import read_mapping
+from pixl_core.config.yaml_file import read_mapping, refuse_unknown_keys
 from pixl_core.errors import (
     InvalidAllowlistError,
     InvalidProjectError,
@@ -250,12 +250,7 @@ def _parse_destination(value: Any, name: str) -> Destination | None:
             f"{name}: never put the FTPS password in the project file; set {slug_variable} "
             "or PIXL_DSH_PASSWORD"
         )
-    unknown = set(ftps) - DESTINATION_KEYS
-    if unknown:
-        raise InvalidProjectError(
-            f"{name}: unknown destination key '{sorted(unknown)[0]}'; allowed keys are "
-            f"{', '.join(sorted(DESTINATION_KEYS))}"
-        )
+    refuse_unknown_keys(ftps, DESTINATION_KEYS, name, InvalidProjectError, "destination key")
     for key in ("host", "user"):
         if not isinstance(ftps.get(key), str) or not ftps[key].strip():
             raise InvalidProjectError(

@@ -41,10 +41,21 @@ def read_mapping(
         raise error(f"{name}: not valid YAML{where}; fix the syntax") from None
     if not isinstance(raw, dict):
         raise error(f"{name}: expected a mapping {expected}")
-    unknown = set(raw) - allowed_keys
+    refuse_unknown_keys(raw, allowed_keys, name, error)
+    return raw
+
+
+def refuse_unknown_keys(
+    mapping: dict[str, Any],
+    allowed_keys: Set[str],
+    where: str,
+    error: type[PixlConfigError],
+    what: str = "key",
+) -> None:
+    """Refuse the first key (in sorted order) that ``allowed_keys`` does not name."""
+    unknown = set(mapping) - allowed_keys
     if unknown:
         raise error(
-            f"{name}: unknown key '{sorted(unknown)[0]}'; allowed keys are "
+            f"{where}: unknown {what} '{sorted(unknown)[0]}'; allowed keys are "
             f"{', '.join(sorted(allowed_keys))}"
         )
-    return raw
