@@ -100,6 +100,7 @@ _WILDCARD = re.compile(r"[*?]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _WHOLE_NUMBER = re.compile(r"[+-]?\d{1,19}(\.0*)?")
 _INT64 = (-(2**63), 2**63 - 1)
+_HASH = re.compile(r"[A-Za-z0-9._+-]{1,64}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -200,6 +201,12 @@ def _read_summary(extract_dir: Path) -> tuple[str, datetime, str]:
         raise PixlConfigError(
             f'{SUMMARY_FILE} has no "omop_es_hash" (or "repository_hash"): add the OMOP ES '
             "commit the extract was made with, so researchers can reproduce it"
+        )
+    if not _HASH.fullmatch(omop_es_hash):
+        # It goes to the DSH in the manifest: a commit id, nothing else.
+        raise PixlConfigError(
+            f'{SUMMARY_FILE} field "omop_es_hash" must be a commit id (letters, digits, ".", '
+            '"_", "+" or "-", at most 64 characters): copy it from the OMOP ES log'
         )
     return project_slug(name), extract_datetime, omop_es_hash
 

@@ -37,6 +37,8 @@ def populate(
 ) -> None:
     """Record one imaging and one report work item per study of the cohort (idempotent)."""
     with operator_errors():
+        if project is not None and not is_valid_slug(project):
+            raise PixlConfigError(f"--project must be a project slug ({SLUG_RULE})")
         try:
             is_file, is_dir = source.is_file(), source.is_dir()
         except OSError as exc:  # e.g. a name too long for the file system: not echoed

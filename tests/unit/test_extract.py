@@ -202,6 +202,8 @@ def test_bad_json_is_one_line(extract_dir: Path):
             'has no "omop_es_hash"',
         ),
         ([EXAMPLE_SUMMARY], "must hold a JSON object"),
+        ({**EXAMPLE_SUMMARY, "repository_hash": "f" * 65}, '"omop_es_hash" must be a commit id'),
+        ({**EXAMPLE_SUMMARY, "repository_hash": "FAKEMRN001\n"}, "must be a commit id"),
     ],
 )
 def test_incomplete_summary_is_named(tmp_path: Path, summary, expected: str):
