@@ -99,6 +99,8 @@ class Identifiers:
             for value in values:
                 if value is None:
                     continue
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)  # an NHS number read from a float column
                 text = _normalise(str(value))
                 if len(text) < MIN_IDENTIFIER_LENGTH:
                     continue
@@ -208,60 +210,54 @@ def check_columns(
 # --- values -----------------------------------------------------------------------------------
 
 
+def _int_range(arrow_type: pa.DataType) -> tuple[int, int]:
+    bits = arrow_type.bit_width
+    if pa.types.is_unsigned_integer(arrow_type):
+        return 0, 2**bits - 1
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
 def _hit(column: pa.ChunkedArray, identifiers: Identifiers) -> tuple[str, int] | None:
-    """(kind of the first identifier found, distinct values that hold one), or None."""
-    kind_type = column.type
-    if pa.types.is_dictionary(kind_type):
-        column = column.cast(kind_type.value_type)
-        kind_type = kind_type.value_type
-    if pa.types.is_null(kind_type) or pa.types.is_boolean(kind_type):
+    """(kind of the first identifier found, distinct values that hold one), or None.
+
+    Raises ``TypeError`` for a type that cannot be checked (nested, binary...).
+    """
+    arrow_type = column.type
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+        column = column.cast(arrow_type)
+    if pa.types.is_null(arrow_type) or pa.types.is_boolean(arrow_type):
         return None
-    if pa.types.is_temporal(kind_type):
-        return None
-    if pa.types.is_string(kind_type) or pa.types.is_large_string(kind_type):
-        kinds = [
-            k
-            for k in (
-                identifiers.kind_in_text(v) for v in pc.unique(column).drop_null().to_pylist()
-            )
-            if k
-        ]
+    if pa.types.is_temporal(arrow_type):
+        return None  # dates and times: no identifier PIXL looks for is one
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        values = pc.unique(column).drop_null().to_pylist()
+        kinds = [kind for kind in map(identifiers.kind_in_text, values) if kind]
         return (kinds[0], len(kinds)) if kinds else None
-    if (
-        pa.types.is_integer(kind_type)
-        or pa.types.is_floating(kind_type)
-        or pa.types.is_decimal(kind_type)
-    ):
-        if not identifiers.numbers:
+    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal)
+    if not any(is_type(arrow_type) for is_type in numeric):
+        raise TypeError(arrow_type)
+    if not identifiers.numbers:
+        return None
+    unique = pc.unique(column).drop_null()
+    if pa.types.is_integer(arrow_type):
+        # Keep only the values equal to an identifier this type can hold, in Arrow.
+        low, high = _int_range(arrow_type)
+        candidates = [n for n in identifiers.numbers if low <= n <= high]
+        if not candidates:
             return None
-        values = pc.unique(column).drop_null()
-        if pa.types.is_integer(kind_type):
-            # Only the identifiers a column of this type can hold; the rest cannot match.
-            bits = kind_type.bit_width
-            low, high = (
-                (0, 2**bits - 1)
-                if pa.types.is_unsigned_integer(kind_type)
-                else (
-                    -(2 ** (bits - 1)),
-                    2 ** (bits - 1) - 1,
-                )
-            )
-            candidates = [n for n in identifiers.numbers if low <= n <= high]
-            if not candidates:
-                return None
-            values = values.filter(pc.is_in(values, pa.array(candidates, kind_type)))
-        found = []
-        for value in values.to_pylist():
-            if not isinstance(value, int):
-                number = float(value)
-                if not math.isfinite(number) or not number.is_integer():
-                    continue
-                value = int(number)
-            kind = identifiers.numbers.get(value)
-            if kind is not None:
-                found.append(kind)
-        return (found[0], len(found)) if found else None
-    raise TypeError(kind_type)
+        unique = unique.filter(pc.is_in(unique, pa.array(candidates, arrow_type)))
+    kinds = []
+    for value in unique.to_pylist():
+        if not isinstance(value, int):
+            number = float(value)
+            if not math.isfinite(number) or not number.is_integer():
+                continue
+            value = int(number)
+        kind = identifiers.numbers.get(value)
+        if kind is not None:
+            kinds.append(kind)
+    return (kinds[0], len(kinds)) if kinds else None
 
 
 def scan_values(path: Path, label: str, table: str, identifiers: Identifiers) -> None:

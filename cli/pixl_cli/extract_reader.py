@@ -516,15 +516,16 @@ def read_csv_cohort(path: Path, project: str) -> Extract:
 def stage_public_files(
     extract: Extract, staging_dir: Path, allow_omop_columns: Mapping[str, str] | None = None
 ) -> Path | None:
-    """Check the public parquet files and copy them to ``staging_dir/<project>/<datetime>/public/``.
+    """Check the public parquet files, copy them to ``staging_dir/<project>/<datetime>/public/``.
 
-    Each file is copied under a temporary name, checked there (columns against the allow-list
-    and the project's ``allow_omop_columns``, values against ``extract.identifiers``) and only
-    then, once all passed, renamed: what is staged is exactly what was checked, and a
-    half-copied file, or any file of a refused extract, never sits under its real name. A parquet file staged earlier for the same extract but
-    no longer in it is removed. The SHA-256 of every staged file goes into the scan record next
-    to the folder, which the export requires. Returns the folder, or None when there is nothing
-    to stage. A refused file raises ``PublicFileRefused`` and stages nothing more.
+    Each file is copied under a temporary name and checked there (columns against the
+    allow-list and the project's ``allow_omop_columns``, values against
+    ``extract.identifiers``); only once all passed are they renamed. So what is staged is
+    exactly what was checked, and neither a half-copied file nor any file of a refused extract
+    ever sits under its real name (a refusal raises ``PublicFileRefused``). A parquet file
+    staged earlier for the same extract but no longer in it is removed. The SHA-256 of every
+    staged file goes into the scan record next to the folder, which the export requires.
+    Returns the folder, or None when there is nothing to stage.
     """
     if not extract.public_files:
         return None
