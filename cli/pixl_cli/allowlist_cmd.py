@@ -53,7 +53,14 @@ _SLUG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 def _is_file_argument(target: str) -> bool:
     """A target is a file if it exists as one or looks like a path; otherwise a project slug."""
     path = Path(target)
-    return path.is_file() or not _SLUG_RE.match(target) or path.suffix in (".yaml", ".yml")
+    try:
+        is_file = path.is_file()
+    except OSError as exc:  # e.g. a name too long for the file system: not echoed
+        raise PixlConfigError(
+            f"a target cannot be read ({exc.strerror}): give a project slug or the path of an "
+            "allow-list file"
+        ) from None
+    return is_file or not _SLUG_RE.match(target) or path.suffix in (".yaml", ".yml")
 
 
 def _load_report(target: str) -> AuditReport:

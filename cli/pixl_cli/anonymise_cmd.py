@@ -26,9 +26,15 @@ REFUSED_DUPLICATE = "duplicate_instance"
 def iter_inputs(paths: list[Path]) -> Iterator[Path]:
     """Files given directly, and every file under folders given (recursively, sorted)."""
     for path in paths:
-        if path.is_dir():
+        try:
+            is_dir, is_file = path.is_dir(), path.is_file()
+        except OSError as exc:  # e.g. a name too long for the file system: not echoed
+            raise PixlConfigError(
+                f"an input cannot be read ({exc.strerror}): give existing files or folders"
+            ) from None
+        if is_dir:
             yield from sorted(p for p in path.rglob("*") if p.is_file())
-        elif path.is_file():
+        elif is_file:
             yield path
         else:
             raise PixlConfigError(f"input not found: {path}; give existing files or folders")

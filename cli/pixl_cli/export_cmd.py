@@ -17,11 +17,13 @@ import requests
 import typer
 
 from pixl_cli.output import console, operator_errors
+from pixl_core.config.projects import SLUG_RULE, is_valid_slug
 from pixl_core.env import env_number
 from pixl_core.errors import PixlConfigError, PixlError
 
 EHR_URL_ENV = "PIXL_EHR_URL"
 TIMEOUT_ENV = "PIXL_EXPORT_TIMEOUT"
+EXTRACT_ID_MAX = 2**63 - 1  # extract.id is a bigint
 
 
 def _ehr_url() -> str:
@@ -90,6 +92,14 @@ def export_patient_data(
     Running it again sends only what is not already there.
     """
     with operator_errors():
+        # Checked here too, so a typo is one line even before the service is reached.
+        if not is_valid_slug(project):
+            raise PixlConfigError(f"PROJECT must be a project slug ({SLUG_RULE})")
+        if extract_id is not None and not 1 <= extract_id <= EXTRACT_ID_MAX:
+            raise PixlConfigError(
+                "--extract-id must be a whole number from 1 to 2^63-1 (the id `pixl populate` "
+                "recorded)"
+            )
         result = request_export(project, extract_id)
     if json_output:
         console.print_json(json.dumps(result))

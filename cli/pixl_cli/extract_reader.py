@@ -13,8 +13,20 @@ An OMOP ES extract is a folder::
 
 ``PROCEDURE_OCCURRENCE.parquet`` needs ``procedure_occurrence_id`` and ``person_id`` (integers)
 and a date: ``procedure_datetime``, else ``procedure_date``, else the links' ``procedure_date``
-(the first that is set wins). A public file that holds a link column (``PrimaryMrn``,
-``AccessionNumber`` …) is refused, because public files leave the hospital unchanged.
+(the first that is set wins).
+
+Public files leave the hospital unchanged, so each must be a table of the OMOP CDM that PIXL
+exports, holding only that table's CDM columns (an allow-list, ``pixl_core.public_scan``): a
+``Surname`` or ``nhs_no`` column is refused whatever its name. The columns that may hold an
+identifier (every ``*_source_value``...) and the scan of every public value against the
+identifiers of the private files are checked when the files are staged
+(``stage_public_files``), because the project's file says which of those columns it lets out.
+
+Cohort identifiers (MRN, accession number) are what PIXL asks the archive for, so they must be
+exact: a value with a DICOM wildcard (``*``, ``?``), a backslash (DICOM's value separator) or a
+control character, or longer than 64 characters (DICOM's LO), is refused with the file, row
+and column (never the value). Rows are counted from 1 in a parquet file, and as a spreadsheet
+shows them (the header is row 1) in a CSV file.
 
 ``extract_summary.json`` is the OMOP ES log; PIXL reads three facts from it::
 
@@ -39,10 +51,11 @@ study_datetime), exact duplicates dropped. Rows without an MRN or accession numb
 and counted. Every validation error is a ``PixlConfigError`` of one line naming the file, the
 column and the fix, never a value from a row.
 
-``stage_public_files`` copies the public parquet files to
-``STAGING/<project>/<YYYY-MM-DDTHH-MM-SS>/public/`` for the later export to the DSH. Recording
-the work items is ``pixl_core.db.work_items.record_extract``'s job (``pixl_cli.populate`` joins
-the two): this module only reads.
+``stage_public_files`` checks the public parquet files (columns and values, see above), copies
+them to ``STAGING/<project>/<YYYY-MM-DDTHH-MM-SS>/public/`` for the later export to the DSH and
+records what it checked next to them. Recording the work items is
+``pixl_core.db.work_items.record_extract``'s job (``pixl_cli.populate`` joins the two): this
+module only reads and stages.
 """
 
 from __future__ import annotations
@@ -51,6 +64,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,7 +74,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pixl_core.config.projects import SLUG_MAX_LENGTH, SLUG_RULE, is_valid_slug
 from pixl_core.errors import PixlConfigError
+from pixl_core.public_scan import (
+    Identifiers,
+    check_columns,
+    check_public_file,
+    link_identifiers,
+    printable,
+    sha256_of,
+    write_scan_record,
+)
 
 SUMMARY_FILE = "extract_summary.json"
 PROCEDURES_FILE = "public/PROCEDURE_OCCURRENCE.parquet"
@@ -68,22 +92,15 @@ PERSON_LINKS_FILE = "private/PERSON_LINKS.parquet"
 PROCEDURE_LINKS_FILE = "private/PROCEDURE_OCCURRENCE_LINKS.parquet"
 COHORT_COLUMNS = ["project", "mrn", "accession_number", "procedure_occurrence_id", "study_datetime"]
 
-_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _REEXPORT = "re-export the extract with OMOP ES"
-# Columns that hold identifiers and so may only appear in private/ (compared case-insensitively,
-# ignoring underscores).
-_LINK_COLUMNS = frozenset(
-    {
-        "primarymrn",
-        "mrn",
-        "accessionnumber",
-        "nhsnumber",
-        "patientname",
-        "dateofbirth",
-        "postcode",
-        "studyinstanceuid",
-    }
-)
+# What a cohort identifier may not hold: DICOM's wildcards, its value separator, control
+# characters (C0, DEL, C1). Each would turn an exact C-FIND into a pattern or break a protocol.
+IDENTIFIER_MAX_LENGTH = 64
+_WILDCARD = re.compile(r"[*?]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_WHOLE_NUMBER = re.compile(r"[+-]?\d{1,19}(\.0*)?")
+_INT64 = (-(2**63), 2**63 - 1)
+_HASH = re.compile(r"[A-Za-z0-9._+-]{1,64}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,6 +119,9 @@ class Extract:
     public_files: tuple[Path, ...] = ()
     rows_without_links: int = 0
     duplicate_rows: int = 0
+    # Every MRN, NHS number and accession number of the private files: what public values are
+    # scanned against when they are staged.
+    identifiers: Identifiers = field(default_factory=Identifiers, repr=False)
 
     @property
     def staging_name(self) -> str:
@@ -112,10 +132,12 @@ class Extract:
 def project_slug(name: str, source: str = SUMMARY_FILE) -> str:
     """The project slug for a project name: lowercase, spaces and underscores become '-'."""
     slug = re.sub(r"[\s_]+", "-", name.strip().lower())
-    if not _SLUG.match(slug):
+    if not is_valid_slug(slug):
+        # The name is echoed only when it is short and printable: it may be anything.
+        shown = f" {name!r}" if len(name) <= SLUG_MAX_LENGTH and name.isprintable() else ""
         raise PixlConfigError(
-            f"{source}: project name {name!r} does not make a valid slug (letters, digits, "
-            "spaces and '-' only): fix the project name"
+            f"{source}: project name{shown} does not make a valid slug ({SLUG_RULE}; spaces "
+            "and '_' become '-'): fix the project name"
         )
     return slug
 
@@ -180,6 +202,12 @@ def _read_summary(extract_dir: Path) -> tuple[str, datetime, str]:
             f'{SUMMARY_FILE} has no "omop_es_hash" (or "repository_hash"): add the OMOP ES '
             "commit the extract was made with, so researchers can reproduce it"
         )
+    if not _HASH.fullmatch(omop_es_hash):
+        # It goes to the DSH in the manifest: a commit id, nothing else.
+        raise PixlConfigError(
+            f'{SUMMARY_FILE} field "omop_es_hash" must be a commit id (letters, digits, ".", '
+            '"_", "+" or "-", at most 64 characters): copy it from the OMOP ES log'
+        )
     return project_slug(name), extract_datetime, omop_es_hash
 
 
@@ -231,18 +259,16 @@ def _read_columns(extract_dir: Path, relative: str, columns: list[str]) -> pd.Da
 
 
 def _check_public_files(extract_dir: Path) -> tuple[Path, ...]:
+    """The public files, each an OMOP CDM table PIXL exports with only its CDM columns."""
     public = extract_dir / "public"
     if not public.is_dir():
         raise PixlConfigError(f"the extract has no public/ folder: {_REEXPORT}")
     files = tuple(sorted(public.glob("*.parquet")))
     for path in files:
         relative = f"public/{path.name}"
-        for column in _schema(extract_dir, relative).names:
-            if column.lower().replace("_", "") in _LINK_COLUMNS:
-                raise PixlConfigError(
-                    f"{relative} has column {column}, which identifies patients and belongs in "
-                    f"private/: {_REEXPORT} so that public/ holds sequential ids only"
-                )
+        check_columns(
+            f"public/{printable(path.name)}", path.name, _schema(extract_dir, relative).names
+        )
     return files
 
 
@@ -265,9 +291,36 @@ def _as_datetime(values: pd.Series, relative: str, column: str) -> pd.Series:
     return values.astype("datetime64[us]")
 
 
-def _as_identifier(values: pd.Series) -> pd.Series:
+def _as_identifier(values: pd.Series, source: str, column: str, first_row: int) -> pd.Series:
+    """Stripped identifiers (NA where blank); the first that PIXL may not ask for is refused
+    with its row (``first_row`` is the number of the series' first row), never its value."""
     text = values.astype("string").str.strip()
-    return text.mask(text == "", pd.NA)
+    text = text.mask(text == "", pd.NA)
+    present = text.dropna()
+    bad = (
+        present.str.contains(_WILDCARD)
+        | present.str.contains(_CONTROL)
+        | present.str.contains("\\", regex=False)
+        | (present.str.len() > IDENTIFIER_MAX_LENGTH)
+    )
+    if bad.any():
+        first = bad.to_numpy().argmax()
+        value = str(present.iloc[first])
+        row = text.index.get_loc(present.index[first]) + first_row
+        if _WILDCARD.search(value):
+            problem = "holds a DICOM wildcard ('*' or '?')"
+        elif "\\" in value:
+            problem = "holds a backslash (DICOM's value separator)"
+        elif _CONTROL.search(value):
+            problem = "holds a control character"
+        else:
+            problem = f"is longer than {IDENTIFIER_MAX_LENGTH} characters"
+        raise PixlConfigError(
+            f"{source} row {row} column {column} {problem}: correct that row; PIXL asks the "
+            "archive for exact identifiers only, never a pattern",
+            code="invalid_cohort_value",
+        )
+    return text
 
 
 def _finish(frame: pd.DataFrame, project: str) -> tuple[pd.DataFrame, int, int]:
@@ -288,6 +341,7 @@ def read_extract(extract_dir: Path) -> Extract:
         raise PixlConfigError(f"extract folder {extract_dir} does not exist: check the path")
     project, extract_datetime, omop_es_hash = _read_summary(extract_dir)
     public_files = _check_public_files(extract_dir)
+    identifiers = link_identifiers(extract_dir / "private")
 
     procedures_schema = _schema(extract_dir, PROCEDURES_FILE)
     persons_schema = _schema(extract_dir, PERSON_LINKS_FILE)
@@ -323,10 +377,16 @@ def read_extract(extract_dir: Path) -> Extract:
         extract_dir, PROCEDURES_FILE, ["procedure_occurrence_id", "person_id", *procedure_dates]
     )
     persons = _read_columns(extract_dir, PERSON_LINKS_FILE, ["person_id", "PrimaryMrn"])
+    persons["PrimaryMrn"] = _as_identifier(
+        persons["PrimaryMrn"], PERSON_LINKS_FILE, "PrimaryMrn", first_row=1
+    )
     links = _read_columns(
         extract_dir,
         PROCEDURE_LINKS_FILE,
         ["procedure_occurrence_id", "AccessionNumber", *link_dates],
+    )
+    links["AccessionNumber"] = _as_identifier(
+        links["AccessionNumber"], PROCEDURE_LINKS_FILE, "AccessionNumber", first_row=1
     )
     links = links.rename(columns={"procedure_date": "link_procedure_date"})
 
@@ -348,8 +408,8 @@ def read_extract(extract_dir: Path) -> Extract:
         )
     frame = pd.DataFrame(
         {
-            "mrn": _as_identifier(joined["PrimaryMrn"]),
-            "accession_number": _as_identifier(joined["AccessionNumber"]),
+            "mrn": joined["PrimaryMrn"].astype("string"),
+            "accession_number": joined["AccessionNumber"].astype("string"),
             "procedure_occurrence_id": joined["procedure_occurrence_id"].astype("Int64"),
             "study_datetime": joined["study_datetime"],
         }
@@ -369,7 +429,26 @@ def read_extract(extract_dir: Path) -> Extract:
         public_files=public_files,
         rows_without_links=skipped,
         duplicate_rows=duplicates,
+        identifiers=identifiers,
     )
+
+
+def _as_ids(values: pd.Series, name: str) -> pd.Series:
+    """Whole numbers that fit in 64 bits (NA where blank), else the first bad row is named."""
+    text = values.str.strip().replace("", pd.NA)
+    numbers: list[Any] = []
+    for position, value in enumerate(text):
+        if value is pd.NA:
+            numbers.append(pd.NA)
+            continue
+        number = int(value.split(".")[0]) if _WHOLE_NUMBER.fullmatch(value) else None
+        if number is None or not _INT64[0] <= number <= _INT64[1]:
+            raise PixlConfigError(
+                f"{name} row {position + 2} column procedure_occurrence_id must hold a whole "
+                "number that fits in 64 bits: fix or blank it"
+            )
+        numbers.append(number)
+    return pd.Series(numbers, index=values.index, dtype="Int64")
 
 
 def read_csv_cohort(path: Path, project: str) -> Extract:
@@ -382,7 +461,7 @@ def read_csv_cohort(path: Path, project: str) -> Extract:
     name = path.name
     slug = project_slug(project, source="--project")
     if slug != project:
-        raise PixlConfigError(f"project {project!r} is not a slug: use {slug!r}")
+        raise PixlConfigError(f"--project must be a project slug: use {slug!r}")
     if not path.is_file():
         raise PixlConfigError(f"cohort file {name} does not exist: check the path")
     try:
@@ -405,17 +484,13 @@ def read_csv_cohort(path: Path, project: str) -> Extract:
         )
     procedure_ids = pd.Series(pd.NA, index=table.index, dtype="Int64")
     if "procedure_occurrence_id" in table.columns:
-        text = table["procedure_occurrence_id"].str.strip().replace("", pd.NA)
-        numbers = pd.to_numeric(text, errors="coerce")
-        if (numbers.isna() & text.notna()).any() or (numbers.dropna() % 1 != 0).any():
-            raise PixlConfigError(
-                f"{name} column procedure_occurrence_id must hold integers: fix or blank them"
-            )
-        procedure_ids = numbers.astype("Int64")
+        procedure_ids = _as_ids(table["procedure_occurrence_id"], name)
     frame = pd.DataFrame(
         {
-            "mrn": _as_identifier(table["mrn"]),
-            "accession_number": _as_identifier(table["accession_number"]),
+            "mrn": _as_identifier(table["mrn"], name, "mrn", first_row=2),
+            "accession_number": _as_identifier(
+                table["accession_number"], name, "accession_number", first_row=2
+            ),
             "procedure_occurrence_id": procedure_ids,
             "study_datetime": _as_datetime(table["study_datetime"], name, "study_datetime"),
         }
@@ -438,18 +513,46 @@ def read_csv_cohort(path: Path, project: str) -> Extract:
 # --- staging ----------------------------------------------------------------------------------
 
 
-def stage_public_files(extract: Extract, staging_dir: Path) -> Path | None:
-    """Copy the public parquet files to ``staging_dir/<project>/<datetime>/public/``.
+def stage_public_files(
+    extract: Extract, staging_dir: Path, allow_omop_columns: Mapping[str, str] | None = None
+) -> Path | None:
+    """Check the public parquet files, copy them to ``staging_dir/<project>/<datetime>/public/``.
 
-    Each file is copied under a temporary name and renamed, so a half-copied file never sits
-    under its real name. Returns the folder, or None when there is nothing to stage.
+    Each file is copied under a temporary name and checked there (columns against the
+    allow-list and the project's ``allow_omop_columns``, values against
+    ``extract.identifiers``); only once all passed are they renamed. So what is staged is
+    exactly what was checked, and neither a half-copied file nor any file of a refused extract
+    ever sits under its real name (a refusal raises ``PublicFileRefused``). A parquet file
+    staged earlier for the same extract but no longer in it is removed. The SHA-256 of every
+    staged file goes into the scan record next to the folder, which the export requires.
+    Returns the folder, or None when there is nothing to stage.
     """
     if not extract.public_files:
         return None
     target = Path(staging_dir).absolute() / extract.project / extract.staging_name / "public"
     target.mkdir(parents=True, exist_ok=True)
-    for source in extract.public_files:
-        partial = target / f".{source.name}.partial"
-        shutil.copyfile(source, partial)
-        os.replace(partial, target / source.name)
+    partials: dict[str, Path] = {}
+    try:
+        for source in extract.public_files:
+            partial = partials[source.name] = target / f".{source.name}.partial"
+            shutil.copyfile(source, partial)
+            check_public_file(
+                partial,
+                f"public/{printable(source.name)}",
+                extract.project,
+                allow_omop_columns or {},
+                extract.identifiers,
+                file_name=source.name,
+            )
+    except BaseException:
+        for partial in partials.values():
+            partial.unlink(missing_ok=True)
+        raise
+    digests = {name: sha256_of(partial) for name, partial in partials.items()}
+    for name, partial in partials.items():
+        os.replace(partial, target / name)
+    for stale in target.glob("*.parquet"):
+        if stale.name not in digests:
+            stale.unlink()
+    write_scan_record(target.parent, digests, extract.identifiers)
     return target

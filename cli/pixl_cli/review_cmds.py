@@ -19,6 +19,7 @@ from pixl_cli.database import connect
 from pixl_cli.output import EXIT_DATA_ERROR, console, err_console, operator_errors
 from pixl_core.config.projects import load_project
 from pixl_core.db import work_queue
+from pixl_core.errors import PixlConfigError
 from pixl_ehr import review
 
 
@@ -53,8 +54,19 @@ def flagged(
     console.print(table)
 
 
+REPORT_ID_MAX = 2**63 - 1  # report.id is a bigint
+
+
+def _check_id(report_id: int) -> None:
+    if not 1 <= report_id <= REPORT_ID_MAX:
+        raise PixlConfigError(
+            "ID must be a report id, a whole number from 1 to 2^63-1 (see `pixl reports flagged`)"
+        )
+
+
 def _decide(report_id: int, decision: str) -> None:
     with operator_errors():
+        _check_id(report_id)
         conn = connect()
         try:
             reviewer = review.reviewer_name()
@@ -96,6 +108,7 @@ def show(report_id: int = typer.Argument(..., metavar="ID", help="Report id.")) 
     The text may still hold what the checker flagged: run this inside the hospital only.
     """
     with operator_errors():
+        _check_id(report_id)
         conn = connect()
         try:
             report = review.checked_text(conn, report_id)

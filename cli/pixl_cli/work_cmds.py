@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -14,10 +15,14 @@ from pixl_cli.database import connect
 from pixl_cli.extract_reader import read_csv_cohort, read_extract
 from pixl_cli.output import console, err_console, operator_errors
 from pixl_cli.populate import populate as populate_extract
-from pixl_core.config.projects import load_project
+from pixl_core.config.projects import SLUG_RULE, is_valid_slug, load_project
 from pixl_core.db import work_queue
 from pixl_core.db.states import STUDY_STATES
 from pixl_core.errors import PixlConfigError
+
+# Bounds of `pixl rate`: far above what a VNA should be asked for, well inside what is stored.
+MAX_STUDIES_PER_SECOND = 100.0
+MAX_IN_FLIGHT = 100
 
 
 def _staging_dir() -> Path:
@@ -32,11 +37,20 @@ def populate(
 ) -> None:
     """Record one imaging and one report work item per study of the cohort (idempotent)."""
     with operator_errors():
-        if source.is_file() and source.suffix.lower() == ".csv":
+        if project is not None and not is_valid_slug(project):
+            raise PixlConfigError(f"--project must be a project slug ({SLUG_RULE})")
+        try:
+            is_file, is_dir = source.is_file(), source.is_dir()
+        except OSError as exc:  # e.g. a name too long for the file system: not echoed
+            raise PixlConfigError(
+                f"SOURCE cannot be read ({exc.strerror}): give an OMOP ES extract folder or a "
+                ".csv cohort file"
+            ) from None
+        if is_file and source.suffix.lower() == ".csv":
             if not project:
                 raise PixlConfigError("a CSV cohort needs --project SLUG")
             extract = read_csv_cohort(source, project)
-        elif source.is_dir():
+        elif is_dir:
             extract = read_extract(source)
         else:
             raise PixlConfigError(
@@ -76,6 +90,8 @@ def status(
 ) -> None:
     """Count the studies of each project in each state."""
     with operator_errors():
+        if project is not None and not is_valid_slug(project):
+            raise PixlConfigError(f"--project must be a project slug ({SLUG_RULE})")
         conn = connect()
         counts = work_queue.counts_by_state(conn, project)
     if as_json:
@@ -97,21 +113,42 @@ def rate(
     in_flight: int | None = typer.Option(None, "--in-flight", help="Studies fetched at once."),
     project: str = typer.Option("*", "--project", "-p", help="A project, or '*' for the default."),
 ) -> None:
-    """Show or change how fast orthanc-raw asks the VNA (applies while it runs)."""
+    """Show or change how fast orthanc-raw asks the VNA (applies while it runs).
+
+    The rate is a number of studies per second above 0 and at most 100 (``nan`` and ``inf``
+    are refused: stored, either would switch the limit off); ``--in-flight`` a whole number
+    from 1 to 100.
+    """
     with operator_errors():
+        _check_rate(studies_per_second, in_flight)
+        if project != "*":
+            load_project(project)
         conn = connect()
         current = work_queue.get_fetch_rate(conn, project)
         if studies_per_second is not None or in_flight is not None:
-            new_rate = studies_per_second or current.studies_per_second
-            new_in_flight = in_flight or current.max_in_flight
-            if new_rate <= 0 or new_in_flight <= 0:
-                raise PixlConfigError("rate and --in-flight must be greater than zero")
+            new_rate = (
+                studies_per_second if studies_per_second is not None else current.studies_per_second
+            )
+            new_in_flight = in_flight if in_flight is not None else current.max_in_flight
             work_queue.set_fetch_rate(conn, project, new_rate, new_in_flight)
             current = work_queue.get_fetch_rate(conn, project)
     console.print(
         f"{project}: {current.studies_per_second:g} studies/s, {current.max_in_flight} in flight",
         highlight=False,
     )
+
+
+def _check_rate(studies_per_second: float | None, in_flight: int | None) -> None:
+    """Refuse, before anything is stored, a rate or concurrency that would not limit the VNA."""
+    if studies_per_second is not None and not (
+        math.isfinite(studies_per_second) and 0 < studies_per_second <= MAX_STUDIES_PER_SECOND
+    ):
+        raise PixlConfigError(
+            f"the rate must be a number of studies per second above 0 and at most "
+            f"{MAX_STUDIES_PER_SECOND:g}, e.g. `pixl rate 0.5`"
+        )
+    if in_flight is not None and not 1 <= in_flight <= MAX_IN_FLIGHT:
+        raise PixlConfigError(f"--in-flight must be a whole number from 1 to {MAX_IN_FLIGHT}")
 
 
 def retry(

@@ -17,8 +17,17 @@ SHA-256 (the manifest is written last, so it only vouches for files that were co
 was written). Uploads go to a temporary name and are renamed (``FtpsClient``). Reports written
 to the radiology parquet are marked ``exported`` once the manifest is there.
 
+Before anything is sent, every staged public file is checked again (``pixl_core.public_scan``):
+it must be the very file ``pixl populate`` scanned (its SHA-256 in the scan record next to the
+staging folder), hold only OMOP CDM columns the project lets out, and hold no value equal to
+an MRN or accession number PIXL's database has for the project, nor to any identifier of the
+extract's private link files while its folder is still readable here. A file that fails refuses
+the whole export, so nothing reaches the DSH.
+
 An export that cannot start raises :class:`ExportRefused` with the HTTP status that says why:
-unknown extract → 404; nothing to export, or an export of the project already running → 409.
+unknown extract → 404; nothing to export, or an export of the project already running → 409;
+a public file that may not leave → 422 (one line naming the file, table and column, never a
+value).
 """
 
 from __future__ import annotations
@@ -37,6 +46,15 @@ from pixl_core.config.projects import load_project
 from pixl_core.db.states import REPORT_BUSY
 from pixl_core.errors import PixlError
 from pixl_core.hashing import ProjectHasher
+from pixl_core.public_scan import (
+    ACCESSION,
+    MRN,
+    Identifiers,
+    PublicFileRefused,
+    check_public_file,
+    link_identifiers,
+    read_scan_record,
+)
 from pixl_core.transport.ftps import FtpsClient, FtpsSettings
 from pixl_ehr import radiology_parquet
 
@@ -97,10 +115,11 @@ def _sha256_file(path: Path) -> tuple[str, int]:
 
 def _find_extract(
     conn: db.Connection, project: str, extract_id: int | None
-) -> tuple[int, datetime, str | None, str | None]:
+) -> tuple[int, datetime, str | None, str | None, str]:
     with conn, conn.cursor() as cur:
         cur.execute(
-            "SELECT id, extract_datetime, public_staging_path, omop_es_hash FROM extract "
+            "SELECT id, extract_datetime, public_staging_path, omop_es_hash, source_path "
+            "FROM extract "
             "WHERE project = %s AND (%s::bigint IS NULL OR id = %s) "
             "ORDER BY extract_datetime DESC, id DESC LIMIT 1",
             (project, extract_id, extract_id),
@@ -139,6 +158,55 @@ def _public_files(project: str, staging_path: str | None) -> list[_File]:
         sha256, size = _sha256_file(path)
         files.append(_File(f"public/{path.name}", None, path, sha256, size))
     return files
+
+
+def _cohort_identifiers(conn: db.Connection, project: str, source_path: str) -> Identifiers:
+    """The project's MRNs and accession numbers from PIXL's database, and every identifier of
+    the extract's private link files if its folder is readable from here."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT mrn, accession_number FROM study WHERE project = %s "
+            "UNION SELECT mrn, accession_number FROM report WHERE project = %s",
+            (project, project),
+        )
+        rows = cur.fetchall()
+    identifiers = Identifiers.from_values(
+        {MRN: (row[0] for row in rows), ACCESSION: (row[1] for row in rows)}
+    )
+    private = Path(source_path) / "private" if source_path else None
+    if private is not None and private.is_dir():
+        identifiers = identifiers.merged(link_identifiers(private))
+    return identifiers
+
+
+def _check_public_files(
+    conn: db.Connection, project: str, source_path: str, staging_path: str, files: list[_File]
+) -> None:
+    """Refuse the export unless every staged public file may leave (see the module docstring)."""
+    scanned = read_scan_record(Path(staging_path).parent)
+    identifiers = _cohort_identifiers(conn, project, source_path)
+    allowed = load_project(project).allow_omop_columns
+    for item in files:
+        assert item.path is not None
+        label = item.relative
+        if not scanned:
+            raise ExportRefused(
+                422,
+                f"the staged public files of project {project} carry no record of the checks "
+                "`pixl populate` makes (staged by an older PIXL?): run `pixl populate` on the "
+                "extract again",
+            )
+        if scanned.get(item.path.name) != item.sha256:
+            raise ExportRefused(
+                422,
+                f"{label} of project {project} is not the file `pixl populate` checked (added "
+                "or changed in the staging folder since): run `pixl populate` on the extract "
+                "again",
+            )
+        try:
+            check_public_file(item.path, label, project, allowed, identifiers)
+        except PublicFileRefused as exc:
+            raise ExportRefused(422, str(exc)) from None
 
 
 def _report_counts(conn: db.Connection, project: str, extract_id: int) -> tuple[int, int]:
@@ -220,11 +288,14 @@ def _export(
     hasher: ProjectHasher,
     extract_id: int | None,
 ) -> ExportResult:
-    found_id, extract_datetime, staging_path, omop_es_hash = _find_extract(
+    found_id, extract_datetime, staging_path, omop_es_hash, source_path = _find_extract(
         conn, project, extract_id
     )
     folder = f"{project}/{_stamp(extract_datetime, staging_path)}/parquet"
     files = _public_files(project, staging_path)
+    if files:
+        assert staging_path is not None
+        _check_public_files(conn, project, source_path, staging_path, files)
     frame = radiology_parquet.build(conn, project, found_id, hasher)
     report_ids: list[int] = frame.attrs["report_ids"]
     if report_ids:

@@ -12,9 +12,13 @@ start-up to shut-down; the HTTP side answers:
 
 This module is only the HTTP layer: it turns what the export and the worker raise into status
 codes. Errors are one line: unknown project or extract → 404; nothing to export, or an export
-of the project already running → 409; the DSH unreachable → 503 with the FTPS error; PIXL's
-database unreachable → 503; configuration missing (hash key, the project's destination or its
-FTPS password) → 500.
+of the project already running → 409; a public file that may not leave → 422; the DSH
+unreachable → 503 with the FTPS error; PIXL's database unreachable → 503; configuration missing
+(hash key, the project's destination or its FTPS password) → 500.
+
+Parameters are checked before anything else runs, and a bad one is a 4xx with one line that
+never echoes it: a project that is not a slug (at most 64 characters) → 404, an ``extract_id``
+that is not a whole number from 1 to 2^63-1 or a ``/status?project=`` that is not a slug → 422.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from pixl_core import db
-from pixl_core.config.projects import load_project
+from pixl_core.config.projects import SLUG_MAX_LENGTH, SLUG_RULE, is_valid_slug, load_project
 from pixl_core.db import work_queue
 from pixl_core.errors import PixlConfigError, PixlError
 from pixl_core.hashing import ProjectHasher
@@ -41,6 +47,8 @@ from pixl_ehr.dsh_export import ExportRefused, dsh_client, export_project
 from pixl_ehr.report_worker import Deidentifier, ReportWorker, ReportWorkerSettings
 
 logger = logging.getLogger("pixl.ehr.service")
+
+EXTRACT_ID_MAX = 2**63 - 1  # extract.id is a bigint
 
 
 @dataclass
@@ -113,6 +121,18 @@ def _connect(config: ServiceConfig) -> db.Connection:
         raise HTTPException(503, str(exc)) from None
 
 
+def _one_line(exc: RequestValidationError) -> str:
+    """The first invalid parameter, named with pydantic's rule and never with its value."""
+    errors = exc.errors()
+    if not errors:
+        return "the request is not valid"
+    first = errors[0]
+    location = [str(part) for part in first.get("loc", ())]
+    where = f"{location[0]} parameter {'.'.join(location[1:])}" if location else "a parameter"
+    rule = str(first.get("msg", "not valid")).splitlines()[0][:200]
+    return f"{where} is not valid: {rule}"
+
+
 def create_app(config: ServiceConfig | None = None) -> FastAPI:
     """The FastAPI app; ``config`` defaults to ``ServiceConfig.from_env()`` at start-up."""
 
@@ -129,12 +149,22 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
 
     app = FastAPI(title="PIXL EHR module", lifespan=lifespan)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_parameter(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default answer lists every error with the value sent: one line instead.
+        return JSONResponse(status_code=422, content={"detail": _one_line(exc)})
+
     @app.get("/health")
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/status")
-    def status(request: Request, project: str | None = None) -> dict[str, Any]:
+    def status(
+        request: Request,
+        project: str | None = Query(
+            default=None, max_length=SLUG_MAX_LENGTH, pattern=r"^[a-z0-9][a-z0-9-]*$"
+        ),
+    ) -> dict[str, Any]:
         conn = _connect(request.app.state.config)
         try:
             counts = work_queue.counts_by_state(conn, project, table="report")
@@ -148,9 +178,13 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
 
     @app.post("/export/{project}")
     def export(
-        request: Request, project: str, extract_id: int | None = Query(default=None)
+        request: Request,
+        project: str,
+        extract_id: int | None = Query(default=None, ge=1, le=EXTRACT_ID_MAX),
     ) -> dict[str, Any]:
         config: ServiceConfig = request.app.state.config
+        if not is_valid_slug(project):
+            raise HTTPException(404, f"unknown project: a project is a slug ({SLUG_RULE})")
         try:
             load_project(project)
         except PixlConfigError as exc:

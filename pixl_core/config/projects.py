@@ -22,6 +22,7 @@ from pixl_core.config.allowlist import (
     AttributeKey,
     load_allowlist_file,
 )
+from pixl_core.config.omop_columns import omop_columns
 from pixl_core.config.yaml_file import read_mapping, refuse_unknown_keys
 from pixl_core.errors import (
     InvalidAllowlistError,
@@ -30,6 +31,11 @@ from pixl_core.errors import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# A slug names a file, a database value and an FTPS folder: bounded, so that a hostile or
+# mistaken argument is refused with one line instead of failing deep inside the file system.
+SLUG_MAX_LENGTH = 64
+_SLUG = re.compile(r"[a-z0-9][a-z0-9-]*")
+SLUG_RULE = f"lowercase letters, digits and '-', at most {SLUG_MAX_LENGTH} characters"
 PROJECT_KEYS = frozenset(
     {
         "name",
@@ -42,6 +48,7 @@ PROJECT_KEYS = frozenset(
         "ps315_options",
         "date_shift_max_days",
         "destination",
+        "allow_omop_columns",
     }
 )
 DESTINATION_KEYS = frozenset({"host", "port", "user", "root", "implicit_tls", "ca_file", "verify"})
@@ -119,6 +126,8 @@ class Project:
     ps315_options: tuple[str, ...]
     date_shift_max_days: int
     destination: Destination | None  # None: the file has no 'destination:'
+    # OMOP columns refused by default that this project lets out: "TABLE.column" → justification
+    allow_omop_columns: dict[str, str] = field(default_factory=dict, compare=False)
     _cache: dict[tuple[str, str], AllowList] = field(default_factory=dict, compare=False)
 
     def allowlist_for(self, manufacturer: str, model: str) -> AllowList:
@@ -138,12 +147,20 @@ def list_projects() -> list[str]:
     return sorted(p.stem for p in projects_dir().glob("*.yaml"))
 
 
+def is_valid_slug(slug: str) -> bool:
+    """Whether ``slug`` has the shape of a project slug (it may still name no project)."""
+    return len(slug) <= SLUG_MAX_LENGTH and _SLUG.fullmatch(slug) is not None
+
+
 @cache
 def load_project(slug: str) -> Project:
     """Load ``projects/<slug>.yaml`` (cached: projects are read once per process)."""
+    known = ", ".join(list_projects()) or "none"
+    if not is_valid_slug(slug):
+        # Not echoed: it may be anything, of any length.
+        raise UnknownProjectError(f"that is not a project slug ({SLUG_RULE}): use one of: {known}")
     path = projects_dir() / f"{slug}.yaml"
-    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", slug) or not path.is_file():
-        known = ", ".join(list_projects()) or "none"
+    if not path.is_file():
         raise UnknownProjectError(
             f"unknown project '{slug}': add projects/{slug}.yaml or use one of: {known}"
         )
@@ -188,6 +205,7 @@ def load_project_file(path: Path) -> Project:
         ps315_options=options,
         date_shift_max_days=max_days,
         destination=_parse_destination(raw.get("destination"), name),
+        allow_omop_columns=_parse_omop_columns(raw.get("allow_omop_columns"), name),
     )
 
 
@@ -234,6 +252,39 @@ def _compile_filters(value: Any, name: str) -> tuple[re.Pattern[str], ...]:
                 f"{name}: series filter '{text}' is not a valid regex ({exc})"
             ) from None
     return tuple(patterns)
+
+
+def _parse_omop_columns(value: Any, name: str) -> dict[str, str]:
+    """``allow_omop_columns:``: ``TABLE.column: justification`` for each OMOP column that the
+    allow-list refuses by default (a ``*_source_value``, a date of birth...) and this project
+    lets out. Only such columns may be named, each with a justification for the reviewer."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidProjectError(
+            f"{name}: 'allow_omop_columns:' must map TABLE.column to a justification"
+        )
+    columns = omop_columns()
+    allowed = {}
+    for key, justification in value.items():
+        table, _, column = str(key).partition(".")
+        if not columns.has_column(table, column):
+            raise InvalidProjectError(
+                f"{name}: allow_omop_columns: {key} is not an OMOP CDM {columns.cdm_version} "
+                "column of a table PIXL exports; write it as TABLE.column, e.g. "
+                "PROCEDURE_OCCURRENCE.procedure_source_value"
+            )
+        if columns.restriction(table, column) is None:
+            raise InvalidProjectError(
+                f"{name}: allow_omop_columns: {key} may leave without being listed; remove it"
+            )
+        if not isinstance(justification, str) or not justification.strip():
+            raise InvalidProjectError(
+                f"{name}: allow_omop_columns: {key} needs a justification for the reviewer "
+                "(why this column holds no identifier)"
+            )
+        allowed[f"{table}.{column}"] = justification.strip()
+    return allowed
 
 
 def _parse_destination(value: Any, name: str) -> Destination | None:

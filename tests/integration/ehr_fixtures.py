@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pixl_core import public_scan
 from pixl_core.db.connection import Connection
 from pixl_ehr.checker import CheckResult, Finding, PatientIdentifiers
 from pixl_ehr.cogstack import CogstackError
@@ -104,9 +105,13 @@ def add_extract(
 
 
 def stage_public(tmp_path: Path, when: str = "2024-03-01T10-15-00") -> Path:
-    """A staging folder like ``pixl populate`` leaves: STAGING/<project>/<stamp>/public/."""
+    """A staging folder like ``pixl populate`` leaves: STAGING/<project>/<stamp>/public/, with
+    the record of the scan populate makes (the export requires it)."""
     folder = tmp_path / "staging" / PROJECT / when / "public"
-    return write_public(folder, EXAMPLE_PERSONS, EXAMPLE_PROCEDURES)
+    write_public(folder, EXAMPLE_PERSONS, EXAMPLE_PROCEDURES)
+    digests = {path.name: public_scan.sha256_of(path) for path in folder.glob("*.parquet")}
+    public_scan.write_scan_record(folder.parent, digests, public_scan.Identifiers())
+    return folder
 
 
 def set_state(conn: Connection, report_id: int, state: str, **fields: Any) -> None:

@@ -14,11 +14,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import requests
 import yaml
 from fastapi.testclient import TestClient
 
+from pixl_core import public_scan
 from pixl_core.config.projects import load_project
 from pixl_core.db.connection import connect
 from pixl_core.hashing import ProjectHasher, hash_accession_number
@@ -384,3 +387,123 @@ def test_service_process_with_the_cogstack_standin(db_url, conn, tmp_path):
     assert "Oakhurst" not in text  # the stand-in redacted "Mr Oakhurst"
     for forbidden in ("MRN000", "ACC000", "Quintrell", "Oakhurst", "radiograph"):
         assert forbidden not in output
+
+
+# --- what the export refuses to send, and the parameters it refuses -----------------------------
+
+
+@pytest.fixture
+def staged(conn, tmp_path) -> Path:
+    """An extract whose staged public files passed `pixl populate`'s scan (one checked report)."""
+    folder = stage_public(tmp_path, STAMP)
+    _extract, ids = add_extract(
+        conn, [("MRN00011", "ACC00011", 1), ("MRN00012", "ACC00012", 2)], staging_path=folder
+    )
+    set_state(conn, ids[0], "checked")
+    return folder
+
+
+def _vouch(folder: Path) -> None:
+    """Rewrite the scan record so that it vouches for every staged file as it is now."""
+    digests = {path.name: public_scan.sha256_of(path) for path in folder.glob("*.parquet")}
+    public_scan.write_scan_record(folder.parent, digests, public_scan.Identifiers())
+
+
+def _assert_refused(response, dsh_ftps_server, uploads, *starts: str) -> str:
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert "\n" not in detail and detail.startswith(starts), detail
+    for value in ("MRN00011", "ACC00011", "9434765919", "Quintrell"):
+        assert value not in detail
+    assert uploads.uploaded == []
+    assert dsh_files(dsh_ftps_server.root) == {}
+    return detail
+
+
+def test_export_refuses_staged_files_no_scan_vouches_for(client, staged, dsh_ftps_server, uploads):
+    (staged.parent / public_scan.SCAN_RECORD).unlink()
+    _assert_refused(
+        client.post(f"/export/{PROJECT}"),
+        dsh_ftps_server,
+        uploads,
+        "the staged public files of project chest-xray carry no record of the checks",
+    )
+
+
+def test_export_refuses_a_file_added_or_changed_after_the_scan(
+    client, staged, dsh_ftps_server, uploads
+):
+    person = pq.read_table(staged / "PERSON.parquet")
+    pq.write_table(
+        person.append_column("Surname", pa.array(["Quintrell"] * person.num_rows)),
+        staged / "PERSON.parquet",
+    )
+    _assert_refused(
+        client.post(f"/export/{PROJECT}"),
+        dsh_ftps_server,
+        uploads,
+        "public/PERSON.parquet of project chest-xray is not the file `pixl populate` checked",
+    )
+    _vouch(staged)  # even a record forged to match: the column itself is refused
+    detail = _assert_refused(
+        client.post(f"/export/{PROJECT}"), dsh_ftps_server, uploads, "public/PERSON.parquet: "
+    )
+    assert "column PERSON.Surname is not an OMOP CDM 5.4 column" in detail
+
+
+def test_export_refuses_a_public_value_equal_to_a_cohort_identifier(
+    client, staged, conn, dsh_ftps_server, uploads, tmp_path
+):
+    pq.write_table(
+        pa.table({"care_site_id": [1], "care_site_name": ["ward of MRN00011"]}),
+        staged / "CARE_SITE.parquet",
+    )
+    _vouch(staged)
+    detail = _assert_refused(
+        client.post(f"/export/{PROJECT}"), dsh_ftps_server, uploads, "public/CARE_SITE.parquet"
+    )
+    assert "column CARE_SITE.care_site_name holds 1 value(s)" in detail and "an MRN" in detail
+
+    # An NHS number is not in PIXL's database: found through the extract's private files.
+    private = tmp_path / "extract" / "private"
+    private.mkdir(parents=True)
+    pq.write_table(
+        pa.table({"person_id": [10], "PrimaryMrn": ["MRN00011"], "NhsNumber": ["9434765919"]}),
+        private / "PERSON_LINKS.parquet",
+    )
+    with conn, conn.cursor() as cur:
+        cur.execute("UPDATE extract SET source_path = %s", (str(private.parent),))
+    pq.write_table(
+        pa.table({"care_site_id": [1], "care_site_name": ["NHS 943 476 5919"]}),
+        staged / "CARE_SITE.parquet",
+    )
+    _vouch(staged)
+    detail = _assert_refused(
+        client.post(f"/export/{PROJECT}"), dsh_ftps_server, uploads, "public/CARE_SITE.parquet"
+    )
+    assert "an NHS number of the cohort" in detail
+
+
+def test_clean_staged_files_still_go_out(client, staged, dsh_ftps_server):
+    response = client.post(f"/export/{PROJECT}")
+    assert response.status_code == 200, response.text
+    assert response.json()["files_sent"] == 4
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "status", "start"),
+    [
+        ("post", "/export/" + "a" * 60_000, 404, "unknown project: a project is a slug"),
+        ("post", "/export/Chest%20Xray", 404, "unknown project: a project is a slug"),
+        ("post", f"/export/{PROJECT}?extract_id={'9' * 40}", 422, "query parameter extract_id"),
+        ("post", f"/export/{PROJECT}?extract_id=0", 422, "query parameter extract_id"),
+        ("post", f"/export/{PROJECT}?extract_id={'x' * 5000}", 422, "query parameter extract_id"),
+        ("get", "/status?project=" + "a" * 60_000, 422, "query parameter project"),
+    ],
+)
+def test_bad_parameters_are_one_line_4xx_without_the_value(client, method, url, status, start):
+    response = getattr(client, method)(url)
+    assert response.status_code == status, response.text[:300]
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and detail.startswith(start), detail
+    assert len(response.text) < 400

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pixl_cli.extract_reader import read_csv_cohort, read_extract
 from pixl_cli.populate import populate
 from pixl_core.db.connection import connect
 from pixl_core.db.work_queue import counts_by_state
+from pixl_core.errors import PixlConfigError
 from stack.synthetic.omop_es import write_example_extract
 
 
@@ -78,3 +81,58 @@ def test_populate_from_csv_skips_studies_already_queued(db_url: str, tmp_path: P
         conn.close()
     assert (result.added_studies, result.existing_studies, result.added_reports) == (1, 1, 1)
     assert result.staging_path is None
+
+
+def _count(conn, table: str) -> int:
+    with conn, conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {table}")
+        return cur.fetchone()[0]
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "expected"),
+    [
+        # The review's case: an MRN as person_source_value, a surname, an NHS number.
+        (
+            "person_source_value",
+            ["FAKEMRN001", "LOCAL0002", "LOCAL0003"],
+            "PERSON.person_source_value may hold",
+        ),
+        ("Surname", ["Quintrell", "Oakhurst", "Smith"], "PERSON.Surname is not an OMOP CDM"),
+        ("nhs_no", ["9434765919", None, None], "PERSON.nhs_no is not an OMOP CDM"),
+    ],
+)
+def test_populate_refuses_a_public_file_that_may_not_leave_and_records_nothing(
+    db_url: str, extract_dir: Path, tmp_path: Path, column: str, values: list, expected: str
+):
+    path = extract_dir / "public" / "PERSON.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.append_column(column, pa.array(values, pa.string())), path)
+    conn = connect(db_url)
+    try:
+        with pytest.raises(PixlConfigError) as raised:
+            populate(conn, read_extract(extract_dir), tmp_path / "staging")
+        counts = (_count(conn, "extract"), _count(conn, "study"), _count(conn, "report"))
+    finally:
+        conn.close()
+    message = str(raised.value)
+    assert message.startswith(f"public/PERSON.parquet: column {expected}")
+    for value in values:
+        assert value is None or value not in message
+    assert counts == (0, 0, 0)  # nothing for orthanc-raw to ask the archive for
+    assert not list((tmp_path / "staging").rglob("*.parquet"))
+
+
+def test_populate_refuses_a_wildcard_cohort_row_and_records_nothing(db_url: str, tmp_path: Path):
+    path = tmp_path / "cohort.csv"
+    path.write_text(
+        "mrn,accession_number,study_datetime\nFAKEMRN001,FAKEACC0001,\n*,FAKEACC000?,\n"
+    )
+    conn = connect(db_url)
+    try:
+        with pytest.raises(PixlConfigError) as raised:
+            populate(conn, read_csv_cohort(path, "chest-xray"), tmp_path / "staging")
+        assert _count(conn, "study") == 0
+    finally:
+        conn.close()
+    assert str(raised.value).startswith("cohort.csv row 3 column mrn holds a DICOM wildcard")
