@@ -41,7 +41,17 @@ SECRET_NAMES = (
     "PIXL_EHR_TOKEN",
 )
 # Variables that hold a secret: never written to supervisord.conf, only to the 600 env files.
+# Besides these, any variable whose name says it holds one (see is_secret_variable).
 SECRET_VARIABLES = (*SECRET_NAMES, "PIXL_DB_URL")
+_SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "HASH_KEY")
+
+
+def is_secret_variable(name: str) -> bool:
+    """Whether a variable holds a secret: a generated one, the database URL, or any name with
+    PASSWORD, TOKEN, SECRET or HASH_KEY in it (e.g. a test's PIXL_DSH_PASSWORD__<SLUG>)."""
+    return name in SECRET_VARIABLES or any(word in name for word in _SECRET_WORDS)
+
+
 # Address-space limit of each Orthanc of the stack (ulimit -v), unless PIXL_ORTHANC_MEMORY_MB.
 ORTHANC_MEMORY_MB = 4096
 
@@ -171,7 +181,7 @@ class StackSettings:
     def secret_environment(self) -> dict[str, str]:
         """The variables that hold a secret: the generated ones and the database URL (it
         carries the password). Passed to processes through their env files only."""
-        overrides = {k: v for k, v in self.extra_env.items() if k in SECRET_VARIABLES}
+        overrides = {k: v for k, v in self.extra_env.items() if is_secret_variable(k)}
         return {**self.secrets, "PIXL_DB_URL": self.db_url, **overrides}
 
     def cli_environment(self) -> dict[str, str]:
@@ -197,7 +207,7 @@ class StackSettings:
             "PIXL_STAGING_DIR": str(self.staging_dir),
             **self.extra_env,
         }
-        return {k: v for k, v in environment.items() if k not in SECRET_VARIABLES}
+        return {k: v for k, v in environment.items() if not is_secret_variable(k)}
 
 
 def _venv_site_packages() -> str:

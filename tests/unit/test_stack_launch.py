@@ -95,9 +95,16 @@ def rendered(tmp_path) -> tuple[StackSettings, str]:
     return settings, local_stack.supervisor_config(settings)
 
 
-def test_supervisord_conf_holds_no_secret(rendered):
-    settings, conf = rendered
+def test_supervisord_conf_holds_no_secret(tmp_path):
+    root = tmp_path / "stack"
+    root.mkdir()
+    settings = StackSettings.for_tests(root)
+    # A test's own secret (a per-project DSH password) is kept out of it too.
+    settings.extra_env = {"PIXL_DSH_PASSWORD__RETRY_FTPS": "per-project-secret-1234"}
+    local_stack.prepare_folders(settings)
+    conf = local_stack.supervisor_config(settings)
     secrets = settings.secret_environment()
+    assert "PIXL_DSH_PASSWORD__RETRY_FTPS" in secrets
     assert set(secrets) >= {"PIXL_HASH_KEY", "PIXL_DB_URL", "PIXL_EHR_TOKEN", "PIXL_DB_PASSWORD"}
     for name, value in secrets.items():
         assert value not in conf, name
