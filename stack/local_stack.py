@@ -9,9 +9,9 @@ What the stack writes is private to the user running it (issue 8, finding 7):
 
 - no secret is in ``supervisord.conf``: each program gets its secrets from
   ``run/secrets/<program>.env`` (mode 600) through :mod:`stack.launch`, only the ones it
-  needs, before the launcher drops to the program's user; ``supervisord.conf``, ``secrets.env`` and the
-  CLI's ``env`` are mode 600, the data, log, staging and DSH folders 700, and supervisord's
-  umask is 077;
+  needs, before the launcher drops to the program's user; ``supervisord.conf``,
+  ``secrets.env`` and the CLI's ``env`` are mode 600, the data, log, staging and DSH folders
+  700, and supervisord's umask is 077;
 - who runs as whom, when the stack is started as root: Postgres as Debian's ``postgres`` user
   and the three Orthancs as Debian's ``orthanc`` user (the packages create both, and neither
   server needs root); supervisord stays root because it must start those as their users; the

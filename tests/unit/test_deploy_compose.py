@@ -5,8 +5,9 @@ production takes:
 
 1. ``docker compose`` interpolates ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}`` from the
    operator's ``.env`` (here a dict of test values);
-2. the official image (``orthancteam/orthanc``, ``docker-entrypoint.sh`` → ``generateConfiguration.py``
-   → ``configurator.py`` of orthanc-server/orthanc-builder) reads every ``/etc/orthanc/*.json``,
+2. the official image (``orthancteam/orthanc``: ``docker-entrypoint.sh`` →
+   ``generateConfiguration.py`` → ``configurator.py`` of orthanc-server/orthanc-builder) reads
+   every ``/etc/orthanc/*.json``,
    substitutes ``$VAR``/``${VAR}`` from the container's environment with the ``envsubst``
    package (an unset variable becomes an empty string), merges the files, then merges
    ``ORTHANC_JSON`` and every ``ORTHANC__SETTING`` variable over them (dicts recursively,
