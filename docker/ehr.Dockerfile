@@ -10,6 +10,12 @@ COPY orthanc_plugins /pixl/orthanc_plugins
 COPY projects /pixl/projects
 COPY tag_allowlists /pixl/tag_allowlists
 RUN pip install --no-cache-dir /pixl
+# An unprivileged user owns the staging folder (a new volume mounted there copies its owner).
+RUN useradd --system --home-dir /var/lib/pixl --shell /usr/sbin/nologin pixl \
+    && mkdir -p /var/lib/pixl/staging && chown -R pixl:pixl /var/lib/pixl
+USER pixl
 # Projects and allow-lists are read from /pixl (pixl_core finds them beside its source).
 ENV PYTHONPATH=/pixl
-ENTRYPOINT ["python", "-m", "pixl_ehr.service", "--host", "0.0.0.0", "--port", "8000"]
+# Loopback unless PIXL_EHR_HOST says otherwise: the CLI runs in this container
+# (`docker compose exec ehr pixl ...`). Every request but /health needs PIXL_EHR_TOKEN.
+ENTRYPOINT ["python", "-m", "pixl_ehr.service", "--port", "8000"]

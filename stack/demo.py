@@ -5,13 +5,15 @@ as an OMOP ES extract (``.demo/extract/``), loads its images into the VNA stand-
 reports into the EMAP schema, runs ``pixl populate``, waits for every study to settle, exports
 the reports and public parquet (``pixl export-patient-data``), and checks that everything
 expected arrived in ``.demo/dsh/`` and nothing that should not. Exits 0 only then. The stack
-stays up for exploring; ``make down`` stops it.
+stays up for exploring; ``make down`` stops it. ``.demo/env`` (mode 600) holds every variable
+the ``pixl`` CLI needs for it (``set -a; . .demo/env; set +a``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -163,16 +165,24 @@ def _parquet_contents(settings: StackSettings, project: str) -> tuple[int, bool]
 
 
 def explore(settings: StackSettings) -> None:
+    secrets = settings.root / "secrets.env"
     console.print("\nThe stack stays up for exploring (`make down` stops it):")
     console.print(f"  VNA            {settings.url('vna')}/app/explorer.html")
-    console.print(f"  orthanc-raw    {settings.url('raw')}/app/explorer.html  (user pixl)")
-    console.print(f"  orthanc-anon   {settings.url('anon')}/app/explorer.html  (user pixl)")
-    console.print(f"  passwords      {settings.root / 'secrets.env'} (PIXL_ORTHANC_PASSWORD)")
+    console.print(
+        f"  orthanc-raw    {settings.url('raw')}/app/explorer.html  "
+        "(user pixl: PIXL_ORTHANC_RAW_PASSWORD; read-only user operator)"
+    )
+    console.print(
+        f"  orthanc-anon   {settings.url('anon')}/app/explorer.html  "
+        "(user pixl: PIXL_ORTHANC_PASSWORD; read-only user operator)"
+    )
+    console.print(
+        f"  passwords      {secrets} (mode 600; operator: PIXL_ORTHANC_OPERATOR_PASSWORD)"
+    )
     console.print(f"  DSH folder     {settings.dsh_dir}")
     console.print(f"  logs           {settings.logs_dir}")
     console.print(
-        f"  CLI            set -a; . {settings.root / 'secrets.env'}; set +a; "
-        f"export PIXL_DB_URL={settings.db_url}; .venv/bin/pixl status"
+        f"  CLI            set -a; . {settings.cli_env_file}; set +a; .venv/bin/pixl status"
     )
 
 
@@ -182,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--studies", type=int, default=12, help="studies in the cohort")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for studies")
     args = parser.parse_args(argv)
+    # Everything the demo writes (extract with its link files, secrets, staged parquet) is
+    # private to the user running it; the stack opens up only what its services must read.
+    os.umask(0o077)
     stack = Stack(StackSettings.for_demo(DEMO_DIR), pixl_timeout_s=600.0)
     if args.down:
         stack.down()

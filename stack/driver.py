@@ -20,9 +20,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg2
 import requests
+import requests.auth
 
 from pixl_core.db.states import REPORT_BUSY, STUDY_BUSY
 from stack import local_stack
@@ -130,7 +132,12 @@ class Stack:
         """The EHR module's ``/status``: per project, reports in each state."""
         if not self.settings.with_reports:
             raise StackError("this stack runs without the EHR module: set with_reports=True")
-        response = requests.get(self.settings.url("ehr") + "/status", timeout=10)
+        token = self.settings.secrets["PIXL_EHR_TOKEN"]
+        response = requests.get(
+            self.settings.url("ehr") + "/status",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
         response.raise_for_status()
         return response.json()["reports"]
 
@@ -186,14 +193,35 @@ class Stack:
         return rows
 
     @property
-    def orthanc_auth(self) -> tuple[str, str]:
-        """The user orthanc-raw and orthanc-anon accept on their REST API."""
-        return ("pixl", self.settings.secrets["PIXL_ORTHANC_PASSWORD"])
+    def orthanc_auth(self) -> requests.auth.AuthBase:
+        """The user ``pixl`` of orthanc-raw or orthanc-anon, for ``session.auth = ...``.
+
+        The two have different passwords; this picks the one of the Orthanc a request goes to
+        (by its port), so one session can talk to both.
+        """
+        return _OrthancAuth(self.settings)
 
     def vna_moves(self) -> int:
         """C-MOVE requests the VNA has served, counted from its own (verbose) log."""
         log = self.settings.logs_dir / "vna.log"
         return log.read_text(errors="replace").count("Incoming Move request")
+
+
+class _OrthancAuth(requests.auth.AuthBase):
+    """HTTP basic auth with orthanc-raw's or orthanc-anon's password, chosen by port."""
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.by_port = {
+            settings.ports["raw_http"]: settings.secrets["PIXL_ORTHANC_RAW_PASSWORD"],
+            settings.ports["anon_http"]: settings.secrets["PIXL_ORTHANC_PASSWORD"],
+        }
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        port = urlsplit(request.url or "").port
+        password = self.by_port.get(port or 0)
+        if password is not None:
+            request.prepare_auth(("pixl", password))
+        return request
 
 
 def _not_settled(projects: list[str], counts: Counts, reports: bool, timeout: float) -> str:

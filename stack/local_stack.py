@@ -4,11 +4,31 @@ One supervisord per stack root owns every process (Postgres, the VNA, orthanc-ra
 orthanc-anon, the DSH's FTPS server, and the EHR module with its Cogstack stand-in when present)
 and restarts any that crashes. ``down`` asks that supervisord to stop exactly what it started.
 Logs go to ``<root>/logs/``.
+
+What the stack writes is private to the user running it (issue 8, finding 7):
+
+- no secret is in ``supervisord.conf``: each program gets its secrets from
+  ``run/secrets/<program>.env`` (mode 600) through :mod:`stack.launch`, only the ones it
+  needs, before the launcher drops to the program's user; ``supervisord.conf``,
+  ``secrets.env`` and the CLI's ``env`` are mode 600, the data, log, staging and DSH folders
+  700, and supervisord's umask is 077;
+- who runs as whom, when the stack is started as root: Postgres as Debian's ``postgres`` user
+  and the three Orthancs as Debian's ``orthanc`` user (the packages create both, and neither
+  server needs root); supervisord stays root because it must start those as their users; the
+  EHR module, the DSH and Cogstack stand-ins run as the invoking user, because no Debian
+  package provides a user for them and the EHR module shares the staging folder with the
+  operator's ``pixl`` CLI. They all listen on 127.0.0.1 only. Started as any other user,
+  everything runs as that user;
+- Postgres asks for a password (scram-sha-256), generated into ``secrets.env``
+  (``PIXL_DB_PASSWORD``);
+- each Orthanc runs with an address-space limit (``PIXL_ORTHANC_MEMORY_MB``).
 """
 
 from __future__ import annotations
 
+import datetime
 import os
+import pwd
 import shutil
 import socket
 import string
@@ -22,10 +42,36 @@ import psycopg2
 import requests
 import yaml
 
+from stack.launch import write_env_file
 from stack.settings import REPO_DIR, StackSettings
 
 ORTHANC_BINARY = shutil.which("Orthanc") or "/usr/bin/Orthanc"
 ORTHANCS = ("vna", "raw", "anon")
+# Debian's orthanc package creates this system user; the Orthancs run as it when we are root.
+ORTHANC_USER = "orthanc"
+# The secrets each program gets (a name also matches its per-project forms, NAME__SLUG).
+# A program not listed here gets every secret of the stack (still through its env file).
+PROGRAM_SECRETS: dict[str, tuple[str, ...]] = {
+    "postgres": (),
+    "vna": (),
+    "orthanc-raw": (
+        "PIXL_HASH_KEY",
+        "PIXL_DB_URL",
+        "PIXL_ORTHANC_RAW_PASSWORD",  # its own user pixl (expanded by Orthanc in its config)
+        "PIXL_ORTHANC_PASSWORD",  # orthanc-anon's user pixl, to hand instances off
+        "PIXL_ORTHANC_OPERATOR_PASSWORD",
+    ),
+    "orthanc-anon": (
+        "PIXL_HASH_KEY",
+        "PIXL_DB_URL",
+        "PIXL_ORTHANC_PASSWORD",
+        "PIXL_ORTHANC_OPERATOR_PASSWORD",
+        "PIXL_DSH_PASSWORD",
+    ),
+    "dsh": ("PIXL_DSH_PASSWORD",),
+    "ehr": ("PIXL_HASH_KEY", "PIXL_DB_URL", "PIXL_DSH_PASSWORD", "PIXL_EHR_TOKEN"),
+    "cogstack": (),
+}
 
 
 class StackError(RuntimeError):
@@ -42,9 +88,53 @@ def render_orthanc_config(settings: StackSettings, name: str) -> Path:
         **{f"{key.upper()}_PORT": str(port) for key, port in settings.ports.items()},
     }
     target = settings.run_dir / f"orthanc-{name}.json"
-    target.write_text(template.safe_substitute(values))
-    (settings.data_dir / _storage_name(name)).mkdir(parents=True, exist_ok=True)
+    user = orthanc_user()
+    _write_private(target, template.safe_substitute(values), owner=user)
+    storage = settings.data_dir / _storage_name(name)
+    storage.mkdir(parents=True, exist_ok=True)
+    _own(storage, user, 0o700)
     return target
+
+
+def orthanc_user() -> str | None:
+    """The user the Orthancs run as: Debian's ``orthanc`` when we are root, else ourselves."""
+    return ORTHANC_USER if _is_root() and _user_exists(ORTHANC_USER) else None
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _write_private(path: Path, text: str, *, owner: str | None = None) -> None:
+    """Write ``text`` to ``path`` with mode 600 from the start (given to ``owner``, if any)."""
+    partial = path.with_name(f".{path.name}.part")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    partial.chmod(0o600)
+    if owner is not None:
+        entry = pwd.getpwnam(owner)
+        os.chown(partial, entry.pw_uid, entry.pw_gid)
+    partial.replace(path)
+
+
+def _own(folder: Path, owner: str | None, mode: int) -> None:
+    """Give ``folder`` (and, when its owner changes, everything in it) to ``owner``; set its
+    mode. A demo folder from before the Orthancs ran as their own user is handed over once."""
+    if owner is not None:
+        entry = pwd.getpwnam(owner)
+        if folder.stat().st_uid != entry.pw_uid:
+            for path in [folder, *folder.rglob("*")]:
+                os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+    folder.chmod(mode)
 
 
 def render_projects(settings: StackSettings) -> list[Path]:
@@ -73,9 +163,12 @@ def write_project(
     raw["destination"] = {"ftps": dict(ftps)}
     header = f"# Rendered by the local stack from projects/{source.name}, destination replaced.\n"
     settings.projects_dir.mkdir(parents=True, exist_ok=True)
+    # Read by the Orthancs (their own user) as well: a project file holds no secret.
+    settings.projects_dir.chmod(0o755)
     target = settings.projects_dir / f"{slug}.yaml"
     partial = target.with_name(f".{target.name}.part")
     partial.write_text(header + yaml.safe_dump(raw, sort_keys=False))
+    partial.chmod(0o644)
     partial.replace(target)
     return target
 
@@ -84,9 +177,38 @@ def _storage_name(name: str) -> str:
     return "vna" if name == "vna" else f"orthanc-{name}"
 
 
-def _program(name: str, command: Iterable[str], settings: StackSettings, **extra: str) -> str:
-    env = {**settings.environment(), "PIXL_PROCESS": name}
-    env_line = ",".join(f'{key}="{value}"' for key, value in env.items())
+def _program(
+    name: str,
+    command: Iterable[str],
+    settings: StackSettings,
+    *,
+    user: str | None = None,
+    memory_mb: int | None = None,
+    env: dict[str, str] | None = None,
+    **extra: str,
+) -> str:
+    """One ``[program:NAME]`` section: no secret in it, see :mod:`stack.launch`.
+
+    The program's secrets (``PROGRAM_SECRETS``) go to its own env file (mode 600); a program
+    with secrets, a ``user`` or a ``memory_mb`` limit is started through the launcher, which
+    reads the file, drops to ``user`` and execs the program, so supervisord's pid is the
+    program's.
+    """
+    public = {**settings.public_environment(), "PIXL_PROCESS": name, **(env or {})}
+    env_line = ",".join(f'{key}="{value}"' for key, value in public.items())
+    secrets = _secrets_for(name, settings)
+    command = list(command)
+    if secrets or memory_mb or user:
+        launch = [sys.executable, "-m", "stack.launch"]
+        if secrets:
+            env_file = settings.secrets_dir / f"{name}.env"
+            write_env_file(env_file, secrets)
+            launch += ["--env-file", str(env_file)]
+        if user:
+            launch += ["--user", user]
+        if memory_mb:
+            launch += ["--memory-mb", str(memory_mb)]
+        command = [*launch, "--", *command]
     lines = [
         f"[program:{name}]",
         "command=" + " ".join(command),
@@ -107,6 +229,18 @@ def _program(name: str, command: Iterable[str], settings: StackSettings, **extra
     return "\n".join(lines) + "\n"
 
 
+def _secrets_for(name: str, settings: StackSettings) -> dict[str, str]:
+    every = settings.secret_environment()
+    wanted = PROGRAM_SECRETS.get(name)
+    if wanted is None:
+        return every
+    return {
+        key: value
+        for key, value in every.items()
+        if any(key == w or key.startswith(w + "__") for w in wanted)
+    }
+
+
 def supervisor_config(settings: StackSettings) -> str:
     python = sys.executable
     run = settings.run_dir
@@ -121,6 +255,8 @@ def supervisor_config(settings: StackSettings) -> str:
         f"childlogdir={settings.logs_dir}",
         "nodaemon=false",
         "minfds=1024",
+        # Logs and whatever the programs write are private to their user by default.
+        "umask=077",
         "",
         "[rpcinterface:supervisor]",
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
@@ -150,7 +286,17 @@ def supervisor_config(settings: StackSettings) -> str:
         # The VNA stand-in logs verbosely so tests can count the C-MOVEs it served
         # ("Incoming Move request"); it plays the hospital archive, whose logs stay inside.
         flags = ["--verbose"] if name == "vna" else []
-        sections.append(_program(process, [ORTHANC_BINARY, *flags, str(config)], settings))
+        sections.append(
+            _program(
+                process,
+                [ORTHANC_BINARY, *flags, str(config)],
+                settings,
+                user=orthanc_user(),
+                memory_mb=settings.orthanc_memory_mb,
+                # glibc's per-thread malloc arenas reserve address space the limit counts.
+                env={"MALLOC_ARENA_MAX": "4"},
+            )
+        )
     low, high = settings.passive_ports
     sections.append(
         _program(
@@ -174,6 +320,9 @@ def supervisor_config(settings: StackSettings) -> str:
                 *(["--passive-ports", f"{low}-{high}"] if low else []),
             ],
             settings,
+            # Its certificate is orthanc-anon's and the EHR module's CA file: readable by all
+            # (its key is written 600 whatever the umask; uploads land in the 700 DSH folder).
+            umask="022",
         )
     )
     for name, command in python_programs(settings).items():
@@ -199,8 +348,26 @@ def python_programs(settings: StackSettings) -> dict[str, list[str]]:
             "stack.standins.cogstack_api",
             "--port",
             str(settings.ports["cogstack_http"]),
+            "--certfile",
+            str(settings.cogstack_ca_file),
+            "--keyfile",
+            str(settings.cogstack_cert_dir / "cogstack-key.pem"),
         ],
     }
+
+
+def generate_cogstack_certificate(settings: StackSettings) -> None:
+    """A fresh self-signed certificate for the Cogstack stand-in, which serves HTTPS only: the
+    EHR module refuses ``http://`` for Cogstack, so the stack runs it as production should,
+    with the certificate as the EHR module's CA file (``PIXL_COGSTACK_CA_FILE``)."""
+    from stack.standins.dsh_ftps import generate_certificate
+
+    folder = settings.cogstack_cert_dir
+    cert, key = generate_certificate(folder, valid_for=datetime.timedelta(days=30))
+    cert.replace(settings.cogstack_ca_file)
+    key.replace(folder / "cogstack-key.pem")
+    folder.chmod(0o755)
+    settings.cogstack_ca_file.chmod(0o644)
 
 
 def supervisorctl(settings: StackSettings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -231,23 +398,62 @@ def is_up(settings: StackSettings) -> bool:
     return True
 
 
+# Folder modes: the root, data and run folders only let the service users through to their
+# own folders (711); everything else is the invoking user's alone.
+FOLDER_MODES = {
+    "root": 0o711,
+    "data_dir": 0o711,
+    "run_dir": 0o711,
+    "secrets_dir": 0o711,
+    "logs_dir": 0o700,
+    "dsh_dir": 0o700,
+    "staging_dir": 0o700,
+}
+
+
+def prepare_folders(settings: StackSettings) -> None:
+    """Create the stack's folders with the modes of ``FOLDER_MODES``; make existing log files
+    (a demo folder from before) private."""
+    for attribute, mode in FOLDER_MODES.items():
+        folder: Path = getattr(settings, attribute)
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(mode)
+    for log in settings.logs_dir.iterdir():
+        if log.is_file():
+            log.chmod(0o600)
+
+
+def check_service_user_access(settings: StackSettings) -> None:
+    """Refuse to start when the ``orthanc`` user could not read the plugins and packages it
+    runs (a repository under a private home folder), with one line naming the fix."""
+    user = orthanc_user()
+    if user is None:
+        return
+    from stack.settings import _venv_site_packages
+
+    for path in (REPO_DIR / "orthanc_plugins" / "raw.py", Path(_venv_site_packages())):
+        check = subprocess.run(["runuser", "-u", user, "--", "test", "-r", str(path)], check=False)
+        if check.returncode != 0:
+            raise StackError(
+                f"the {user} user cannot read {path}: make every folder above it readable and "
+                "traversable by others (chmod o+rx), or run the stack as a non-root user"
+            )
+
+
 def up(settings: StackSettings, timeout: float = 90.0) -> None:
     """Start every process (if not already running) and wait until each answers."""
-    for folder in (
-        settings.data_dir,
-        settings.logs_dir,
-        settings.run_dir,
-        settings.dsh_dir,
-        settings.staging_dir,
-    ):
-        folder.mkdir(parents=True, exist_ok=True)
+    prepare_folders(settings)
     render_projects(settings)
     from stack.postgres import ensure_initialised
 
-    ensure_initialised(settings.data_dir / "pg")
+    ensure_initialised(settings.data_dir / "pg", settings.secrets.get("PIXL_DB_PASSWORD"))
+    write_env_file(settings.cli_env_file, settings.cli_environment())
     if not is_up(settings):
+        check_service_user_access(settings)
+        if settings.with_reports:
+            generate_cogstack_certificate(settings)
         conf = settings.run_dir / "supervisord.conf"
-        conf.write_text(supervisor_config(settings))
+        _write_private(conf, supervisor_config(settings))
         subprocess.run(
             [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
             check=True,
@@ -278,13 +484,19 @@ def wait_healthy(settings: StackSettings, timeout: float = 90.0) -> None:
     checks = {
         "postgres": lambda: _postgres_ready(settings.db_url),
         "vna": lambda: _http_ready(settings.url("vna") + "/system", None),
-        "orthanc-raw": lambda: _http_ready(settings.url("raw") + "/pixl/status", _auth(settings)),
-        "orthanc-anon": lambda: _http_ready(settings.url("anon") + "/pixl/status", _auth(settings)),
+        "orthanc-raw": lambda: _http_ready(
+            settings.url("raw") + "/pixl/status", _auth(settings, "raw")
+        ),
+        "orthanc-anon": lambda: _http_ready(
+            settings.url("anon") + "/pixl/status", _auth(settings, "anon")
+        ),
         "dsh": lambda: _tcp_ready(settings.ports["dsh_ftps"]),
     }
     if settings.with_reports:
         checks["ehr"] = lambda: _http_ready(settings.url("ehr") + "/health", None)
-        checks["cogstack"] = lambda: _http_ready(settings.url("cogstack") + "/api/health", None)
+        checks["cogstack"] = lambda: _http_ready(
+            settings.url("cogstack") + "/api/health", None, verify=str(settings.cogstack_ca_file)
+        )
     pending = dict(checks)
     while pending:
         for name, check in list(pending.items()):
@@ -300,8 +512,10 @@ def wait_healthy(settings: StackSettings, timeout: float = 90.0) -> None:
         time.sleep(0.5)
 
 
-def _auth(settings: StackSettings) -> tuple[str, str]:
-    return ("pixl", settings.secrets["PIXL_ORTHANC_PASSWORD"])
+def _auth(settings: StackSettings, name: str) -> tuple[str, str]:
+    """orthanc-raw's or orthanc-anon's own user ``pixl`` (their passwords differ)."""
+    variable = "PIXL_ORTHANC_RAW_PASSWORD" if name == "raw" else "PIXL_ORTHANC_PASSWORD"
+    return ("pixl", settings.secrets[variable])
 
 
 def _postgres_ready(url: str) -> bool:
@@ -312,9 +526,9 @@ def _postgres_ready(url: str) -> bool:
     return True
 
 
-def _http_ready(url: str, auth: tuple[str, str] | None) -> bool:
+def _http_ready(url: str, auth: tuple[str, str] | None, verify: str | bool = True) -> bool:
     try:
-        return requests.get(url, auth=auth, timeout=2).status_code == 200
+        return requests.get(url, auth=auth, timeout=2, verify=verify).status_code == 200
     except requests.RequestException:
         return False
 

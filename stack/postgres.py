@@ -3,8 +3,13 @@
 Postgres is PIXL's one source of truth for work state, so the demo and the tests run a real
 server rather than a stand-in. This module creates a cluster in a folder of its own, listening on
 127.0.0.1 and one port only (its unix socket lives inside the data folder, so two clusters never
-collide and nothing else on the machine is touched), with a trusted superuser ``pixl`` and a
-database ``pixl``.
+collide and nothing else on the machine is touched), with a superuser ``pixl`` and a database
+``pixl``. Every connection, over TCP or the unix socket, must give ``pixl``'s password
+(scram-sha-256): a local user who can reach the port cannot read or change the work state
+without it. The password is the caller's (the stack's ``PIXL_DB_PASSWORD``) or generated; it is
+kept in ``<data folder>/pixl_password`` (mode 600, the server's user), so that
+:func:`cluster_url` can give a URL with it, and set again whenever the caller's differs. A
+cluster created with trust authentication before this is converted on its next start.
 
 ``initdb`` refuses to run as root, so when this runs as root every server command runs as the
 ``postgres`` system user (``runuser -u postgres``) on a folder chowned to it; as any other user,
@@ -24,9 +29,11 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
+import secrets
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 from pixl_core.errors import PixlConfigError
 
@@ -36,15 +43,32 @@ DATABASE = "pixl"
 _SERVICE_USER = "postgres"
 _START_TIMEOUT_SECONDS = 30
 _CREATED_MARKER = "pixl_database_created"
+_PASSWORD_FILE = "pixl_password"
+# Every connection authenticates with a password; nothing is trusted, not even the socket.
+_HBA = (
+    "# Written by stack/postgres.py: every connection gives the user's password.\n"
+    "local all all scram-sha-256\n"
+    "host all all 127.0.0.1/32 scram-sha-256\n"
+    "host all all ::1/128 scram-sha-256\n"
+)
 
 # Settings that make a cluster cheap to throw away: no durability across an OS crash. Only the
 # tests ask for these; the demo keeps the defaults so a clean restart keeps its work state.
 _FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 
-def cluster_url(port: int, database: str = DATABASE) -> str:
-    """The libpq URL of a cluster started here (trust authentication, so no password)."""
-    return f"postgresql://{SUPERUSER}@127.0.0.1:{port}/{database}"
+def cluster_url(port: int, database: str = DATABASE, password: str | None = None) -> str:
+    """The libpq URL of a cluster started here, with ``pixl``'s password when given."""
+    user = f"{SUPERUSER}:{quote(password, safe='')}" if password else SUPERUSER
+    return f"postgresql://{user}@127.0.0.1:{port}/{database}"
+
+
+def cluster_password(data_dir: Path) -> str | None:
+    """The password of ``pixl`` on the cluster in ``data_dir`` (None before it is created)."""
+    try:
+        return (data_dir.absolute() / _PASSWORD_FILE).read_text().strip() or None
+    except FileNotFoundError:
+        return None
 
 
 def _is_root() -> bool:
@@ -92,23 +116,44 @@ def _server_options(data_dir: Path, port: int, fast: bool) -> list[str]:
     return options
 
 
-def ensure_initialised(data_dir: Path) -> None:
-    """Create the cluster and its ``pixl`` database once; do nothing if that is already done.
+def ensure_initialised(data_dir: Path, password: str | None = None) -> str:
+    """Create the cluster and its ``pixl`` database once, and make ``password`` the password of
+    ``pixl``; return the password in force.
 
-    The database is created in single-user mode, so that no server has to listen anywhere
-    before it exists (the foreground ``run`` mode then needs no second start). A marker file
-    records that it was created, so an interrupted first run is completed by the next one.
+    Without ``password``, the cluster keeps the one it has (a new cluster gets a random one).
+    The database is created, and the password set, in single-user mode, so that no server has
+    to listen anywhere before they exist (the foreground ``run`` mode then needs no second
+    start). A marker file records that the database was created, so an interrupted first run
+    is completed by the next one. The password cannot change while the server runs (single-user
+    mode needs the folder to itself): it is then left as it is.
     """
     data_dir = data_dir.absolute()
     if not (data_dir / "PG_VERSION").exists():
-        _initdb(data_dir)
+        password = password or cluster_password(data_dir) or secrets.token_hex(24)
+        _initdb(data_dir, password)
+        _save_password(data_dir, password)
+    current = cluster_password(data_dir)
+    wanted = password or current or secrets.token_hex(24)
+    trusting = "trust" in _hba_methods(data_dir)
+    if (wanted != current or trusting) and not is_running(data_dir):
+        _single_user(data_dir, f"ALTER ROLE {SUPERUSER} PASSWORD {_literal(wanted)};", "password")
+        _save_password(data_dir, wanted)
+        _write_service_file(data_dir / "pg_hba.conf", _HBA)
+        current = wanted
     marker = data_dir / _CREATED_MARKER
-    if marker.exists():
-        return
+    if not marker.exists():
+        _single_user(data_dir, f"CREATE DATABASE {DATABASE};", "create database")
+        marker.write_text("the pixl database exists\n")
+        _give_to_service_user(marker)
+    return current or wanted
+
+
+def _single_user(data_dir: Path, statement: str, what: str) -> None:
+    """Run one statement in single-user mode; raise one line on an error other than "exists"."""
     result = _run(
         [str(PG_BIN / "postgres"), "--single", "-D", str(data_dir), "-j", "postgres"],
-        "create database",
-        stdin=f"CREATE DATABASE {DATABASE};\n",
+        what,
+        stdin=statement + "\n",
     )
     # Single-user mode exits 0 even when the statement fails: read its log instead.
     errors = [
@@ -117,12 +162,36 @@ def ensure_initialised(data_dir: Path) -> None:
         if "ERROR:" in line and "already exists" not in line
     ]
     if errors:
-        raise PixlConfigError(f"postgres create database failed: {errors[-1]}")
-    marker.write_text("the pixl database exists\n")
-    _give_to_service_user(marker)
+        raise PixlConfigError(f"postgres {what} failed: {errors[-1]}")
 
 
-def _initdb(data_dir: Path) -> None:
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _hba_methods(data_dir: Path) -> set[str]:
+    """The authentication methods pg_hba.conf names (the last word of each rule)."""
+    try:
+        lines = (data_dir / "pg_hba.conf").read_text().splitlines()
+    except FileNotFoundError:
+        return set()
+    return {line.split()[-1] for line in lines if line.strip() and not line.startswith("#")}
+
+
+def _write_service_file(path: Path, text: str) -> None:
+    """Write a file only the server's user (and root) can read."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    path.chmod(0o600)
+    _give_to_service_user(path)
+
+
+def _save_password(data_dir: Path, password: str) -> None:
+    _write_service_file(data_dir / _PASSWORD_FILE, password + "\n")
+
+
+def _initdb(data_dir: Path, password: str) -> None:
     if not (PG_BIN / "initdb").exists():
         raise PixlConfigError(
             f"{PG_BIN}/initdb not found: install PostgreSQL 15 (`apt-get install postgresql`) "
@@ -140,11 +209,20 @@ def _initdb(data_dir: Path) -> None:
                 f"the postgres user cannot write {data_dir}: make every parent folder "
                 "traversable (chmod o+x) or choose a data folder elsewhere"
             )
-    _run(
-        [str(PG_BIN / "initdb"), "-D", str(data_dir), "-A", "trust", "-U", SUPERUSER,
-         "-E", "UTF8", "--locale=C.UTF-8", "--no-instructions"],
-        "initdb",
-    )  # fmt: skip
+    # initdb reads the password from a file only the server's user can read, beside the data
+    # folder and only while initdb runs: never on a command line.
+    password_file = data_dir.with_name(f".{data_dir.name}.initdb-password")
+    _write_service_file(password_file, password + "\n")
+    try:
+        _run(
+            [str(PG_BIN / "initdb"), "-D", str(data_dir), "-A", "scram-sha-256",
+             f"--pwfile={password_file}", "-U", SUPERUSER, "-E", "UTF8", "--locale=C.UTF-8",
+             "--no-instructions"],
+            "initdb",
+        )  # fmt: skip
+    finally:
+        password_file.unlink(missing_ok=True)
+    _write_service_file(data_dir / "pg_hba.conf", _HBA)
 
 
 def is_running(data_dir: Path) -> bool:
@@ -159,17 +237,25 @@ def is_running(data_dir: Path) -> bool:
     return status.returncode == 0
 
 
-def start_cluster(data_dir: Path, port: int, log_file: Path, *, fast: bool = False) -> str:
-    """Start (creating it if needed) a cluster on 127.0.0.1:``port``; return its libpq URL.
+def start_cluster(
+    data_dir: Path,
+    port: int,
+    log_file: Path,
+    *,
+    fast: bool = False,
+    password: str | None = None,
+) -> str:
+    """Start (creating it if needed) a cluster on 127.0.0.1:``port``; return its libpq URL,
+    password included (see :func:`ensure_initialised` for ``password``).
 
     Waits until the server accepts connections. Starting a cluster that is already running is
     a no-op. ``fast`` turns off fsync and friends: for test clusters only.
     """
     data_dir = data_dir.absolute()
     log_file = log_file.absolute()
-    ensure_initialised(data_dir)
+    password = ensure_initialised(data_dir, password)
     if is_running(data_dir):
-        return cluster_url(port)
+        return cluster_url(port, password=password)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     log_file.touch()
     _give_to_service_user(log_file)
@@ -185,7 +271,7 @@ def start_cluster(data_dir: Path, port: int, log_file: Path, *, fast: bool = Fal
         raise PixlConfigError(
             f"postgres start on port {port} failed: {reason} (see {log_file})"
         ) from None
-    return cluster_url(port)
+    return cluster_url(port, password=password)
 
 
 def _last_server_error(log_file: Path) -> str:

@@ -26,7 +26,34 @@ PORT_NAMES = (
     "ehr_http",
     "cogstack_http",
 )
-SECRET_NAMES = ("PIXL_HASH_KEY", "PIXL_ORTHANC_PASSWORD", "PIXL_DSH_PASSWORD")
+# Generated per stack into secrets.env (mode 600). PIXL_ORTHANC_PASSWORD is orthanc-anon's
+# password for the user ``pixl`` (orthanc-raw sends it when it hands an instance off),
+# PIXL_ORTHANC_RAW_PASSWORD orthanc-raw's, PIXL_ORTHANC_OPERATOR_PASSWORD the read-only user
+# ``operator`` of both; PIXL_DB_PASSWORD is the Postgres user ``pixl``'s; PIXL_EHR_TOKEN the
+# bearer token of the EHR service.
+SECRET_NAMES = (
+    "PIXL_HASH_KEY",
+    "PIXL_ORTHANC_PASSWORD",
+    "PIXL_ORTHANC_RAW_PASSWORD",
+    "PIXL_ORTHANC_OPERATOR_PASSWORD",
+    "PIXL_DSH_PASSWORD",
+    "PIXL_DB_PASSWORD",
+    "PIXL_EHR_TOKEN",
+)
+# Variables that hold a secret: never written to supervisord.conf, only to the 600 env files.
+# Besides these, any variable whose name says it holds one (see is_secret_variable).
+SECRET_VARIABLES = (*SECRET_NAMES, "PIXL_DB_URL")
+_SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "HASH_KEY")
+
+
+def is_secret_variable(name: str) -> bool:
+    """Whether a variable holds a secret: a generated one, the database URL, or any name with
+    PASSWORD, TOKEN, SECRET or HASH_KEY in it (e.g. a test's PIXL_DSH_PASSWORD__<SLUG>)."""
+    return name in SECRET_VARIABLES or any(word in name for word in _SECRET_WORDS)
+
+
+# Address-space limit of each Orthanc of the stack (ulimit -v), unless PIXL_ORTHANC_MEMORY_MB.
+ORTHANC_MEMORY_MB = 4096
 
 
 @dataclass
@@ -44,6 +71,10 @@ class StackSettings:
     extra_env: dict[str, str] = field(default_factory=dict)
     # Extra project slugs rendered as copies of chest-xray.yaml (fresh work items for tests).
     test_projects: tuple[str, ...] = ()
+    # Address-space limit of each Orthanc process (MB); see stack.launch.
+    orthanc_memory_mb: int = field(
+        default_factory=lambda: int(os.environ.get("PIXL_ORTHANC_MEMORY_MB", ORTHANC_MEMORY_MB))
+    )
 
     @classmethod
     def for_demo(cls, root: Path) -> StackSettings:
@@ -82,6 +113,25 @@ class StackSettings:
         return self.root / "staging"
 
     @property
+    def secrets_dir(self) -> Path:
+        """One env file per program (mode 600, owned by the program's user): its secrets."""
+        return self.run_dir / "secrets"
+
+    @property
+    def cli_env_file(self) -> Path:
+        """Every variable the ``pixl`` CLI needs for this stack (mode 600): ``.demo/env``."""
+        return self.root / "env"
+
+    @property
+    def cogstack_cert_dir(self) -> Path:
+        """The Cogstack stand-in's TLS certificate (its own trust anchor) and key."""
+        return self.run_dir / "cogstack-cert"
+
+    @property
+    def cogstack_ca_file(self) -> Path:
+        return self.cogstack_cert_dir / "cogstack-cert.pem"
+
+    @property
     def projects_dir(self) -> Path:
         """The stack's own project files (``PIXL_PROJECTS_DIR`` of every process): the
         committed ones rendered with their destination pointing at this stack's DSH, so the
@@ -94,22 +144,25 @@ class StackSettings:
 
     @property
     def db_url(self) -> str:
-        return f"postgresql://pixl@127.0.0.1:{self.ports['postgres']}/pixl"
+        """libpq URL of the stack's database, with the password (a secret: never print it)."""
+        password = self.secrets.get("PIXL_DB_PASSWORD", "")
+        user = f"pixl:{password}" if password else "pixl"
+        return f"postgresql://{user}@127.0.0.1:{self.ports['postgres']}/pixl"
 
     def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.ports[name + '_http']}"
+        """Base URL of a service of the stack; the Cogstack stand-in speaks HTTPS only."""
+        scheme = "https" if name == "cogstack" else "http"
+        return f"{scheme}://127.0.0.1:{self.ports[name + '_http']}"
 
     def load_or_create_secrets(self) -> dict[str, str]:
         """Demo secrets are random per stack and kept in ``secrets.env`` (mode 600).
 
         This is the only place PIXL invents a key: outside the demo, PIXL_HASH_KEY must be set.
         """
+        from stack.launch import read_env_file, write_env_file
+
         path = self.root / "secrets.env"
-        values: dict[str, str] = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                name, _, value = line.partition("=")
-                values[name] = value
+        values = read_env_file(path) if path.exists() else {}
         changed = False
         for name in SECRET_NAMES:
             if not values.get(name):
@@ -117,17 +170,31 @@ class StackSettings:
                 changed = True
         if changed:
             self.root.mkdir(parents=True, exist_ok=True)
-            path.touch(mode=0o600)
-            path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+            write_env_file(path, values)
         return values
 
     def environment(self) -> dict[str, str]:
-        """Environment for every PIXL process of this stack (Orthanc plugins, EHR, CLI)."""
+        """Environment for every PIXL process of this stack (Orthanc plugins, EHR, CLI):
+        :meth:`public_environment` and :meth:`secret_environment` together."""
+        return {**self.public_environment(), **self.secret_environment()}
+
+    def secret_environment(self) -> dict[str, str]:
+        """The variables that hold a secret: the generated ones and the database URL (it
+        carries the password). Passed to processes through their env files only."""
+        overrides = {k: v for k, v in self.extra_env.items() if is_secret_variable(k)}
+        return {**self.secrets, "PIXL_DB_URL": self.db_url, **overrides}
+
+    def cli_environment(self) -> dict[str, str]:
+        """What ``.demo/env`` holds: every variable the ``pixl`` CLI (or a shell exploring the
+        stack) needs. ``PYTHONPATH`` is left out: ``.venv/bin/pixl`` finds its packages."""
+        return {k: v for k, v in self.environment().items() if k != "PYTHONPATH"}
+
+    def public_environment(self) -> dict[str, str]:
+        """Environment without any secret: what ``supervisord.conf`` may hold."""
         site_packages = _venv_site_packages()
         python_path = [str(REPO_DIR), str(REPO_DIR / "cli"), str(REPO_DIR / "ehr"), site_packages]
-        return {
+        environment = {
             "PYTHONPATH": os.pathsep.join(python_path),
-            "PIXL_DB_URL": self.db_url,
             "PIXL_RAW_URL": self.url("raw"),
             "PIXL_ANON_URL": self.url("anon"),
             "PIXL_VNA_URL": self.url("vna"),
@@ -136,10 +203,11 @@ class StackSettings:
             "PIXL_DSH_CA_FILE": str(self.run_dir / "dsh-cert" / "dsh-ftps-cert.pem"),
             "PIXL_EHR_URL": self.url("ehr"),
             "PIXL_COGSTACK_URL": self.url("cogstack"),
+            "PIXL_COGSTACK_CA_FILE": str(self.cogstack_ca_file),
             "PIXL_STAGING_DIR": str(self.staging_dir),
             **self.extra_env,
-            **self.secrets,
         }
+        return {k: v for k, v in environment.items() if not is_secret_variable(k)}
 
 
 def _venv_site_packages() -> str:

@@ -2,9 +2,11 @@
 
 The export runs inside the EHR service (it holds the FTPS settings and builds the radiology
 parquet next to the database), so this command is only an HTTP client of
-``POST {PIXL_EHR_URL}/export/{project}``. It prints the counts the service answers with, which
-name no patient; errors are one line and a non-zero exit (2 for what the operator must fix:
-an unknown project, PIXL_EHR_URL unset or unreachable; 1 for the rest).
+``POST {PIXL_EHR_URL}/export/{project}``, authenticated with ``Authorization: Bearer
+$PIXL_EHR_TOKEN`` (the service's token; ``.demo/env`` holds the demo's). It prints the counts
+the service answers with, which name no patient; errors are one line and a non-zero exit (2 for
+what the operator must fix: an unknown project, PIXL_EHR_URL unset or unreachable, the token
+missing or wrong; 1 for the rest).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pixl_core.env import env_number
 from pixl_core.errors import PixlConfigError, PixlError
 
 EHR_URL_ENV = "PIXL_EHR_URL"
+EHR_TOKEN_ENV = "PIXL_EHR_TOKEN"
 TIMEOUT_ENV = "PIXL_EXPORT_TIMEOUT"
 EXTRACT_ID_MAX = 2**63 - 1  # extract.id is a bigint
 
@@ -34,6 +37,12 @@ def _ehr_url() -> str:
             f"{EHR_URL_ENV}=http://127.0.0.1:17108 (`make demo` starts one)"
         )
     return url
+
+
+def _auth_headers() -> dict[str, str]:
+    """The bearer token, when set; a service that needs one answers 401, named below."""
+    token = os.environ.get(EHR_TOKEN_ENV, "").strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _detail(response: requests.Response) -> str:
@@ -55,6 +64,7 @@ def request_export(project: str, extract_id: int | None = None) -> dict[str, Any
         response = requests.post(
             f"{url}/export/{project}",
             params=params,
+            headers=_auth_headers(),
             timeout=(10, env_number(TIMEOUT_ENV, 3600.0, float, positive=True)),
         )
     except requests.Timeout:
@@ -67,6 +77,12 @@ def request_export(project: str, extract_id: int | None = None) -> dict[str, Any
             f"cannot reach the EHR service at {EHR_URL_ENV}={url} ({type(exc).__name__}): start "
             f"it (`make demo` starts the local stack) or fix {EHR_URL_ENV}"
         ) from None
+    if response.status_code == 401:
+        given = "is wrong" if _auth_headers() else "is not set"
+        raise PixlConfigError(
+            f"the EHR service at {EHR_URL_ENV}={url} refused the request: {EHR_TOKEN_ENV} "
+            f"{given}; set it to the service's token (the demo's is in .demo/env)"
+        )
     if response.status_code == 404:
         raise PixlConfigError(_detail(response))
     if response.status_code != 200:

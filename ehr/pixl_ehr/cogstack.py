@@ -15,6 +15,12 @@ string, ``"success": false``, a bulk result of the wrong length) raises, so no r
 forwarded without having been through the service. The service being DEID-configured is its
 deployment's responsibility; the second, independent check in PIXL catches one that is not.
 
+Transport: reports travel identifiable, so the URL must be ``https://`` (certificate and
+hostname checked, against ``PIXL_COGSTACK_CA_FILE`` when the service's CA is private). A plain
+``http://`` URL is refused unless ``PIXL_COGSTACK_ALLOW_PLAIN_HTTP=true`` says so explicitly
+(a service on the same host, reached over loopback); every client built under that setting logs
+a warning saying that report text travels in clear.
+
 Errors: connection failures, timeouts and 5xx answers are retried with exponential backoff
 (they are usually a restarting or overloaded service); 4xx answers mean PIXL sent something the
 service refuses, which trying again cannot fix, so they are raised at once. A
@@ -29,6 +35,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 # Longest pause between two attempts, whatever the backoff and attempt number.
 MAX_BACKOFF_SECONDS = 60.0
+ALLOW_PLAIN_HTTP_ENV = "PIXL_COGSTACK_ALLOW_PLAIN_HTTP"
+CA_FILE_ENV = "PIXL_COGSTACK_CA_FILE"
 
 
 class CogstackError(PixlError):
@@ -66,7 +75,9 @@ class CogstackSettings:
     ``retries`` is the number of further attempts after a transient failure of the first; the
     pause before attempt n+1 is ``backoff_seconds * 2**(n-1)``, capped at a minute. The optional
     user and password are sent as HTTP basic auth (for a service behind an authenticating
-    proxy); the password is kept out of ``repr`` so settings can be logged.
+    proxy); the password is kept out of ``repr`` so settings can be logged. ``ca_file`` is the
+    PEM file of the CA that signed the service's certificate (none: the system CAs).
+    ``allow_plain_http`` is the explicit off-switch for TLS; see the module's docstring.
     """
 
     url: str
@@ -75,13 +86,27 @@ class CogstackSettings:
     timeout: float = 30
     retries: int = 3
     backoff_seconds: float = 1.0
+    ca_file: str | None = None
+    allow_plain_http: bool = False
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise PixlConfigError(
-                "Cogstack settings: the URL must look like http(s)://host:port; "
-                "fix PIXL_COGSTACK_URL"
+                "Cogstack settings: the URL must look like https://host:port; fix PIXL_COGSTACK_URL"
+            )
+        if parts.scheme == "http" and not self.allow_plain_http:
+            raise PixlConfigError(
+                "PIXL_COGSTACK_URL is http://, which would send report text in clear: use the "
+                f"service's https:// URL, or set {ALLOW_PLAIN_HTTP_ENV}=true only for a "
+                "service on this host",
+                code="cogstack_plain_http",
+            )
+        if self.ca_file is not None and not Path(self.ca_file).is_file():
+            raise PixlConfigError(
+                f"{CA_FILE_ENV} names no file: set it to the PEM file of the CA that signed the "
+                "Cogstack service's certificate, or unset it to use the system CAs",
+                code="cogstack_ca_file_missing",
             )
         if not self.timeout > 0:
             raise PixlConfigError("Cogstack settings: timeout must be a positive number of seconds")
@@ -93,7 +118,8 @@ class CogstackSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> CogstackSettings:
         """Read ``PIXL_COGSTACK_URL`` (required), ``PIXL_COGSTACK_USER``,
-        ``PIXL_COGSTACK_PASSWORD`` and ``PIXL_COGSTACK_TIMEOUT`` (seconds).
+        ``PIXL_COGSTACK_PASSWORD``, ``PIXL_COGSTACK_TIMEOUT`` (seconds),
+        ``PIXL_COGSTACK_CA_FILE`` and ``PIXL_COGSTACK_ALLOW_PLAIN_HTTP`` (``true``/``false``).
 
         The password comes only from the environment so it never sits in a file or on a
         command line.
@@ -103,7 +129,7 @@ class CogstackSettings:
         if not url:
             raise PixlConfigError(
                 "PIXL_COGSTACK_URL is not set; set it to the Cogstack de-identification API, "
-                "e.g. http://cogstack-host:5000"
+                "e.g. https://cogstack-host:5000"
             )
         timeout_text = env.get("PIXL_COGSTACK_TIMEOUT", "").strip()
         try:
@@ -112,11 +138,18 @@ class CogstackSettings:
             raise PixlConfigError(
                 "PIXL_COGSTACK_TIMEOUT is not a number; set it to a timeout in seconds"
             ) from None
+        allow_text = env.get(ALLOW_PLAIN_HTTP_ENV, "").strip().lower()
+        if allow_text not in {"", "true", "false"}:
+            raise PixlConfigError(
+                f"{ALLOW_PLAIN_HTTP_ENV} must be true or false; unset it to require https://"
+            )
         return cls(
             url=url.rstrip("/"),
             username=env.get("PIXL_COGSTACK_USER") or None,
             password=env.get("PIXL_COGSTACK_PASSWORD") or None,
             timeout=timeout,
+            ca_file=env.get(CA_FILE_ENV, "").strip() or None,
+            allow_plain_http=allow_text == "true",
         )
 
     @property
@@ -141,6 +174,16 @@ class CogstackClient:
         self._session = session or requests.Session()
         if settings.username is not None:
             self._session.auth = (settings.username, settings.password or "")
+        # Passed with every request: a session-wide verify is overridden by REQUESTS_CA_BUNDLE.
+        self._verify: str | bool = settings.ca_file or True
+        if urlsplit(settings.url).scheme == "http":
+            # Only reachable with allow_plain_http: say so loudly, every time a client is built.
+            logger.warning(
+                "TLS OFF: Cogstack API %s is reached over plain http:// (%s=true): report text "
+                "crosses the network unencrypted; use https:// unless the service is on this host",
+                settings.host_port,
+                ALLOW_PLAIN_HTTP_ENV,
+            )
         self._sleep = sleep
 
     @classmethod
@@ -218,7 +261,7 @@ class CogstackClient:
                 self._sleep(pause)
             try:
                 response = self._session.post(
-                    self._base + path, json=body, timeout=settings.timeout
+                    self._base + path, json=body, timeout=settings.timeout, verify=self._verify
                 )
             except requests.Timeout:
                 last = CogstackError(

@@ -207,10 +207,22 @@ class FtpsSettings:
         )
 
     def ssl_context(self) -> ssl.SSLContext:
-        """TLS 1.2+ client context: the given CA file (else the system CAs), hostname checked."""
+        """TLS 1.2+ client context: the given CA file (else the system CAs), hostname checked.
+
+        With ``verify=False`` (a project file's ``verify: false``) every call, so every
+        connection, logs a warning: the server is not authenticated, and the DSH password and
+        the files could go to whoever answers at that address.
+        """
         if self.verify:
             context = ssl.create_default_context(cafile=self.ca_file)
         else:
+            logger.warning(
+                "TLS verification OFF for FTPS %s:%d (verify: false in the project file): the "
+                "server's certificate and name are not checked, so the DSH password and files "
+                "may go to an impostor; remove verify: false once the server is fixed",
+                self.host,
+                self.port,
+            )
             context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE

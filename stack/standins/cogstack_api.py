@@ -23,7 +23,10 @@ medcat-service does. Annotations carry offsets and a type, never the matched tex
 Invalid requests get a 400 whose body never repeats the request (FastAPI's default 422 echoes
 the input, which here would be a report). Nothing here logs a report.
 
-Run: ``python -m stack.standins.cogstack_api --host 127.0.0.1 --port 5000``
+Run: ``python -m stack.standins.cogstack_api --host 127.0.0.1 --port 5000
+[--certfile CERT.pem --keyfile KEY.pem]``. With a certificate it serves HTTPS only, as the local
+stack runs it: the EHR module refuses a plain ``http://`` Cogstack unless
+``PIXL_COGSTACK_ALLOW_PLAIN_HTTP=true``, and the stack exercises the production path.
 """
 
 from __future__ import annotations
@@ -134,8 +137,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--certfile", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--keyfile", help="the certificate's private key (PEM)")
     args = parser.parse_args(argv)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    if bool(args.certfile) != bool(args.keyfile):
+        parser.error("--certfile and --keyfile go together")
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        ssl_certfile=args.certfile,
+        ssl_keyfile=args.keyfile,
+    )
 
 
 if __name__ == "__main__":

@@ -361,6 +361,8 @@ def test_service_process_with_the_cogstack_standin(db_url, conn, tmp_path):
         "PYTHONPATH": os.pathsep.join([str(repo), str(repo / "cli"), str(repo / "ehr")]),
         "PIXL_DB_URL": db_url,
         "PIXL_COGSTACK_URL": f"http://127.0.0.1:{cogstack_port}",
+        "PIXL_COGSTACK_ALLOW_PLAIN_HTTP": "true",  # the stand-in here speaks plain HTTP
+        "PIXL_EHR_TOKEN": "t" * 24,
         "PIXL_HASH_KEY": SECRET.decode(),
         "PIXL_REPORT_POLL_SECONDS": "0.1",
     }
@@ -376,7 +378,11 @@ def test_service_process_with_the_cogstack_standin(db_url, conn, tmp_path):
             if states <= {"checked", "flagged"}:
                 break
             time.sleep(0.1)
-        status = requests.get(f"http://127.0.0.1:{ehr_port}/status", timeout=5).json()
+        status = requests.get(
+            f"http://127.0.0.1:{ehr_port}/status",
+            headers={"Authorization": f"Bearer {'t' * 24}"},
+            timeout=5,
+        ).json()
         assert status["worker"]["running"] is True
     finally:
         output = _stop(ehr)

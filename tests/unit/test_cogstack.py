@@ -79,6 +79,7 @@ def _settings(url: str, **overrides: float) -> CogstackSettings:
         timeout=values["timeout"],
         retries=int(values["retries"]),
         backoff_seconds=values["backoff_seconds"],
+        allow_plain_http=True,  # the local test servers speak plain HTTP on loopback
     )
 
 
