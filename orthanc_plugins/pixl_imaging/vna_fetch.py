@@ -217,9 +217,10 @@ def _move_missing(
 ) -> int:
     """Move what orthanc-raw lacks; return how many C-MOVE requests the VNA was sent.
 
-    Orthanc sends one C-MOVE per resource, so a series that lost most of its instances (an
-    interrupted transfer) is asked for whole, in one request (orthanc-raw ignores the copies it
-    already holds), and only the odd missing instance is asked for by itself.
+    Orthanc sends one C-MOVE per resource, so a series that lost most (and more than one) of
+    its instances, as after an interrupted transfer, is asked for whole in one request
+    (orthanc-raw ignores the copies it already holds); otherwise each missing instance is asked
+    for by itself, so nothing is sent twice.
     """
     by_series: dict[str, list[str]] = {}
     for sop, series in listed.items():
@@ -228,7 +229,7 @@ def _move_missing(
     instance_level: list[dict[str, str]] = []
     for series, sops in by_series.items():
         lacking = [sop for sop in sops if sop in missing]
-        if series and 2 * len(lacking) > len(sops):
+        if series and len(lacking) > 1 and 2 * len(lacking) > len(sops):
             series_level.append({"StudyInstanceUID": study_uid, "SeriesInstanceUID": series})
         else:
             instance_level += [

@@ -24,6 +24,7 @@ class VnaStudy:
     modality: str = "CR"
     # What the VNA says the study holds, if not len(sops) (a VNA that truncates its listing).
     reported_count: int | None = None
+    series: dict[str, str] = field(default_factory=dict)  # sop -> series uid, else "9.9"
 
 
 @dataclass
@@ -91,7 +92,11 @@ class FakeVnaAndRaw:
         if level == "Instance":
             study = self.study(query["StudyInstanceUID"])
             return [
-                {"StudyInstanceUID": study.uid, "SeriesInstanceUID": "9.9", "SOPInstanceUID": sop}
+                {
+                    "StudyInstanceUID": study.uid,
+                    "SeriesInstanceUID": study.series.get(sop, "9.9"),
+                    "SOPInstanceUID": sop,
+                }
                 for sop in study.sops
             ]
         return [
@@ -252,3 +257,14 @@ def test_a_series_that_lost_most_of_its_instances_is_moved_whole_in_one_request(
     result = fetch_study(api, QUERY, CHEST, FetchSettings())
     assert (result.outcome, result.moves, len(result.instance_ids)) == (Outcome.FETCHED, 1, 5)
     assert api.moves[-1] == ("series", "9.9")
+
+
+def test_a_lone_missing_instance_is_asked_for_by_itself():
+    """A series of one whose instance is missing: asked for at instance level (one request
+    either way, and nothing else of the series is sent again)."""
+    api = FakeVnaAndRaw([VnaStudy(STUDY_UID, ["1", "2", "3"], series={"1": "8.8"})])
+    fetch_study(api, QUERY, CHEST, FetchSettings())
+    del api.local["1"]
+    result = fetch_study(api, QUERY, CHEST, FetchSettings())
+    assert result.moves == 1
+    assert api.moves[-1] == ("instances", ["1"])
