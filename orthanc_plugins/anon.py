@@ -19,12 +19,13 @@ from pixl_core.config.projects import load_project
 from pixl_core.env import env_number
 from pixl_core.transport.ftps import FtpsClient, FtpsSettings
 from pixl_imaging.export import AnonExporter, ExportSettings
-from pixl_imaging.ingest import AnonIngest
+from pixl_imaging.ingest import AnonIngest, OrphanSweeper
 
 plugin_support.setup_logging()
 threads = plugin_support.BackgroundThreads()
 ingest = AnonIngest(os.environ["PIXL_DB_URL"], plugin_support.secret())
 exporter: AnonExporter | None = None
+sweeper: OrphanSweeper | None = None
 
 
 def on_received(received_dicom: bytes, origin: object) -> tuple[object, bytes | None]:
@@ -41,7 +42,7 @@ def _ftps(project: str) -> FtpsClient:
 
 
 def _start() -> None:
-    global exporter
+    global exporter, sweeper
     exporter = AnonExporter(
         os.environ["PIXL_DB_URL"],
         plugin_support.own_client(),
@@ -60,6 +61,13 @@ def _start() -> None:
     )
     for number in range(env_number("PIXL_EXPORT_THREADS", 2, int, positive=True)):
         threads.start(f"pixl-anon-exporter-{number}", exporter.run)
+    sweeper = OrphanSweeper(
+        os.environ["PIXL_DB_URL"],
+        plugin_support.own_client(),
+        plugin_support.secret(),
+        grace_seconds=env_number("PIXL_ANON_ORPHAN_SECONDS", 600.0, float, positive=True),
+    )
+    threads.start("pixl-anon-orphan-sweep", sweeper.run)
     threads.start("pixl-anon-metrics", _publish_metrics)
 
 
@@ -67,6 +75,8 @@ def _counters() -> dict[str, int]:
     values = ingest.counters.snapshot()
     if exporter is not None:
         values.update({f"export_{k}": v for k, v in exporter.counters.snapshot().items()})
+    if sweeper is not None:
+        values.update(sweeper.counters.snapshot())
     return values
 
 

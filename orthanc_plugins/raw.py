@@ -1,4 +1,11 @@
-"""orthanc-raw plugin: wires the fetch worker into Orthanc. Logic: pixl_imaging.fetch_worker."""
+"""orthanc-raw plugin: wires the fetch worker into Orthanc. Logic: pixl_imaging.fetch_worker.
+
+There is deliberately no received-instance callback here: on the VNA's C-STORE, Orthanc 1.10.1
+has DCMTK parse the whole dataset off the network before any plugin sees it (a file nested
+10,000 sequences deep kills orthanc-raw before the callback runs), so a callback could not
+screen anything in time. The fetch worker screens every instance before handing it on
+(``pixl_core.dicom.screening``); see "Malformed files" in the README for what is left.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import orthanc
 import plugin_support
 
+from pixl_core.dicom.screening import ScreeningLimits
 from pixl_core.env import env_number
 from pixl_imaging.fetch_worker import RawWorker, RawWorkerSettings
 from pixl_imaging.vna_fetch import FetchSettings
@@ -33,6 +41,10 @@ def _start() -> None:
         fetch=FetchSettings(
             vna_modality=os.environ.get("PIXL_VNA_MODALITY", "vna"),
             own_aet=os.environ.get("PIXL_RAW_AET", "PIXLRAW"),
+        ),
+        screening=ScreeningLimits(
+            max_bytes=env_number("PIXL_SCREEN_MAX_MB", 512, int, positive=True) << 20,
+            max_depth=env_number("PIXL_SCREEN_MAX_DEPTH", 16, int, positive=True),
         ),
     )
     worker = RawWorker(

@@ -2,7 +2,7 @@
 # Install the Debian 12 packages PIXL's local stack and tests need, only if missing.
 # Safe to run repeatedly; needs root (or sudo) only when something is missing.
 set -euo pipefail
-packages=(orthanc orthanc-python postgresql python3.11 python3.11-venv python3-pip vsftpd openssl)
+packages=(orthanc orthanc-python postgresql python3.11 python3.11-venv python3-pip vsftpd openssl dcmtk)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

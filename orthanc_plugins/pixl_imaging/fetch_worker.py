@@ -10,6 +10,18 @@ The loop is ``pixl_core.db.polling.run_loop``, shared with the exporter and the 
 what is the fetch worker's own is ``_ready``: one claim per due rate slot, while fewer than the
 in-flight limit are being fetched. A failure is recorded as the error's ``code`` (a broken
 project file as ``invalid_project``, a missing one as ``unknown_project``), never an identifier.
+
+The hand-off: only the instances the VNA listed for the study are handed on
+(``vna_fetch.FetchResult.instances``), each screened first (``pixl_core.dicom.screening``:
+its size from Orthanc's index before it is read, then its bytes) because orthanc-anon's Orthanc
+parses whatever it receives and dies on some files. A screened-out instance is recorded as
+refused with its ``malformed_…`` reason and not sent; it still counts in ``instances_sent``,
+so the exporter sees the study complete (and ends it ``refused`` if nothing else is left).
+
+Crashes: a study whose lease ran out while a worker held it counts a crash when it is claimed
+again (``work_queue.claim(max_crashes=…)``), and so does a study during whose hand-off
+orthanc-anon dropped the connection (it died receiving an instance). After ``max_crashes`` the
+study ends ``failed`` with ``worker_crashed`` instead of crashing a service again.
 """
 
 from __future__ import annotations
@@ -20,6 +32,9 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
+import requests
+import urllib3
+
 from pixl_core import db
 from pixl_core.config.projects import load_project
 from pixl_core.db import study_records, work_queue
@@ -27,9 +42,19 @@ from pixl_core.db.polling import Counters, run_loop
 from pixl_core.db.work_queue import FetchRate, WorkItem
 from pixl_core.dicom.deid import REFUSED_MODALITY
 from pixl_core.dicom.handoff import Handoff, mark
+from pixl_core.dicom.screening import Malformed, ScreeningLimits, check_size, screen
 from pixl_core.errors import PixlConfigError
+from pixl_core.hashing import ProjectHasher
 from pixl_core.transport.orthanc_rest import OrthancApi, OrthancError
-from pixl_imaging.vna_fetch import FetchError, FetchSettings, Outcome, StudyQuery, fetch_study
+from pixl_imaging.vna_fetch import (
+    FetchError,
+    FetchResult,
+    FetchSettings,
+    LocalInstance,
+    Outcome,
+    StudyQuery,
+    fetch_study,
+)
 
 logger = logging.getLogger("pixl.raw")
 MAX_IN_FLIGHT_CAP = 32
@@ -43,6 +68,9 @@ class RawWorkerSettings:
     backoff_base_seconds: float = 10.0
     poll_seconds: float = 0.25
     fetch: FetchSettings = field(default_factory=FetchSettings)
+    screening: ScreeningLimits = field(default_factory=ScreeningLimits)
+    # A study that crashed a worker this many times ends failed (worker_crashed).
+    max_crashes: int = 2
 
 
 # What this worker counts, for ``/pixl/status`` and the metrics endpoint.
@@ -52,6 +80,9 @@ COUNTERS = (
     "cached",
     "handed_off",
     "instances_sent",
+    "screened_out",
+    "unlisted_skipped",
+    "worker_crashes",
     "not_found",
     "refused",
     "retried",
@@ -135,6 +166,7 @@ class RawWorker:
             limit,
             self.settings.lease_seconds,
             max_attempts=self.settings.max_attempts,
+            max_crashes=self.settings.max_crashes,
         )
 
     def process(self, item: WorkItem) -> None:
@@ -143,6 +175,8 @@ class RawWorker:
         self.counters.add("in_flight")
         try:
             self._process(item)
+        except AnonCrashed:
+            self._crashed(item)
         except (FetchError, OrthancError) as exc:
             self._retry(item, exc.code if isinstance(exc, FetchError) else f"orthanc_{exc.code}")
         except PixlConfigError as exc:  # the operator must fix it: retrying would not help
@@ -177,19 +211,59 @@ class RawWorker:
             self.counters.add("cached")
         else:
             self.counters.add("moves", result.moves)
-        handoff = Handoff(project=item.project, work_item_id=item.id)
-        for instance_id in result.instance_ids:
-            data = self.raw.get_bytes(f"/instances/{instance_id}/file")
-            self.anon.post_bytes("/instances", mark(data, handoff, self.secret))
-            self.counters.add("instances_sent")
+        self._hand_off(item, result)
         self.counters.add("handed_off")
         self._finish(
             item,
             "anonymising",
             study_uid=result.study_uid,
-            instances_sent=len(result.instance_ids),
+            instances_sent=len(result.instances),
         )
         logger.info("study item %s handed to orthanc-anon", item.id)
+
+    def _hand_off(self, item: WorkItem, result: FetchResult) -> None:
+        """Send each instance the VNA listed to orthanc-anon, signed, once it passes screening;
+        record the ones that do not as refused (their reason, keyed by a hash of the UID)."""
+        if result.unlisted:
+            self.counters.add("unlisted_skipped", result.unlisted)
+            logger.warning(
+                "study item %s: %d cached instance(s) the VNA did not list were not handed on",
+                item.id,
+                result.unlisted,
+            )
+        handoff = Handoff(project=item.project, work_item_id=item.id)
+        hasher = ProjectHasher.for_project(item.project, self.secret)
+        for instance in result.instances:
+            try:
+                data = self._screened_file(instance)
+            except Malformed as refusal:
+                study_records.record_refusal(
+                    self._conn(), item.id, hasher.uid(instance.sop_uid), refusal.reason
+                )
+                self.counters.add("screened_out")
+                logger.warning("study item %s: an instance was refused (%s)", item.id, refusal)
+                continue
+            try:
+                self.anon.post_bytes("/instances", mark(data, handoff, self.secret))
+            except OrthancError as exc:
+                if _connection_dropped(exc):
+                    raise AnonCrashed from None
+                raise
+            self.counters.add("instances_sent")
+
+    def _screened_file(self, instance: LocalInstance) -> bytes:
+        """The instance's bytes, if they pass screening (``Malformed`` otherwise). The size is
+        checked from Orthanc's index first, so an oversized file is never read."""
+        limits = self.settings.screening
+        if instance.file_size > limits.max_bytes:
+            try:
+                syntax = self.raw.get_bytes(f"/instances/{instance.id}/metadata/TransferSyntax")
+            except OrthancError:
+                syntax = b""
+            check_size(instance.file_size, syntax.decode("ascii", "replace"), limits)
+        data = self.raw.get_bytes(f"/instances/{instance.id}/file")
+        screen(data, limits)
+        return data
 
     def _record_move(self, item: WorkItem, instances: int) -> None:
         """Audit the C-MOVE (the first completed one per study; a top-up adds no row)."""
@@ -199,6 +273,21 @@ class RawWorker:
 
     def _finish(self, item: WorkItem, state: str, **fields: object) -> None:
         work_queue.complete(self._conn(), "study", item.id, state, "fetching", **fields)
+
+    def _crashed(self, item: WorkItem) -> None:
+        """orthanc-anon died receiving one of the study's instances: count it against the study."""
+        new_state = work_queue.record_crash(
+            self._conn(),
+            "study",
+            item.id,
+            self.settings.max_crashes,
+            self.settings.backoff_base_seconds,
+        )
+        self.counters.add("worker_crashes")
+        self.counters.add("failed" if new_state == "failed" else "retried")
+        logger.warning(
+            "study item %s: orthanc-anon crashed receiving it (now %s)", item.id, new_state
+        )
 
     def _retry(self, item: WorkItem, code: str) -> None:
         new_state = work_queue.fail(
@@ -211,3 +300,18 @@ class RawWorker:
         )
         self.counters.add("failed" if new_state == "failed" else "retried")
         logger.warning("study item %s: %s (now %s)", item.id, code, new_state)
+
+
+class AnonCrashed(Exception):
+    """orthanc-anon dropped the connection while receiving an instance: it died on it."""
+
+
+def _connection_dropped(error: OrthancError) -> bool:
+    """Whether the request reached Orthanc and the connection then broke without an answer (a
+    crash of the receiving process), rather than being refused (a service that is down)."""
+    cause = error.__context__
+    return (
+        isinstance(cause, requests.ConnectionError)
+        and bool(cause.args)
+        and isinstance(cause.args[0], urllib3.exceptions.ProtocolError)
+    )

@@ -1,10 +1,25 @@
-"""Fetch one study from the VNA into orthanc-raw, asking the VNA as little as possible.
+"""Fetch one study from the VNA into orthanc-raw, asking the VNA as little as possible, and
+name exactly the instances the VNA reported for it.
 
 The VNA is the hospital's archive and the rule is to ask it for each study at most once per
 project, at a bounded rate. So: C-FIND first (by accession number and MRN, or by Study Instance
-UID when known), skip the move entirely when orthanc-raw already holds every instance the VNA
-reports (a study a second project asks for is reused), refuse without moving when the study has
-none of the project's modalities, and after a partial transfer move only the missing instances.
+UID when known), refuse without moving when the study has none of the project's modalities, list
+the study's instances (a second C-FIND, at instance level), skip the move entirely when
+orthanc-raw already holds every one of them (a study a second project asks for is reused), and
+after a partial transfer move only what is missing (a series that lost most of its instances
+in one request, else the missing instances one by one).
+
+What the archive says is checked, not trusted:
+
+- a study-level answer is accepted only when its PatientID and AccessionNumber equal the ones
+  asked for (its StudyInstanceUID, when asking by UID), up to DICOM's insignificant padding
+  spaces. A C-FIND key holding ``*`` or ``?`` is a wildcard to the archive, so an answer about
+  another patient is possible; such answers are dropped, never moved;
+- only instances the archive listed for the study are handed on (``FetchResult.instances``). An
+  instance orthanc-raw holds for that study which the archive did not list (stored into the
+  cache by anything else) is counted in ``unlisted`` and never leaves;
+- an archive that lists fewer instances than it says the study has
+  (NumberOfStudyRelatedInstances) is an error, not a smaller study.
 """
 
 from __future__ import annotations
@@ -39,12 +54,29 @@ class StudyQuery:
     study_uid: str | None = None
 
 
+@dataclass(frozen=True)
+class LocalInstance:
+    """An instance of the study that orthanc-raw holds (``file_size`` from Orthanc's index)."""
+
+    id: str
+    sop_uid: str
+    file_size: int = 0
+
+
 @dataclass
 class FetchResult:
     outcome: Outcome
     study_uid: str | None = None
-    instance_ids: list[str] = field(default_factory=list)
+    # The instances the VNA listed for the study, as orthanc-raw holds them: what is handed on.
+    instances: list[LocalInstance] = field(default_factory=list)
+    # C-MOVE requests the VNA was sent (what its own log counts): 1 for a whole study.
     moves: int = 0
+    # Instances orthanc-raw holds for the study that the VNA did not list: never handed on.
+    unlisted: int = 0
+
+    @property
+    def instance_ids(self) -> list[str]:
+        return [instance.id for instance in self.instances]
 
 
 @dataclass(frozen=True)
@@ -57,44 +89,62 @@ class FetchSettings:
 def fetch_study(
     raw: OrthancApi, query: StudyQuery, modalities: frozenset[str], settings: FetchSettings
 ) -> FetchResult:
-    """Make sure orthanc-raw holds the whole study; return its local instance ids."""
+    """Make sure orthanc-raw holds every instance the VNA lists for the study; return them."""
     answer = _find_study(raw, query, settings)
     if answer is None:
         return FetchResult(Outcome.NOT_FOUND)
-    query_id, content = answer
+    query_index, query_id, content = answer
     study_uid = str(content.get("StudyInstanceUID", ""))
     if not study_uid:
         raise FetchError("vna_answer_without_uid")
     in_study = {m for m in str(content.get("ModalitiesInStudy", "")).split("\\") if m}
     if in_study and not in_study & modalities:
         return FetchResult(Outcome.WRONG_MODALITY, study_uid=study_uid)
+    listed = _listed_instances(raw, study_uid, settings)
     expected = _as_int(content.get("NumberOfStudyRelatedInstances"))
+    if not listed or (expected and len(listed) < expected):
+        raise FetchError("vna_listing_incomplete")
     local = local_instances(raw, study_uid)
-    if expected and len(local) >= expected:
-        return FetchResult(Outcome.CACHED, study_uid, list(local.values()))
     moves = 0
-    if not local:
-        raw.post(
-            f"/queries/{query_id}/answers/0/retrieve",
-            {"TargetAet": settings.own_aet, "Synchronous": True},
-            timeout=settings.move_timeout_seconds,
-        )
-        moves += 1
-    else:
-        moves += _move_missing(raw, study_uid, set(local), settings)
-    local = local_instances(raw, study_uid)
-    if not local or (expected and len(local) < expected):
-        raise FetchError("incomplete_transfer")
-    return FetchResult(Outcome.FETCHED, study_uid, list(local.values()), moves)
+    missing = [sop for sop in listed if sop not in local]
+    if missing:
+        if not set(listed) & set(local):
+            raw.post(
+                f"/queries/{query_id}/answers/{query_index}/retrieve",
+                {"TargetAet": settings.own_aet, "Synchronous": True},
+                timeout=settings.move_timeout_seconds,
+            )
+            moves = 1
+        else:
+            moves = _move_missing(raw, study_uid, listed, set(missing), settings)
+        local = local_instances(raw, study_uid)
+        if any(sop not in local for sop in listed):
+            raise FetchError("incomplete_transfer")
+    return FetchResult(
+        Outcome.FETCHED if moves else Outcome.CACHED,
+        study_uid,
+        [local[sop] for sop in listed],
+        moves,
+        unlisted=sum(1 for sop in local if sop not in listed),
+    )
+
+
+def _same(value: Any, wanted: str) -> bool:
+    """Equal as DICOM compares them: leading and trailing spaces are padding, nothing else."""
+    return isinstance(value, str) and value.strip(" \x00") == wanted.strip(" \x00")
 
 
 def _find_study(
     raw: OrthancApi, query: StudyQuery, settings: FetchSettings
-) -> tuple[str, dict[str, Any]] | None:
+) -> tuple[int, str, dict[str, Any]] | None:
+    """The one study-level answer that is exactly the study asked for: (its index among the
+    answers, the query id, its content); None if there is none."""
     keys: dict[str, str] = {
         "StudyInstanceUID": query.study_uid or "",
         "ModalitiesInStudy": "",
         "NumberOfStudyRelatedInstances": "",
+        "AccessionNumber": "",
+        "PatientID": "",
     }
     if not query.study_uid:
         keys["AccessionNumber"] = query.accession_number
@@ -103,27 +153,26 @@ def _find_study(
         f"/modalities/{settings.vna_modality}/query", {"Level": "Study", "Query": keys}
     )
     query_id = found["ID"]
-    answers = raw.get(f"/queries/{query_id}/answers")
-    if not answers:
+    matches = []
+    for index in raw.get(f"/queries/{query_id}/answers"):
+        content = raw.get(f"/queries/{query_id}/answers/{index}/content?simplify")
+        if query.study_uid:
+            exact = _same(content.get("StudyInstanceUID"), query.study_uid)
+        else:
+            exact = _same(content.get("PatientID"), query.mrn) and _same(
+                content.get("AccessionNumber"), query.accession_number
+            )
+        if exact:
+            matches.append((int(index), query_id, content))
+    if not matches:
         return None
-    if len(answers) > 1:
+    if len(matches) > 1:
         raise FetchError("ambiguous_study")
-    return query_id, raw.get(f"/queries/{query_id}/answers/0/content?simplify")
+    return matches[0]
 
 
-def local_instances(raw: OrthancApi, study_uid: str) -> dict[str, str]:
-    """SOP Instance UID → Orthanc instance id, for what orthanc-raw holds of the study."""
-    found = raw.post(
-        "/tools/find",
-        {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}, "Expand": True},
-    )
-    return {item["MainDicomTags"]["SOPInstanceUID"]: item["ID"] for item in found}
-
-
-def _move_missing(
-    raw: OrthancApi, study_uid: str, present: set[str], settings: FetchSettings
-) -> int:
-    """Move just the instances orthanc-raw lacks, in one C-MOVE job."""
+def _listed_instances(raw: OrthancApi, study_uid: str, settings: FetchSettings) -> dict[str, str]:
+    """SOP Instance UID → Series Instance UID of every instance the VNA lists for the study."""
     found = raw.post(
         f"/modalities/{settings.vna_modality}/query",
         {
@@ -132,30 +181,74 @@ def _move_missing(
         },
     )
     query_id = found["ID"]
-    missing = []
+    listed: dict[str, str] = {}
     for index in raw.get(f"/queries/{query_id}/answers"):
         content = raw.get(f"/queries/{query_id}/answers/{index}/content?simplify")
-        if content.get("SOPInstanceUID") not in present:
-            missing.append(
-                {
-                    "StudyInstanceUID": study_uid,
-                    "SeriesInstanceUID": content.get("SeriesInstanceUID", ""),
-                    "SOPInstanceUID": content.get("SOPInstanceUID", ""),
-                }
-            )
-    if not missing:
-        return 0
-    raw.post(
-        f"/modalities/{settings.vna_modality}/move",
-        {
-            "Level": "Instance",
-            "Resources": missing,
-            "TargetAet": settings.own_aet,
-            "Synchronous": True,
-        },
-        timeout=settings.move_timeout_seconds,
+        if not _same(content.get("StudyInstanceUID", study_uid), study_uid):
+            continue  # an answer about another study is no answer
+        sop_uid = str(content.get("SOPInstanceUID", "")).strip(" \x00")
+        if sop_uid:
+            listed[sop_uid] = str(content.get("SeriesInstanceUID", "")).strip(" \x00")
+    return listed
+
+
+def local_instances(raw: OrthancApi, study_uid: str) -> dict[str, LocalInstance]:
+    """SOP Instance UID → the instance, for what orthanc-raw holds of the study."""
+    found = raw.post(
+        "/tools/find",
+        {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}, "Expand": True},
     )
-    return 1
+    return {
+        item["MainDicomTags"]["SOPInstanceUID"]: LocalInstance(
+            id=item["ID"],
+            sop_uid=item["MainDicomTags"]["SOPInstanceUID"],
+            file_size=int(item.get("FileSize") or 0),
+        )
+        for item in found
+    }
+
+
+def _move_missing(
+    raw: OrthancApi,
+    study_uid: str,
+    listed: dict[str, str],
+    missing: set[str],
+    settings: FetchSettings,
+) -> int:
+    """Move what orthanc-raw lacks; return how many C-MOVE requests the VNA was sent.
+
+    Orthanc sends one C-MOVE per resource, so a series that lost most (and more than one) of
+    its instances, as after an interrupted transfer, is asked for whole in one request
+    (orthanc-raw ignores the copies it already holds); otherwise each missing instance is asked
+    for by itself, so nothing is sent twice.
+    """
+    by_series: dict[str, list[str]] = {}
+    for sop, series in listed.items():
+        by_series.setdefault(series, []).append(sop)
+    series_level: list[dict[str, str]] = []
+    instance_level: list[dict[str, str]] = []
+    for series, sops in by_series.items():
+        lacking = [sop for sop in sops if sop in missing]
+        if series and len(lacking) > 1 and 2 * len(lacking) > len(sops):
+            series_level.append({"StudyInstanceUID": study_uid, "SeriesInstanceUID": series})
+        else:
+            instance_level += [
+                {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series, "SOPInstanceUID": sop}
+                for sop in lacking
+            ]
+    for level, resources in (("Series", series_level), ("Instance", instance_level)):
+        if resources:
+            raw.post(
+                f"/modalities/{settings.vna_modality}/move",
+                {
+                    "Level": level,
+                    "Resources": resources,
+                    "TargetAet": settings.own_aet,
+                    "Synchronous": True,
+                },
+                timeout=settings.move_timeout_seconds,
+            )
+    return len(series_level) + len(instance_level)
 
 
 def _as_int(value: Any) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import Counter
 
 from pixl_core.db.connection import Connection
+from pixl_core.db.states import STUDY_BUSY
 from pixl_core.db.work_queue import check_error_code
 
 
@@ -55,3 +56,14 @@ def refusals(conn: Connection, study_id: int) -> Counter[str]:
             (study_id,),
         )
         return Counter(dict(cur.fetchall()))
+
+
+def busy_study_uids(conn: Connection) -> list[tuple[str, str]]:
+    """(project, Study Instance UID) of every study still queued or in progress whose UID is
+    known: what orthanc-anon may legitimately hold (its orphan sweep keeps these)."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT project, study_uid FROM study WHERE state IN %s AND study_uid IS NOT NULL",
+            (tuple(str(state) for state in STUDY_BUSY),),
+        )
+        return [(project, uid) for project, uid in cur.fetchall()]

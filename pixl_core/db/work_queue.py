@@ -29,6 +29,12 @@ Two ways to own an item:
   fails nothing), its own try counter (``export_attempts``) grows, and the lease is the wait.
   ``requeue`` sends it back to ``queued`` when the stage finds its input incomplete.
 
+Crashes are counted per item where the table has a crash column (studies): a lease that ran
+out means the worker holding it died, so ``claim(max_crashes=…)`` counts a crash before taking
+the item again, ``record_crash`` counts one a worker saw happen under it (orthanc-anon dying
+mid-upload), and an item that crashed a worker ``max_crashes`` times ends ``failed`` with
+``worker_crashed`` instead of crashing it again.
+
 Both backoffs are ``_backoff``: ``base * 2 ** tries`` seconds, capped. Error codes are short
 lowercase strings such as ``vna_timeout`` (``PixlError.code``) and never identifiers; this
 module and the schema refuse anything else.
@@ -75,6 +81,8 @@ class QueueSpec:
     in_progress_states: tuple[str, ...]
     columns: frozenset[str]
     stages: tuple[Stage, ...] = ()
+    # Counts the items' worker crashes (``claim(max_crashes=…)``, ``record_crash``), if set.
+    crash_column: str | None = None
 
 
 # Columns ``complete`` may set (state and lease columns are managed by this module).
@@ -113,6 +121,7 @@ QUEUES: dict[str, QueueSpec] = {
                 tries_column="export_attempts",
             ),
         ),
+        crash_column="crash_count",
     ),
     "report": QueueSpec(
         table="report",
@@ -255,6 +264,7 @@ def claim(
     project: str | None = None,
     *,
     max_attempts: int | None = None,
+    max_crashes: int | None = None,
 ) -> list[WorkItem]:
     """Claim up to ``limit`` items for ``worker_id``, oldest due first, and move them to the
     claimed state with a lease of ``lease_seconds``.
@@ -262,14 +272,19 @@ def claim(
     Claimable: ``queued`` items whose ``next_attempt_at`` has come, and in-progress items whose
     lease has expired. With ``max_attempts``, an expired item that has already been claimed that
     many times is marked ``failed`` (``lease_expired``) instead of claimed again, so an item that
-    kills its worker cannot cycle for ever.
+    kills its worker cannot cycle for ever. With ``max_crashes`` (tables with a crash column),
+    an expired lease counts as a crash of the worker that held it: the item goes back to
+    ``queued``, or ends ``failed`` (``worker_crashed``) at ``max_crashes`` crashes or
+    ``max_attempts`` claims.
     """
     spec = _spec(table)
     if limit <= 0:
         return []
     in_progress = tuple(spec.in_progress_states)
     with conn, conn.cursor(cursor_factory=RealDictCursor) as cur:
-        if max_attempts is not None:
+        if max_crashes is not None and spec.crash_column is not None:
+            _count_crashes(cur, spec, in_progress, project, max_crashes, max_attempts)
+        elif max_attempts is not None:
             cur.execute(
                 sql.SQL(
                     "UPDATE {t} SET state = 'failed', last_error_code = 'lease_expired', "
@@ -299,6 +314,35 @@ def claim(
                 "lease": float(lease_seconds),
             },
         )
+
+
+def _count_crashes(
+    cur: cursor,
+    spec: QueueSpec,
+    in_progress: tuple[str, ...],
+    project: str | None,
+    max_crashes: int,
+    max_attempts: int | None,
+) -> None:
+    """Count a crash on every in-progress item whose lease ran out, and requeue or fail it (in
+    the claim's transaction, so an expired item is counted once, by one claimer)."""
+    assert spec.crash_column is not None
+    cur.execute(
+        sql.SQL(
+            "UPDATE {t} SET {c} = {c} + 1, "
+            "state = CASE WHEN {c} + 1 >= %(max_crashes)s OR attempts >= %(max_attempts)s "
+            "THEN 'failed' ELSE 'queued' END, "
+            "last_error_code = 'worker_crashed', claimed_by = NULL, claimed_until = NULL "
+            "WHERE state IN %(in_progress)s AND claimed_until < now() "
+            "AND (%(project)s::text IS NULL OR project = %(project)s)"
+        ).format(t=sql.Identifier(spec.table), c=sql.Identifier(spec.crash_column)),
+        {
+            "in_progress": in_progress,
+            "max_crashes": max_crashes,
+            "max_attempts": max_attempts if max_attempts is not None else 2**31 - 1,
+            "project": project,
+        },
+    )
 
 
 def claim_stage(
@@ -477,6 +521,58 @@ def fail(
     return row[0] if row else None
 
 
+def record_crash(
+    conn: Connection,
+    table: str,
+    item_id: int,
+    max_crashes: int,
+    backoff_base_seconds: float,
+    *,
+    max_backoff_seconds: float = 3600.0,
+) -> str | None:
+    """Record that working on an in-progress item crashed a worker (this one saw another die
+    under it); return the item's new state, or None if not applied.
+
+    Like ``fail``, with the crash counted: below ``max_crashes`` the item goes back to
+    ``queued`` with backoff, at ``max_crashes`` it ends ``failed``; ``last_error_code`` is
+    ``worker_crashed`` either way.
+    """
+    spec = _spec(table)
+    if spec.crash_column is None:
+        raise ValueError(f"{spec.table} items do not count crashes")
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                """
+                UPDATE {t}
+                SET {c} = {c} + 1,
+                    state = CASE WHEN {c} + 1 >= %(max)s THEN 'failed' ELSE 'queued' END,
+                    next_attempt_at = CASE WHEN {c} + 1 >= %(max)s THEN next_attempt_at
+                        ELSE now() + {delay}
+                        END,
+                    last_error_code = 'worker_crashed',
+                    claimed_by = NULL,
+                    claimed_until = NULL
+                WHERE id = %(id)s AND state IN %(in_progress)s
+                RETURNING state
+                """
+            ).format(
+                t=sql.Identifier(spec.table),
+                c=sql.Identifier(spec.crash_column),
+                delay=_backoff(sql.SQL("attempts - 1")),
+            ),
+            {
+                "max": max_crashes,
+                "cap": float(max_backoff_seconds),
+                "base": float(backoff_base_seconds),
+                "id": item_id,
+                "in_progress": tuple(spec.in_progress_states),
+            },
+        )
+        row = cur.fetchone()
+    return row[0] if row else None
+
+
 def defer(
     conn: Connection,
     table: str,
@@ -624,15 +720,21 @@ def set_fetch_rate(
 
 
 def requeue_failed(conn: Connection, table: str, project: str) -> int:
-    """Give a project's failed items a fresh start (attempts reset); returns how many."""
+    """Give a project's failed items a fresh start (attempts and crashes reset); returns how
+    many."""
     spec = _spec(table)
+    crashes = (
+        sql.SQL("{} = 0, ").format(sql.Identifier(spec.crash_column))
+        if spec.crash_column
+        else sql.SQL("")
+    )
     with conn, conn.cursor() as cur:
         cur.execute(
             sql.SQL(
-                "UPDATE {t} SET state = 'queued', attempts = 0, next_attempt_at = now(), "
+                "UPDATE {t} SET state = 'queued', attempts = 0, {crashes}next_attempt_at = now(), "
                 "claimed_by = NULL, claimed_until = NULL "
                 "WHERE project = %s AND state = 'failed'"
-            ).format(t=sql.Identifier(spec.table)),
+            ).format(t=sql.Identifier(spec.table), crashes=crashes),
             (project,),
         )
         return cur.rowcount

@@ -50,6 +50,7 @@ class StoredInstance:
     modality: str
     accession_number: str
     patient_id: str
+    transfer_syntax: str = "1.2.840.10008.1.2.1"
 
 
 @dataclass
@@ -85,6 +86,10 @@ class FakeOrthanc:
             accession_number=str(ds.get("AccessionNumber", "")),
             patient_id=str(ds.get("PatientID", "")),
         )
+        return self.put(instance)
+
+    def put(self, instance: StoredInstance) -> str:
+        """Store an instance as it is (a C-MOVE copies what the VNA holds, parseable or not)."""
         with self._lock:
             self.instances[instance.id] = instance
         return instance.id
@@ -136,6 +141,8 @@ class FakeOrthanc:
     def get_bytes(self, path: str) -> bytes:
         self._call("GET", path)
         parts = path.strip("/").split("/")
+        if parts[0] == "instances" and parts[2:] == ["metadata", "TransferSyntax"]:
+            return self.instances[parts[1]].transfer_syntax.encode()
         assert parts[0] == "instances" and parts[2] == "file", path
         if self.on_read is not None:
             self.on_read(parts[1])
@@ -159,7 +166,7 @@ class FakeOrthanc:
             study_uid = self._queries[parts[1]][int(parts[3])]["StudyInstanceUID"]
             self.moves.append("study")
             for instance in self.vna.of_study(study_uid):
-                self.store(instance.data)
+                self.put(instance)
             return {}
         if path == "/modalities/vna/move":
             assert self.vna is not None
@@ -167,14 +174,21 @@ class FakeOrthanc:
             wanted = {r["SOPInstanceUID"] for r in body["Resources"]}
             for instance in list(self.vna.instances.values()):
                 if instance.sop_uid in wanted:
-                    self.store(instance.data)
+                    self.put(instance)
             return {}
         if path == "/tools/find":
             uid = body["Query"]["StudyInstanceUID"]
             found = self.of_study(uid)
             if body["Level"] == "Study":
                 return [orthanc_id("study", uid)] if found else []
-            return [{"ID": i.id, "MainDicomTags": {"SOPInstanceUID": i.sop_uid}} for i in found]
+            return [
+                {
+                    "ID": i.id,
+                    "FileSize": len(i.data),
+                    "MainDicomTags": {"SOPInstanceUID": i.sop_uid},
+                }
+                for i in found
+            ]
         raise AssertionError(f"unexpected POST {path}")
 
     def post_bytes(self, path: str, data: bytes) -> Any:
@@ -229,6 +243,8 @@ class FakeOrthanc:
         return [
             {
                 "StudyInstanceUID": uid,
+                "PatientID": members[0].patient_id,
+                "AccessionNumber": members[0].accession_number,
                 "ModalitiesInStudy": "\\".join(sorted({i.modality for i in members})),
                 "NumberOfStudyRelatedInstances": str(len(members)),
             }

@@ -1,5 +1,6 @@
-"""orthanc-anon's per-instance step against a real Postgres: only what orthanc-raw signed is
-de-identified; everything else is discarded, and each refusal is recorded once, by reason."""
+"""orthanc-anon's per-instance step against a real Postgres: only what orthanc-raw signed, for
+a study it is handing over now, is de-identified; everything else is discarded, and each
+refusal is recorded once, by reason."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pixl_core.dicom.handoff import HANDOFF_CREATOR, HANDOFF_GROUP, Handoff, mar
 from pixl_core.hashing import ProjectHasher, hash_accession_number
 from pixl_imaging.ingest import AnonIngest
 from stack.synthetic.cohort import NORMAL, WRONG_MODALITY, Cohort, SyntheticStudy
-from tests.integration.imaging_fakes import SECRET, add_study
+from tests.integration.imaging_fakes import SECRET, add_study, study_row
 
 PROJECT = "chest-xray"
 
@@ -28,6 +29,16 @@ def refusals(conn) -> list[tuple[int, str, str]]:  # type: ignore[no-untyped-def
         return cur.fetchall()
 
 
+def fetching(conn, study_id: int) -> int:  # type: ignore[no-untyped-def]
+    """Put the study where orthanc-raw has it while handing it over."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE study SET state = 'fetching', claimed_by = 'raw:test' WHERE id = %s",
+            (study_id,),
+        )
+    return study_id
+
+
 @pytest.fixture
 def ingest(db_url: str) -> AnonIngest:
     return AnonIngest(db_url, SECRET)
@@ -35,7 +46,7 @@ def ingest(db_url: str) -> AnonIngest:
 
 def test_instance_from_orthanc_raw_is_deidentified(ingest, conn, cohort: Cohort):
     study = cohort.by_role(NORMAL)
-    study_id = add_study(conn, PROJECT, study.mrn, study.accession_number)
+    study_id = fetching(conn, add_study(conn, PROJECT, study.mrn, study.accession_number))
 
     out = ingest.on_received(marked(study, study_id))
 
@@ -116,3 +127,19 @@ def test_refused_instance_is_discarded_even_when_the_database_is_down(cohort: Co
 
     assert ingest.on_received(marked(cohort.by_role(WRONG_MODALITY), 1)) is None
     assert ingest.counters["refused_modality_not_allowed"] == 1
+
+
+@pytest.mark.parametrize("state", ["queued", "anonymising", "exported", "failed"])
+def test_genuine_handoff_replayed_outside_its_fetch_is_discarded(ingest, conn, cohort, state):
+    """A correctly signed instance arriving when orthanc-raw is not handing its study over (a
+    replay, a late copy after export) would only become an orphan in orthanc-anon."""
+    study = cohort.by_role(NORMAL)
+    study_id = add_study(conn, PROJECT, study.mrn, study.accession_number)
+    with conn, conn.cursor() as cur:
+        cur.execute("UPDATE study SET state = %s WHERE id = %s", (state, study_id))
+
+    assert ingest.on_received(marked(study, study_id)) is None
+
+    assert ingest.counters["discarded_not_fetching"] == 1
+    assert ingest.counters["deidentified"] == 0
+    assert study_row(conn, study_id)["state"] == state

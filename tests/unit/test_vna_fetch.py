@@ -1,8 +1,10 @@
 """VNA fetch policy against a stand-in for Orthanc's REST API (the real thing is in
-tests/system): ask the VNA as little as possible."""
+tests/system): ask the VNA as little as possible, and accept from it only what was asked for."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -13,68 +15,112 @@ CHEST = frozenset({"CR", "DX"})
 STUDY_UID = "1.2.3.4"
 
 
-class FakeVnaAndRaw:
-    """orthanc-raw's REST API with a VNA behind it: C-FIND answers and C-MOVE copies."""
+@dataclass
+class VnaStudy:
+    uid: str
+    sops: list[str]
+    patient_id: str = "MRN"
+    accession: str = "ACC"
+    modality: str = "CR"
+    # What the VNA says the study holds, if not len(sops) (a VNA that truncates its listing).
+    reported_count: int | None = None
+    series: dict[str, str] = field(default_factory=dict)  # sop -> series uid, else "9.9"
 
-    def __init__(self, vna: dict[str, list[str]], modality: str = "CR", lose: int = 0) -> None:
-        self.vna = vna  # study uid -> SOP instance uids
-        self.local: dict[str, str] = {}  # sop uid -> orthanc id
-        self.modality = modality
-        self.lose = lose  # instances a C-MOVE silently fails to deliver
-        self.moves: list[Any] = []
-        self._queries: dict[str, tuple[str, dict[str, Any]]] = {}
+
+@dataclass
+class FakeVnaAndRaw:
+    """orthanc-raw's REST API with a VNA behind it: C-FIND answers and C-MOVE copies.
+
+    The VNA matches C-FIND keys the way a DICOM archive does: ``*`` and ``?`` are wildcards
+    and an empty key matches anything; it answers with the values it holds."""
+
+    studies: list[VnaStudy]
+    lose: int = 0  # instances the next C-MOVE silently fails to deliver
+    local: dict[str, tuple[str, str]] = field(default_factory=dict)  # sop -> (orthanc id, study)
+    moves: list[Any] = field(default_factory=list)
+    _queries: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def study(self, uid: str) -> VnaStudy:
+        return next(s for s in self.studies if s.uid == uid)
 
     def post(self, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
         if path == "/modalities/vna/query":
             query_id = f"q{len(self._queries)}"
-            self._queries[query_id] = (body["Level"], body["Query"])
+            self._queries[query_id] = self._answers(body["Level"], body["Query"])
             return {"ID": query_id}
         if path == "/tools/find":
             uid = body["Query"]["StudyInstanceUID"]
             return [
-                {"ID": oid, "MainDicomTags": {"SOPInstanceUID": sop}}
-                for sop, oid in self.local.items()
-                if sop in self.vna.get(uid, [])
+                {"ID": oid, "FileSize": 100, "MainDicomTags": {"SOPInstanceUID": sop}}
+                for sop, (oid, study) in self.local.items()
+                if study == uid
             ]
         if path.endswith("/retrieve"):
-            self.moves.append(("study", path))
-            self._deliver(self.vna[STUDY_UID])
+            parts = path.split("/")
+            answer = self._queries[parts[2]][int(parts[4])]
+            self.moves.append(("study", answer["StudyInstanceUID"]))
+            self._deliver(answer["StudyInstanceUID"], self.study(answer["StudyInstanceUID"]).sops)
+            return {}
+        if path == "/modalities/vna/move" and body["Level"] == "Series":
+            for resource in body["Resources"]:
+                study = self.study(resource["StudyInstanceUID"])
+                self.moves.append(("series", resource["SeriesInstanceUID"]))
+                self._deliver(study.uid, study.sops)
             return {}
         if path == "/modalities/vna/move":
-            self.moves.append(("instances", [r["SOPInstanceUID"] for r in body["Resources"]]))
-            self._deliver([r["SOPInstanceUID"] for r in body["Resources"]])
+            sops = [r["SOPInstanceUID"] for r in body["Resources"]]
+            self.moves.append(("instances", sops))
+            self._deliver(body["Resources"][0]["StudyInstanceUID"], sops)
             return {}
         raise AssertionError(path)
 
-    def _deliver(self, sops: list[str]) -> None:
+    def _deliver(self, study_uid: str, sops: list[str]) -> None:
         for sop in sops[: len(sops) - self.lose]:
-            self.local[sop] = f"id-{sop}"
+            self.local[sop] = (f"id-{sop}", study_uid)
         self.lose = 0
 
-    def get(self, path: str) -> Any:
-        query_id = path.split("/")[2]
-        level, query = self._queries[query_id]
-        matches = (
-            [uid for uid in self.vna if query.get("StudyInstanceUID") in ("", uid)]
-            if query.get("AccessionNumber") != "NOPE"
-            else []
-        )
+    def _answers(self, level: str, query: dict[str, str]) -> list[dict[str, Any]]:
+        def matches(key: str, value: str) -> bool:
+            wanted = query.get(key, "").strip()
+            if not wanted:
+                return True
+            pattern = "".join(
+                ".*" if c == "*" else "." if c == "?" else re.escape(c) for c in wanted
+            )
+            return re.fullmatch(pattern, value.strip()) is not None
+
         if level == "Instance":
-            answers = [
-                {"SOPInstanceUID": sop, "SeriesInstanceUID": "9.9"} for sop in self.vna[STUDY_UID]
-            ]
-        else:
-            answers = [
+            study = self.study(query["StudyInstanceUID"])
+            return [
                 {
-                    "StudyInstanceUID": uid,
-                    "ModalitiesInStudy": self.modality,
-                    "NumberOfStudyRelatedInstances": str(len(self.vna[uid])),
+                    "StudyInstanceUID": study.uid,
+                    "SeriesInstanceUID": study.series.get(sop, "9.9"),
+                    "SOPInstanceUID": sop,
                 }
-                for uid in matches
+                for sop in study.sops
             ]
+        return [
+            {
+                "StudyInstanceUID": s.uid,
+                "PatientID": s.patient_id,
+                "AccessionNumber": s.accession,
+                "ModalitiesInStudy": s.modality,
+                "NumberOfStudyRelatedInstances": str(
+                    len(s.sops) if s.reported_count is None else s.reported_count
+                ),
+            }
+            for s in self.studies
+            if matches("StudyInstanceUID", s.uid)
+            and matches("PatientID", s.patient_id)
+            and matches("AccessionNumber", s.accession)
+        ]
+
+    def get(self, path: str) -> Any:
+        parts = path.split("?")[0].split("/")
+        answers = self._queries[parts[2]]
         if path.endswith("/answers"):
             return list(range(len(answers)))
-        return answers[int(path.split("/")[4])]
+        return answers[int(parts[4])]
 
     def get_bytes(self, path: str) -> bytes:
         raise AssertionError(path)
@@ -89,8 +135,12 @@ class FakeVnaAndRaw:
 QUERY = StudyQuery(mrn="MRN", accession_number="ACC")
 
 
+def one_study(**options: Any) -> FakeVnaAndRaw:
+    return FakeVnaAndRaw([VnaStudy(STUDY_UID, ["1", "2", "3"], **options)])
+
+
 def test_study_is_moved_once_then_served_from_the_cache():
-    api = FakeVnaAndRaw({STUDY_UID: ["1", "2", "3"]})
+    api = one_study()
     first = fetch_study(api, QUERY, CHEST, FetchSettings())
     assert (first.outcome, first.moves, len(first.instance_ids)) == (Outcome.FETCHED, 1, 3)
     second = fetch_study(api, QUERY, CHEST, FetchSettings())
@@ -99,7 +149,8 @@ def test_study_is_moved_once_then_served_from_the_cache():
 
 
 def test_partial_transfer_fetches_only_the_missing_instances():
-    api = FakeVnaAndRaw({STUDY_UID: ["1", "2", "3"]}, lose=1)
+    api = one_study()
+    api.lose = 1
     with pytest.raises(FetchError, match="incomplete_transfer"):
         fetch_study(api, QUERY, CHEST, FetchSettings())
     result = fetch_study(api, QUERY, CHEST, FetchSettings())
@@ -108,19 +159,112 @@ def test_partial_transfer_fetches_only_the_missing_instances():
 
 
 def test_study_of_another_modality_is_refused_without_a_move():
-    api = FakeVnaAndRaw({STUDY_UID: ["1"]}, modality="MR")
+    api = one_study(modality="MR")
     assert fetch_study(api, QUERY, CHEST, FetchSettings()).outcome is Outcome.WRONG_MODALITY
     assert api.moves == []
 
 
 def test_study_missing_from_the_vna_is_not_found():
-    api = FakeVnaAndRaw({STUDY_UID: ["1"]})
+    api = one_study()
     missing = StudyQuery(mrn="MRN", accession_number="NOPE")
     assert fetch_study(api, missing, CHEST, FetchSettings()).outcome is Outcome.NOT_FOUND
     assert api.moves == []
 
 
 def test_two_matching_studies_are_an_error_not_a_guess():
-    api = FakeVnaAndRaw({STUDY_UID: ["1"], "5.6.7": ["2"]})
+    api = FakeVnaAndRaw([VnaStudy(STUDY_UID, ["1"]), VnaStudy("5.6.7", ["2"])])
     with pytest.raises(FetchError, match="ambiguous_study"):
         fetch_study(api, QUERY, CHEST, FetchSettings())
+
+
+def test_wildcard_answers_about_other_patients_are_never_moved():
+    """`*` as MRN and `ACC1?` as accession: the archive answers with another patient's study
+    (its values differ from the ones asked for), which is dropped: not found, no move."""
+    api = FakeVnaAndRaw([VnaStudy(STUDY_UID, ["1"], patient_id="OTHER", accession="ACC12")])
+    wildcard = StudyQuery(mrn="*", accession_number="ACC1?")
+    assert fetch_study(api, wildcard, CHEST, FetchSettings()).outcome is Outcome.NOT_FOUND
+    assert api.moves == []
+
+
+def test_only_the_exactly_matching_answer_is_moved():
+    """Among several answers, the one whose PatientID and AccessionNumber equal the request is
+    moved, by its own index."""
+    api = FakeVnaAndRaw(
+        [
+            VnaStudy("5.6.7", ["a"], patient_id="MRN", accession="ACC0"),
+            VnaStudy(STUDY_UID, ["1", "2"], patient_id="MRN", accession="ACC?"),
+        ]
+    )
+    result = fetch_study(
+        api, StudyQuery(mrn="MRN", accession_number="ACC?"), CHEST, FetchSettings()
+    )
+    assert (result.outcome, result.study_uid) == (Outcome.FETCHED, STUDY_UID)
+    assert api.moves == [("study", STUDY_UID)]
+
+
+def test_padding_spaces_are_not_a_difference():
+    api = one_study(patient_id="MRN ", accession=" ACC")
+    assert fetch_study(api, QUERY, CHEST, FetchSettings()).outcome is Outcome.FETCHED
+
+
+def test_query_by_uid_accepts_only_that_uid():
+    api = FakeVnaAndRaw([VnaStudy("1.2.3.40", ["1"]), VnaStudy(STUDY_UID, ["2"])])
+    api.studies[0].uid = "1.2.3.4*"  # an archive whose matching is looser than asked
+    by_uid = StudyQuery(mrn="MRN", accession_number="ACC", study_uid=STUDY_UID)
+    result = fetch_study(api, by_uid, CHEST, FetchSettings())
+    assert result.study_uid == STUDY_UID
+    assert api.moves == [("study", STUDY_UID)]
+
+
+def test_a_local_instance_the_vna_did_not_list_is_not_handed_on():
+    """Something stored an extra instance into orthanc-raw's copy of the study: it is counted,
+    never part of what is handed on."""
+    api = one_study()
+    fetch_study(api, QUERY, CHEST, FetchSettings())
+    api.local["injected"] = ("id-injected", STUDY_UID)
+    result = fetch_study(api, QUERY, CHEST, FetchSettings())
+    assert result.outcome is Outcome.CACHED
+    assert sorted(result.instance_ids) == ["id-1", "id-2", "id-3"]
+    assert result.unlisted == 1
+
+
+def test_an_extra_instance_does_not_stand_in_for_a_missing_one():
+    """Three local instances for a three-instance study, but one is not the archive's: the
+    missing one is still moved (a count alone would have called the study complete)."""
+    api = one_study()
+    fetch_study(api, QUERY, CHEST, FetchSettings())
+    del api.local["2"]
+    api.local["injected"] = ("id-injected", STUDY_UID)
+    result = fetch_study(api, QUERY, CHEST, FetchSettings())
+    assert result.outcome is Outcome.FETCHED
+    assert api.moves[-1] == ("instances", ["2"])
+    assert "id-injected" not in result.instance_ids
+
+
+def test_a_listing_shorter_than_the_study_is_an_error():
+    api = one_study(reported_count=5)
+    with pytest.raises(FetchError, match="vna_listing_incomplete"):
+        fetch_study(api, QUERY, CHEST, FetchSettings())
+    assert api.moves == []
+
+
+def test_a_series_that_lost_most_of_its_instances_is_moved_whole_in_one_request():
+    """An interrupted transfer left 1 of 5: one C-MOVE for the series, not four."""
+    api = FakeVnaAndRaw([VnaStudy(STUDY_UID, ["1", "2", "3", "4", "5"])])
+    api.lose = 4
+    with pytest.raises(FetchError, match="incomplete_transfer"):
+        fetch_study(api, QUERY, CHEST, FetchSettings())
+    result = fetch_study(api, QUERY, CHEST, FetchSettings())
+    assert (result.outcome, result.moves, len(result.instance_ids)) == (Outcome.FETCHED, 1, 5)
+    assert api.moves[-1] == ("series", "9.9")
+
+
+def test_a_lone_missing_instance_is_asked_for_by_itself():
+    """A series of one whose instance is missing: asked for at instance level (one request
+    either way, and nothing else of the series is sent again)."""
+    api = FakeVnaAndRaw([VnaStudy(STUDY_UID, ["1", "2", "3"], series={"1": "8.8"})])
+    fetch_study(api, QUERY, CHEST, FetchSettings())
+    del api.local["1"]
+    result = fetch_study(api, QUERY, CHEST, FetchSettings())
+    assert result.moves == 1
+    assert api.moves[-1] == ("instances", ["1"])
