@@ -44,7 +44,11 @@ def test_rate_that_would_switch_the_limit_off_is_refused(stack: Stack, value: st
 def test_ehr_service_answers_hostile_parameters_with_a_one_line_4xx(
     stack: Stack, path: str, status: int | None
 ):
-    response = requests.post(stack.settings.url("ehr") + path, timeout=30)
+    # With the bearer token: the parameters, not the missing credentials, must be what is refused.
+    token = stack.settings.secrets["PIXL_EHR_TOKEN"]
+    response = requests.post(
+        stack.settings.url("ehr") + path, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
     if status is None:
         assert 400 <= response.status_code < 500, response.status_code
     else:

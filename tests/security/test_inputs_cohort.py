@@ -37,6 +37,7 @@ def test_wildcard_cohort_row_is_refused_and_nothing_is_moved(
     path.write_text(
         f"mrn,accession_number,study_datetime\n{row_mrn},{row_accession},\n", encoding="utf-8"
     )
+    studies_before = stack.query("SELECT count(*) FROM study WHERE project = %s", PROJECT)
     moves_before = stack.query("SELECT count(*) FROM vna_move WHERE project = %s", PROJECT)
     result = stack.pixl("populate", str(path), "--project", PROJECT, check=False)
     assert result.returncode == 2, result.stdout + result.stderr
@@ -44,5 +45,5 @@ def test_wildcard_cohort_row_is_refused_and_nothing_is_moved(
     assert len(lines) == 1
     assert f"cohort.csv row 2 column {column} {problem}" in lines[0]
     assert study.mrn not in result.stderr and study.accession_number[:-1] not in result.stderr
-    assert stack.query("SELECT count(*) FROM study WHERE project = %s", PROJECT) == [(0,)]
+    assert stack.query("SELECT count(*) FROM study WHERE project = %s", PROJECT) == studies_before
     assert stack.query("SELECT count(*) FROM vna_move WHERE project = %s", PROJECT) == moves_before

@@ -22,7 +22,7 @@ from stack.synthetic.omop_es import Person, Procedure, extract_summary, write_ex
 
 pytestmark = pytest.mark.system
 
-PROJECT = "chest-xray-research"  # not populated by the system tests
+PROJECT = "sec-extract"  # a copy of chest-xray that no other test populates
 PERSONS = [
     Person(1, "SECMRN0000101", 1950, "F", "9434765919", "Ada", "Quintrell"),
     Person(2, "SECMRN0000102", 1961, "M", "9434765870", "Bert", "Oakhurst"),

@@ -27,7 +27,7 @@ from stack.driver import Stack
 from stack.settings import REPO_DIR
 from stack.standins.dsh_ftps import ServerHandle, start_in_thread
 from stack.synthetic.cohort import Cohort
-from tests.system.conftest import MAIN
+from tests.fixtures.stack import MAIN
 
 pytestmark = pytest.mark.system
 

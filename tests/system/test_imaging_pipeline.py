@@ -18,7 +18,7 @@ from pydicom import dcmread
 from pixl_core.hashing import ProjectHasher, hash_accession_number
 from stack.driver import Stack
 from stack.synthetic.cohort import Cohort
-from tests.system.conftest import MAIN
+from tests.fixtures.stack import MAIN
 
 pytestmark = pytest.mark.system
 
