@@ -591,7 +591,8 @@ def run_pixl(stack: Stack, cohort: Any, deadline: Deadline) -> PixlRun:
     rows = stack.query(
         "SELECT s.id, s.state, extract(epoch FROM coalesce(s.exported_at, s.updated_at)), "
         "extract(epoch FROM m.finished_at), coalesce(s.instance_count, 0) "
-        "FROM study s LEFT JOIN vna_move m ON m.study_id = s.id AND m.outcome = 'completed' "
+        "FROM study s LEFT JOIN vna_move m ON m.study_id = s.id "
+        "AND m.outcome = 'completed' AND m.level = 'study' "
         "WHERE s.project = %s",
         PROJECT,
     )

@@ -50,7 +50,9 @@ def _start() -> None:
         _ftps,
         ExportSettings(
             worker_id=f"anon:{socket.gethostname()}:{os.getpid()}",
-            lease_seconds=env_number("PIXL_EXPORT_LEASE_SECONDS", 600.0, float, positive=True),
+            lease_seconds=env_number(
+                "PIXL_EXPORT_LEASE_SECONDS", ExportSettings.lease_seconds, float, positive=True
+            ),
             backoff_base_seconds=env_number(
                 "PIXL_EXPORT_BACKOFF_SECONDS", 5.0, float, positive=True
             ),

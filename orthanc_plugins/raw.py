@@ -33,10 +33,15 @@ def _start() -> None:
     global worker
     settings = RawWorkerSettings(
         worker_id=f"raw:{socket.gethostname()}:{os.getpid()}",
-        lease_seconds=env_number("PIXL_FETCH_LEASE_SECONDS", 600.0, float, positive=True),
+        lease_seconds=env_number(
+            "PIXL_FETCH_LEASE_SECONDS", RawWorkerSettings.lease_seconds, float, positive=True
+        ),
         backoff_base_seconds=env_number("PIXL_FETCH_BACKOFF_SECONDS", 10.0, float, positive=True),
         poll_seconds=env_number(
             "PIXL_FETCH_POLL_SECONDS", RawWorkerSettings.poll_seconds, float, positive=True
+        ),
+        vna_probe_seconds=env_number(
+            "PIXL_VNA_PROBE_SECONDS", RawWorkerSettings.vna_probe_seconds, float, positive=True
         ),
         fetch=FetchSettings(
             vna_modality=os.environ.get("PIXL_VNA_MODALITY", "vna"),

@@ -36,6 +36,13 @@ class PixlConfigError(PixlError):
     code = "config_error"
 
 
+class DatabaseUnreachableError(PixlConfigError):
+    """PIXL's Postgres does not answer. For a command the operator must check the URL or the
+    server; a worker waits and tries again (it must never record it as a study's failure)."""
+
+    code = "database_unreachable"
+
+
 class UnknownProjectError(PixlConfigError):
     """A work item or command names a project that has no ``projects/<slug>.yaml``."""
 

@@ -111,9 +111,17 @@ def rate(
         None, help="New rate (studies/s) at which orthanc-raw asks the VNA; omit to show."
     ),
     in_flight: int | None = typer.Option(None, "--in-flight", help="Studies fetched at once."),
-    project: str = typer.Option("*", "--project", "-p", help="A project, or '*' for the default."),
+    project: str = typer.Option(
+        "*",
+        "--project",
+        "-p",
+        help="A project's own limit, or '*' (default) for the limit on all asking together.",
+    ),
 ) -> None:
     """Show or change how fast orthanc-raw asks the VNA (applies while it runs).
+
+    Without ``--project`` this is the limit on all of orthanc-raw's asking together; with it, a
+    project's own limit, which holds that project's studies back further (never faster).
 
     The rate is a number of studies per second above 0 and at most 100 (``nan`` and ``inf``
     are refused: stored, either would switch the limit off); ``--in-flight`` a whole number

@@ -9,7 +9,15 @@ as exported with its instance count and SHA-256, and deleted from orthanc-anon.
 "Never uploaded twice": the state change to ``exported`` is a single conditional UPDATE, and a
 retry after a crash between upload and update finds the complete file already there (same size)
 and does not send it again; and the exporter renews its lease after zipping, so a study another
-exporter took over meanwhile (this one's lease ran out) is not uploaded by both.
+exporter took over meanwhile (this one's lease ran out) is not uploaded by both. Leases are
+short (30 s) and a heartbeat renews them while a study is exported (``pixl_core.db.leases``),
+so a killed orthanc-anon's studies are taken over within a lease.
+
+A destination that does not answer (connecting or securing the connection fails) is paused, per project: its studies
+are deferred as usual and not claimed, one connection every ``probe_seconds`` tells when it is
+back, and then the deferrals that grew during the outage are cut short
+(``work_queue.end_deferrals``), so the studies go out within seconds of the destination's
+return rather than after a backoff that may have grown to minutes.
 
 The queue is ``pixl_core.db.work_queue``, where ``anonymising`` is a *stage* of the study queue:
 ``claim_stage`` gives a study only to a worker named ``anon:…`` and leaves its state alone;
@@ -26,18 +34,22 @@ import hashlib
 import logging
 import tempfile
 import threading
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg2
+
 from pixl_core import db
 from pixl_core.config.projects import load_project
 from pixl_core.db import study_records, work_queue
+from pixl_core.db.leases import DEFAULT_LEASE_SECONDS, Heartbeat
 from pixl_core.db.polling import Counters, run_loop
 from pixl_core.db.work_queue import WorkItem
-from pixl_core.errors import PixlConfigError
+from pixl_core.errors import DatabaseUnreachableError, PixlConfigError
 from pixl_core.hashing import ProjectHasher
 from pixl_core.transport.ftps import FtpsClient, FtpsError
 from pixl_core.transport.orthanc_rest import OrthancApi, OrthancError
@@ -45,17 +57,32 @@ from pixl_core.transport.orthanc_rest import OrthancApi, OrthancError
 logger = logging.getLogger("pixl.anon.export")
 TABLE = "study"
 STAGE = "anonymising"  # the study-queue stage the exporter owns (work_queue.QUEUES)
-COUNTERS = ("exported", "uploaded", "already_uploaded", "refused", "requeued", "export_retries")
+COUNTERS = (
+    "exported",
+    "uploaded",
+    "already_uploaded",
+    "refused",
+    "requeued",
+    "export_retries",
+    "destinations_down",
+)
+# FTPS steps whose transient failure means the destination is away (pause it), not that it
+# refused this study.
+UNREACHABLE_STEPS = frozenset({"connect", "AUTH TLS"})
+# Errors that mean the database went away (not that a study is bad): the lease decides.
+DATABASE_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError, DatabaseUnreachableError)
 
 
 @dataclass
 class ExportSettings:
     worker_id: str = "anon:1"
-    lease_seconds: float = 600.0
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
     poll_seconds: float = 0.2
     backoff_base_seconds: float = 5.0
     max_backoff_seconds: float = 600.0
     work_dir: Path | None = None
+    # While a project's destination is down, one connection this often tells when it is back.
+    probe_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +120,15 @@ class AnonExporter:
         self.settings = settings
         self.counters = Counters(*COUNTERS)
         self._connections = db.ThreadConnections(db_url, self.settings.worker_id)
+        self.heartbeat = Heartbeat(
+            self._connections,
+            TABLE,
+            self.settings.worker_id,
+            self.settings.lease_seconds,
+            state=STAGE,
+        )
+        self._down: dict[str, float] = {}  # project whose destination is down → next probe
+        self._probe_lock = threading.Lock()
 
     def _conn(self) -> db.Connection:
         return self._connections.get()
@@ -100,6 +136,7 @@ class AnonExporter:
     def run(self, stop: threading.Event) -> None:
         """Export studies until ``stop`` is set (several threads may run it). Survives Postgres
         outages."""
+        self.heartbeat.start(stop)
         run_loop(
             stop,
             name="exporter",
@@ -112,21 +149,79 @@ class AnonExporter:
         )
 
     def claim(self) -> ExportItem | None:
-        """Take one handed-over study whose export is due (SKIP LOCKED, with a lease)."""
+        """Take one handed-over study whose export is due (SKIP LOCKED, with a lease), from a
+        project whose destination is not paused."""
+        self._probe_destinations()
         items = work_queue.claim_stage(
-            self._conn(), TABLE, STAGE, self.settings.worker_id, 1, self.settings.lease_seconds
+            self._conn(),
+            TABLE,
+            STAGE,
+            self.settings.worker_id,
+            1,
+            self.settings.lease_seconds,
+            held=self.heartbeat.held(),
+            exclude_projects=list(self._down),
         )
         return ExportItem.from_work_item(items[0]) if items else None
 
     def _export_one(self, item: ExportItem) -> None:
-        self.export(item)
+        with self.heartbeat.hold(item.id):
+            self.export(item)
+
+    # --- destinations that are down ------------------------------------------------------------
+
+    def _destination_down(self, project: str) -> None:
+        with self._probe_lock:
+            if project not in self._down:
+                self.counters.add("destinations_down")
+                logger.warning(
+                    "project %s: destination unreachable; paused, probing every %.0f s",
+                    project,
+                    self.settings.probe_seconds,
+                )
+            self._down[project] = time.monotonic() + self.settings.probe_seconds
+
+    def _probe_destinations(self) -> None:
+        """Try each paused destination whose probe is due (one thread at a time); when one
+        answers, resume its project and make its long-deferred studies due now."""
+        if not self._down or not self._probe_lock.acquire(blocking=False):
+            return
+        try:
+            now = time.monotonic()
+            for project, due in list(self._down.items()):
+                if due > now:
+                    continue
+                try:
+                    with self.ftps(project):
+                        pass
+                except FtpsError:
+                    self._down[project] = now + self.settings.probe_seconds
+                    continue
+                del self._down[project]
+                resumed = work_queue.end_deferrals(
+                    self._conn(), TABLE, STAGE, project, self.settings.lease_seconds
+                )
+                logger.warning(
+                    "project %s: destination answers again; %d deferred stud(ies) due now",
+                    project,
+                    resumed,
+                )
+        finally:
+            self._probe_lock.release()
 
     def export(self, item: ExportItem) -> str:
         """Export one study; returns the state it ends in ('retry' after a backoff, 'lost' if
         another exporter took it over)."""
         try:
             return self._export(item)
-        except (FtpsError, OrthancError) as exc:
+        except DATABASE_ERRORS:
+            raise  # run_loop reconnects; the lease brings the study back
+        except FtpsError as exc:
+            if exc.transient and exc.step in UNREACHABLE_STEPS:
+                self._destination_down(item.project)
+            self._backoff(item, exc.code)
+            return "retry"
+        except OrthancError as exc:
             self._backoff(item, exc.code)
             return "retry"
         except OSError:

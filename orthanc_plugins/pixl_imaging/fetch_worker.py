@@ -2,9 +2,21 @@
 
 Runs as a background thread inside orthanc-raw (``orthanc_plugins/raw.py`` starts it) and talks
 to its own Orthanc over REST, so the same code runs in a system test against a real Orthanc and
-in a test against a stand-in. The rate (studies/s) and the number in flight are read from
-Postgres on every round, so ``pixl rate`` changes them while it runs. Claims carry a lease: if
-this process dies, another (or this one restarted) reclaims the work once the lease expires.
+in a test against a stand-in. The rates (studies/s) and the numbers in flight are read from
+Postgres on every round, so ``pixl rate`` changes them while it runs: ``'*'`` limits all of
+this worker's asking together, and a project with a rate of its own is held to that as well.
+Claims carry a short lease (30 s) that a heartbeat renews while the study is worked on
+(``pixl_core.db.leases``): if this process dies, another (or this one restarted) takes the work
+over within a lease.
+
+The archive going away is not the studies' fault: when a C-FIND or C-MOVE fails, the worker
+asks the VNA for a C-ECHO; if that fails too, the study goes back to the queue without using up
+a try (``vna_unreachable``), claiming pauses, and a C-ECHO every ``vna_probe_seconds`` tells
+when to resume. Only a failure while the VNA answers costs the study a try (fault F5).
+
+Every C-MOVE is audited before it is sent and after (``vna_fetch.MoveAudit``, fault F3), and a
+write that meets a Postgres restart is retried on a fresh connection for up to
+``db_retry_seconds``, so an outcome the worker reached is not lost to the restart.
 
 The loop is ``pixl_core.db.polling.run_loop``, shared with the exporter and the report worker;
 what is the fetch worker's own is ``_ready``: one claim per due rate slot, while fewer than the
@@ -29,21 +41,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+import psycopg2
 import requests
 import urllib3
 
 from pixl_core import db
 from pixl_core.config.projects import load_project
 from pixl_core.db import study_records, work_queue
+from pixl_core.db.leases import DEFAULT_LEASE_SECONDS, Heartbeat
 from pixl_core.db.polling import Counters, run_loop
 from pixl_core.db.work_queue import FetchRate, WorkItem
 from pixl_core.dicom.deid import REFUSED_MODALITY
 from pixl_core.dicom.handoff import Handoff, mark
 from pixl_core.dicom.screening import Malformed, ScreeningLimits, check_size, screen
-from pixl_core.errors import PixlConfigError
+from pixl_core.errors import DatabaseUnreachableError, PixlConfigError
 from pixl_core.hashing import ProjectHasher
 from pixl_core.transport.orthanc_rest import OrthancApi, OrthancError
 from pixl_imaging.vna_fetch import (
@@ -58,12 +74,17 @@ from pixl_imaging.vna_fetch import (
 
 logger = logging.getLogger("pixl.raw")
 MAX_IN_FLIGHT_CAP = 32
+DEFAULT_RATE = FetchRate(studies_per_second=1.0, max_in_flight=1)
+VNA_UNREACHABLE = "vna_unreachable"
+# Errors that mean the database went away (not that a study is bad).
+DATABASE_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError, DatabaseUnreachableError)
+T = TypeVar("T")
 
 
 @dataclass
 class RawWorkerSettings:
     worker_id: str
-    lease_seconds: float = 600.0
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
     max_attempts: int = 5
     backoff_base_seconds: float = 10.0
     poll_seconds: float = 0.25
@@ -71,6 +92,10 @@ class RawWorkerSettings:
     screening: ScreeningLimits = field(default_factory=ScreeningLimits)
     # A study that crashed a worker this many times ends failed (worker_crashed).
     max_crashes: int = 2
+    # While the VNA does not answer, a C-ECHO this often tells when to resume claiming.
+    vna_probe_seconds: float = 10.0
+    # How long a write is retried through a Postgres outage before the lease is left to it.
+    db_retry_seconds: float = 60.0
 
 
 # What this worker counts, for ``/pixl/status`` and the metrics endpoint.
@@ -88,6 +113,8 @@ COUNTERS = (
     "retried",
     "failed",
     "in_flight",
+    "vna_unreachable",
+    "vna_reachable",
 )
 
 
@@ -106,11 +133,19 @@ class RawWorker:
         self.secret = secret
         self.settings = settings
         self.counters = Counters(*COUNTERS)
+        self.counters.set("vna_reachable", 1)
         self._connections = db.ThreadConnections(db_url, self.settings.worker_id)
+        self.heartbeat = Heartbeat(
+            self._connections, "study", self.settings.worker_id, self.settings.lease_seconds
+        )
         self._next_start = 0.0
-        self._rate = FetchRate(studies_per_second=1.0, max_in_flight=1)
-        self._futures: set[Future[None]] = set()
+        self._rate = DEFAULT_RATE
+        self._project_rates: dict[str, FetchRate] = {}
+        self._project_next_start: dict[str, float] = {}
+        self._futures: dict[Future[None], str] = {}  # what is in flight → its project
         self._pool: ThreadPoolExecutor | None = None
+        self._vna_paused = False
+        self._next_probe = 0.0
 
     def _conn(self) -> db.Connection:
         return self._connections.get()
@@ -122,6 +157,7 @@ class RawWorker:
         sleeps the poll interval when the queue is empty; otherwise it waits exactly until the
         next rate slot or until a study in flight finishes.
         """
+        self.heartbeat.start(stop)
         with ThreadPoolExecutor(MAX_IN_FLIGHT_CAP, thread_name_prefix="pixl-fetch") as pool:
             self._pool = pool
             run_loop(
@@ -137,9 +173,14 @@ class RawWorker:
             )
 
     def _ready(self, stop: threading.Event) -> bool:
-        """Whether a study may be claimed now; if not, wait for a slot or a free place first."""
-        self._futures = {f for f in self._futures if not f.done()}
-        self._rate = work_queue.get_fetch_rate(self._conn(), "*")
+        """Whether a study may be claimed now; if not, wait for a slot or a free place first
+        (or, while the VNA is away, for the next C-ECHO)."""
+        self._futures = {f: p for f, p in self._futures.items() if not f.done()}
+        if self._vna_paused and not self._vna_back(stop):
+            return False
+        rates = work_queue.fetch_rates(self._conn())
+        self._rate = rates.pop("*", DEFAULT_RATE)
+        self._project_rates = rates
         limit = min(self._rate.max_in_flight, MAX_IN_FLIGHT_CAP)
         if len(self._futures) >= limit:
             wait(self._futures, timeout=self.settings.poll_seconds, return_when=FIRST_COMPLETED)
@@ -151,12 +192,31 @@ class RawWorker:
         return True
 
     def _start(self, claimed: list[WorkItem]) -> None:
-        """Take the rate slot and fetch the claimed studies in the pool."""
+        """Take the rate slots (all projects', and the study's project's own) and fetch the
+        claimed studies in the pool."""
         assert self._pool is not None
-        interval = 1.0 / self._rate.studies_per_second
-        self._next_start = max(time.monotonic(), self._next_start) + interval
+        now = time.monotonic()
+        self._next_start = max(now, self._next_start) + 1.0 / self._rate.studies_per_second
         for item in claimed:
-            self._futures.add(self._pool.submit(self.process, item))
+            own = self._project_rates.get(item.project)
+            if own is not None:
+                due = max(now, self._project_next_start.get(item.project, 0.0))
+                self._project_next_start[item.project] = due + 1.0 / own.studies_per_second
+            self._futures[self._pool.submit(self.process, item)] = item.project
+
+    def _projects_at_their_limit(self) -> list[str]:
+        """Projects with a rate of their own whose next slot has not come, or with as many
+        studies in flight as they may have."""
+        now = time.monotonic()
+        in_flight: dict[str, int] = {}
+        for project in self._futures.values():
+            in_flight[project] = in_flight.get(project, 0) + 1
+        return [
+            project
+            for project, rate in self._project_rates.items()
+            if self._project_next_start.get(project, 0.0) > now
+            or in_flight.get(project, 0) >= rate.max_in_flight
+        ]
 
     def _claim(self, limit: int) -> list[WorkItem]:
         return work_queue.claim(
@@ -167,25 +227,105 @@ class RawWorker:
             self.settings.lease_seconds,
             max_attempts=self.settings.max_attempts,
             max_crashes=self.settings.max_crashes,
+            held=self.heartbeat.held(),
+            exclude_projects=self._projects_at_their_limit(),
         )
 
     def process(self, item: WorkItem) -> None:
-        """Fetch one claimed study and hand it to orthanc-anon; record the outcome."""
+        """Fetch one claimed study and hand it to orthanc-anon; record the outcome. The study's
+        lease is renewed by the heartbeat for as long as this runs."""
         self.counters.add("claimed")
         self.counters.add("in_flight")
+        try:
+            with self.heartbeat.hold(item.id):
+                self._outcome(item)
+        except DATABASE_ERRORS as exc:  # still away after db_retry_seconds: the lease decides
+            logger.warning("study item %s: database away (%s)", item.id, type(exc).__name__)
+            self._connections.reset()
+        finally:
+            self.counters.add("in_flight", -1)
+
+    def _outcome(self, item: WorkItem) -> None:
         try:
             self._process(item)
         except AnonCrashed:
             self._crashed(item)
         except (FetchError, OrthancError) as exc:
-            self._retry(item, exc.code if isinstance(exc, FetchError) else f"orthanc_{exc.code}")
+            if self._vna_gone():
+                self._release(item)
+            else:
+                code = exc.code if isinstance(exc, FetchError) else f"orthanc_{exc.code}"
+                self._retry(item, code)
+        except DATABASE_ERRORS:
+            raise
         except PixlConfigError as exc:  # the operator must fix it: retrying would not help
             self._finish(item, "failed", last_error_code=exc.code)
         except Exception as exc:  # never let one study kill the worker
             logger.exception("unexpected error on study item %s", item.id)
             self._retry(item, "internal_" + type(exc).__name__.lower()[:40])
-        finally:
-            self.counters.add("in_flight", -1)
+
+    # --- the VNA's availability ----------------------------------------------------------------
+
+    def _vna_answers(self) -> bool:
+        """One C-ECHO to the VNA through orthanc-raw."""
+        modality = self.settings.fetch.vna_modality
+        try:
+            self.raw.post(f"/modalities/{modality}/echo", {"Timeout": 10}, timeout=30)
+        except OrthancError:
+            return False
+        return True
+
+    def _vna_gone(self) -> bool:
+        """After a failed C-FIND or C-MOVE: whether the VNA is away (then pause claiming)."""
+        if self._vna_paused:
+            return True
+        if self._vna_answers():
+            return False
+        self._vna_paused = True
+        self._next_probe = time.monotonic() + self.settings.vna_probe_seconds
+        self.counters.set("vna_reachable", 0)
+        logger.warning(
+            "the VNA does not answer a C-ECHO: claiming paused, probing every %.0f s",
+            self.settings.vna_probe_seconds,
+        )
+        return True
+
+    def _vna_back(self, stop: threading.Event) -> bool:
+        """While paused: wait for the next probe; True once the VNA answers again."""
+        delay = self._next_probe - time.monotonic()
+        if delay > 0 and stop.wait(delay):
+            return False
+        self._next_probe = time.monotonic() + self.settings.vna_probe_seconds
+        if not self._vna_answers():
+            return False
+        self._vna_paused = False
+        self.counters.set("vna_reachable", 1)
+        logger.warning("the VNA answers again: claiming resumed")
+        return True
+
+    def _release(self, item: WorkItem) -> None:
+        self._db(
+            lambda conn: work_queue.release(
+                conn, "study", item.id, self.settings.worker_id, VNA_UNREACHABLE
+            )
+        )
+        self.counters.add("vna_unreachable")
+        logger.warning("study item %s: VNA unreachable, back in the queue", item.id)
+
+    # --- the database, through restarts --------------------------------------------------------
+
+    def _db(self, action: Callable[[db.Connection], T]) -> T:
+        """Run one database step, reconnecting through a Postgres restart for up to
+        ``db_retry_seconds``: an outcome reached is recorded, not left to the lease."""
+        deadline = time.monotonic() + self.settings.db_retry_seconds
+        while True:
+            try:
+                return action(self._conn())
+            except DATABASE_ERRORS:
+                self._connections.reset()
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(1.0)
 
     def _process(self, item: WorkItem) -> None:
         project = load_project(item.project)
@@ -194,9 +334,9 @@ class RawWorker:
             accession_number=item.accession_number,
             study_uid=item.row.get("study_uid"),
         )
-        result = fetch_study(self.raw, query, project.modalities, self.settings.fetch)
-        if result.moves:
-            self._record_move(item, len(result.instance_ids))
+        result = fetch_study(
+            self.raw, query, project.modalities, self.settings.fetch, _Audit(self, item)
+        )
         if result.outcome is Outcome.NOT_FOUND:
             self.counters.add("not_found")
             self._finish(item, "not_found")
@@ -237,8 +377,11 @@ class RawWorker:
             try:
                 data = self._screened_file(instance)
             except Malformed as refusal:
-                study_records.record_refusal(
-                    self._conn(), item.id, hasher.uid(instance.sop_uid), refusal.reason
+                key = hasher.uid(instance.sop_uid)
+                self._db(
+                    lambda conn, key=key, reason=refusal.reason: study_records.record_refusal(
+                        conn, item.id, key, reason
+                    )
                 )
                 self.counters.add("screened_out")
                 logger.warning("study item %s: an instance was refused (%s)", item.id, refusal)
@@ -265,23 +408,21 @@ class RawWorker:
         screen(data, limits)
         return data
 
-    def _record_move(self, item: WorkItem, instances: int) -> None:
-        """Audit the C-MOVE (the first completed one per study; a top-up adds no row)."""
-        study_records.record_completed_move(
-            self._conn(), item.id, item.project, self.settings.worker_id, instances
-        )
-
     def _finish(self, item: WorkItem, state: str, **fields: object) -> None:
-        work_queue.complete(self._conn(), "study", item.id, state, "fetching", **fields)
+        self._db(
+            lambda conn: work_queue.complete(conn, "study", item.id, state, "fetching", **fields)
+        )
 
     def _crashed(self, item: WorkItem) -> None:
         """orthanc-anon died receiving one of the study's instances: count it against the study."""
-        new_state = work_queue.record_crash(
-            self._conn(),
-            "study",
-            item.id,
-            self.settings.max_crashes,
-            self.settings.backoff_base_seconds,
+        new_state = self._db(
+            lambda conn: work_queue.record_crash(
+                conn,
+                "study",
+                item.id,
+                self.settings.max_crashes,
+                self.settings.backoff_base_seconds,
+            )
         )
         self.counters.add("worker_crashes")
         self.counters.add("failed" if new_state == "failed" else "retried")
@@ -290,16 +431,48 @@ class RawWorker:
         )
 
     def _retry(self, item: WorkItem, code: str) -> None:
-        new_state = work_queue.fail(
-            self._conn(),
-            "study",
-            item.id,
-            code,
-            self.settings.max_attempts,
-            self.settings.backoff_base_seconds,
+        new_state = self._db(
+            lambda conn: work_queue.fail(
+                conn,
+                "study",
+                item.id,
+                code,
+                self.settings.max_attempts,
+                self.settings.backoff_base_seconds,
+            )
         )
         self.counters.add("failed" if new_state == "failed" else "retried")
         logger.warning("study item %s: %s (now %s)", item.id, code, new_state)
+
+
+class _Audit:
+    """``vna_fetch.MoveAudit`` on the ``vna_move`` table, for one claimed study."""
+
+    def __init__(self, worker: RawWorker, item: WorkItem) -> None:
+        self.worker = worker
+        self.item = item
+
+    def requested(self, level: str) -> int:
+        worker, item = self.worker, self.item
+        return worker._db(
+            lambda conn: study_records.record_move_intent(
+                conn, item.id, item.project, worker.settings.worker_id, level
+            )
+        )
+
+    def finished(
+        self,
+        move_id: int,
+        outcome: str,
+        *,
+        instances: int | None = None,
+        error_code: str | None = None,
+    ) -> None:
+        self.worker._db(
+            lambda conn: study_records.record_move_outcome(
+                conn, move_id, outcome, instance_count=instances, error_code=error_code
+            )
+        )
 
 
 class AnonCrashed(Exception):

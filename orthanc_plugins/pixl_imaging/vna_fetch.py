@@ -20,13 +20,18 @@ What the archive says is checked, not trusted:
   cache by anything else) is counted in ``unlisted`` and never leaves;
 - an archive that lists fewer instances than it says the study has
   (NumberOfStudyRelatedInstances) is an error, not a smaller study.
+
+Every C-MOVE request is audited through a ``MoveAudit``: the intent is recorded before the
+request and the outcome after it, so the audit counts exactly what the archive's own log counts
+even when the process or the database dies in between (fault F3). One REST call is one C-MOVE
+request: Orthanc sends one request per resource, so a top-up names one resource per call.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from pixl_core.errors import PixlError
 from pixl_core.transport.orthanc_rest import OrthancApi
@@ -45,6 +50,26 @@ class Outcome(StrEnum):
     CACHED = "cached"
     NOT_FOUND = "not_found"
     WRONG_MODALITY = "wrong_modality"
+
+
+class MoveAudit(Protocol):
+    """Where each C-MOVE request asked of the VNA is recorded (``vna_move``)."""
+
+    def requested(self, level: str) -> int:
+        """Record the intent to send one C-MOVE at ``level``; return its audit id. Must succeed
+        before the request is sent: a move that cannot be audited is not made."""
+        ...
+
+    def finished(
+        self,
+        move_id: int,
+        outcome: str,
+        *,
+        instances: int | None = None,
+        error_code: str | None = None,
+    ) -> None:
+        """Record how the request ended (``completed`` or ``failed``)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -87,7 +112,11 @@ class FetchSettings:
 
 
 def fetch_study(
-    raw: OrthancApi, query: StudyQuery, modalities: frozenset[str], settings: FetchSettings
+    raw: OrthancApi,
+    query: StudyQuery,
+    modalities: frozenset[str],
+    settings: FetchSettings,
+    audit: MoveAudit,
 ) -> FetchResult:
     """Make sure orthanc-raw holds every instance the VNA lists for the study; return them."""
     answer = _find_study(raw, query, settings)
@@ -109,14 +138,18 @@ def fetch_study(
     missing = [sop for sop in listed if sop not in local]
     if missing:
         if not set(listed) & set(local):
-            raw.post(
+            _audited_move(
+                raw,
+                audit,
+                "study",
+                len(listed),
                 f"/queries/{query_id}/answers/{query_index}/retrieve",
                 {"TargetAet": settings.own_aet, "Synchronous": True},
-                timeout=settings.move_timeout_seconds,
+                settings,
             )
             moves = 1
         else:
-            moves = _move_missing(raw, study_uid, listed, set(missing), settings)
+            moves = _move_missing(raw, study_uid, listed, set(missing), settings, audit)
         local = local_instances(raw, study_uid)
         if any(sop not in local for sop in listed):
             raise FetchError("incomplete_transfer")
@@ -208,19 +241,39 @@ def local_instances(raw: OrthancApi, study_uid: str) -> dict[str, LocalInstance]
     }
 
 
+def _audited_move(
+    raw: OrthancApi,
+    audit: MoveAudit,
+    level: str,
+    instances: int,
+    path: str,
+    body: dict[str, Any],
+    settings: FetchSettings,
+) -> None:
+    """Send one C-MOVE request through orthanc-raw, its intent audited before and its outcome
+    after."""
+    move_id = audit.requested(level)
+    try:
+        raw.post(path, body, timeout=settings.move_timeout_seconds)
+    except PixlError as exc:
+        audit.finished(move_id, "failed", error_code=f"orthanc_{exc.code}")
+        raise
+    audit.finished(move_id, "completed", instances=instances)
+
+
 def _move_missing(
     raw: OrthancApi,
     study_uid: str,
     listed: dict[str, str],
     missing: set[str],
     settings: FetchSettings,
+    audit: MoveAudit,
 ) -> int:
     """Move what orthanc-raw lacks; return how many C-MOVE requests the VNA was sent.
 
-    Orthanc sends one C-MOVE per resource, so a series that lost most (and more than one) of
-    its instances, as after an interrupted transfer, is asked for whole in one request
-    (orthanc-raw ignores the copies it already holds); otherwise each missing instance is asked
-    for by itself, so nothing is sent twice.
+    A series that lost most (and more than one) of its instances, as after an interrupted
+    transfer, is asked for whole in one request (orthanc-raw ignores the copies it already
+    holds); otherwise each missing instance is asked for by itself, so nothing is sent twice.
     """
     by_series: dict[str, list[str]] = {}
     for sop, series in listed.items():
@@ -237,16 +290,25 @@ def _move_missing(
                 for sop in lacking
             ]
     for level, resources in (("Series", series_level), ("Instance", instance_level)):
-        if resources:
-            raw.post(
+        for resource in resources:
+            count = (
+                sum(1 for series in listed.values() if series == resource["SeriesInstanceUID"])
+                if level == "Series"
+                else 1
+            )
+            _audited_move(
+                raw,
+                audit,
+                level.lower(),
+                count,
                 f"/modalities/{settings.vna_modality}/move",
                 {
                     "Level": level,
-                    "Resources": resources,
+                    "Resources": [resource],
                     "TargetAet": settings.own_aet,
                     "Synchronous": True,
                 },
-                timeout=settings.move_timeout_seconds,
+                settings,
             )
     return len(series_level) + len(instance_level)
 

@@ -11,10 +11,12 @@ add a new file instead.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
+import select
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from pathlib import Path
 import psycopg2
 import psycopg2.extensions
 
-from pixl_core.errors import PixlConfigError
+from pixl_core.errors import DatabaseUnreachableError, PixlConfigError
 
 DB_URL_ENV = "PIXL_DB_URL"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -56,7 +58,7 @@ def connect(url: str | None = None, *, application_name: str = "pixl") -> Connec
         return psycopg2.connect(url, application_name=application_name, connect_timeout=10)
     except psycopg2.OperationalError as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreachable"
-        raise PixlConfigError(
+        raise DatabaseUnreachableError(
             f"cannot connect to PIXL's database ({reason}): check {DB_URL_ENV} and that the "
             "server is running"
         ) from None
@@ -157,25 +159,60 @@ def migrate_when_ready(url: str, stop: threading.Event, logger: logging.Logger) 
 
 
 class ThreadConnections:
-    """One connection per thread, reopened after a failure.
+    """One connection per thread, checked before each use and reopened after a failure.
 
     psycopg2 connections must not be shared between threads that run transactions at the same
     time; the workers run several threads (fetches in flight, export threads, Orthanc's
     callback threads), each with its own connection.
+
+    After a Postgres restart every one of those connections is dead, but psycopg2 only notices
+    when one is used, so each thread used to fail once on its own (fault F4). Two checks avoid
+    that: ``get`` looks at an idle connection's socket without a round trip (an idle connection
+    has nothing to read unless the server closed it or sent a termination notice) and reopens
+    it if so; and ``reset``, called by whichever thread meets a database error first, makes
+    every thread of this set reconnect on its next ``get``.
     """
 
     def __init__(self, url: str, application_name: str) -> None:
         self.url = url
         self.application_name = application_name
         self._local = threading.local()
+        self._generation = 0
 
     def get(self) -> Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
+        conn: Connection | None = getattr(self._local, "conn", None)
+        stale = getattr(self._local, "generation", -1) != self._generation
+        if conn is not None and (stale or conn.closed or not _idle_and_open(conn)):
+            _close_quietly(conn)
+            conn = None
+        if conn is None:
             conn = connect(self.url, application_name=self.application_name)
             self._local.conn = conn
+            self._local.generation = self._generation
         return conn
 
     def reset(self) -> None:
-        """Forget this thread's connection (after an error), so the next ``get`` reconnects."""
+        """Forget this thread's connection and have every other thread reconnect too (after a
+        database error, which usually means the server went away for all of them)."""
+        conn = getattr(self._local, "conn", None)
         self._local.conn = None
+        if conn is not None:
+            _close_quietly(conn)
+        self._generation += 1
+
+
+def _idle_and_open(conn: Connection) -> bool:
+    """Whether an idle connection still looks usable: its socket has nothing to read (a server
+    that shut down or was restarted has sent a notice or closed it). No round trip."""
+    if conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+        return conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg2.InterfaceError):
+        return False
+    return not readable
+
+
+def _close_quietly(conn: Connection) -> None:
+    with contextlib.suppress(psycopg2.Error):
+        conn.close()

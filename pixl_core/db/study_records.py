@@ -3,9 +3,10 @@
 The state of a study moves through ``work_queue``; these tables hold the facts around it, and
 this module is the only SQL on them:
 
-- ``vna_move``: the audit of every C-MOVE orthanc-raw asked of the VNA. At most one completed
-  move is recorded per study (a unique index), so a top-up move after a partial transfer adds
-  no second row.
+- ``vna_move``: the audit of every C-MOVE request orthanc-raw sent the VNA, one row each (a
+  top-up after a partial transfer is a row of its own, level ``series`` or ``instance``). The
+  row is written ``pending`` before the request and finished after it, so its count equals the
+  VNA's own log even when the process or the database dies in between.
 - ``instance_refusal``: one row per instance orthanc-anon discarded, keyed by a keyed hash of
   its UID (never the UID itself), with a short reason code. A re-sent instance is counted once.
   The exporter reads the counts to tell a study that was wholly refused from one whose
@@ -23,17 +24,45 @@ from pixl_core.db.connection import Connection
 from pixl_core.db.states import STUDY_BUSY
 from pixl_core.db.work_queue import check_error_code
 
+MOVE_LEVELS = ("study", "series", "instance")
+MOVE_OUTCOMES = ("completed", "failed")
 
-def record_completed_move(
-    conn: Connection, study_id: int, project: str, requested_by: str, instance_count: int
-) -> None:
-    """Audit a completed C-MOVE of the study (the first one only; later ones add nothing)."""
+
+def record_move_intent(
+    conn: Connection, study_id: int, project: str, requested_by: str, level: str
+) -> int:
+    """Audit a C-MOVE request about to be sent (``pending``); return the row's id."""
+    if level not in MOVE_LEVELS:
+        raise ValueError(f"{level!r} is not a C-MOVE level: use one of {MOVE_LEVELS}")
     with conn, conn.cursor() as cur:
         cur.execute(
-            "INSERT INTO vna_move (study_id, project, requested_by, finished_at, outcome, "
-            "instance_count) VALUES (%s, %s, %s, now(), 'completed', %s) "
-            "ON CONFLICT DO NOTHING",
-            (study_id, project, requested_by, instance_count),
+            "INSERT INTO vna_move (study_id, project, requested_by, level) "
+            "VALUES (%s, %s, %s, %s) RETURNING id",
+            (study_id, project, requested_by, level),
+        )
+        (move_id,) = cur.fetchone()
+    return int(move_id)
+
+
+def record_move_outcome(
+    conn: Connection,
+    move_id: int,
+    outcome: str,
+    *,
+    instance_count: int | None = None,
+    error_code: str | None = None,
+) -> None:
+    """Finish an audited C-MOVE request: ``completed`` (with the instances it brought) or
+    ``failed`` (with the error's code)."""
+    if outcome not in MOVE_OUTCOMES:
+        raise ValueError(f"{outcome!r} is not a C-MOVE outcome: use one of {MOVE_OUTCOMES}")
+    if error_code is not None:
+        check_error_code(error_code)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE vna_move SET outcome = %s, finished_at = now(), instance_count = %s, "
+            "error_code = %s WHERE id = %s AND outcome = 'pending'",
+            (outcome, instance_count, error_code, move_id),
         )
 
 

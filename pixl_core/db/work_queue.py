@@ -43,7 +43,7 @@ module and the schema refuse anything else.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -265,6 +265,8 @@ def claim(
     *,
     max_attempts: int | None = None,
     max_crashes: int | None = None,
+    held: Collection[int] = (),
+    exclude_projects: Collection[str] = (),
 ) -> list[WorkItem]:
     """Claim up to ``limit`` items for ``worker_id``, oldest due first, and move them to the
     claimed state with a lease of ``lease_seconds``.
@@ -276,6 +278,11 @@ def claim(
     an expired lease counts as a crash of the worker that held it: the item goes back to
     ``queued``, or ends ``failed`` (``worker_crashed``) at ``max_crashes`` crashes or
     ``max_attempts`` claims.
+
+    ``held`` names the items ``worker_id`` is still working on (its heartbeat's): they are never
+    taken back from it, even if their lease ran out while Postgres was away; and an expired
+    lease of ``worker_id``'s own is no crash (the worker is alive: it is claiming). Items of
+    ``exclude_projects`` are not claimed (projects at their own rate limit).
     """
     spec = _spec(table)
     if limit <= 0:
@@ -283,7 +290,7 @@ def claim(
     in_progress = tuple(spec.in_progress_states)
     with conn, conn.cursor(cursor_factory=RealDictCursor) as cur:
         if max_crashes is not None and spec.crash_column is not None:
-            _count_crashes(cur, spec, in_progress, project, max_crashes, max_attempts)
+            _count_crashes(cur, spec, in_progress, project, max_crashes, max_attempts, worker_id)
         elif max_attempts is not None:
             cur.execute(
                 sql.SQL(
@@ -291,16 +298,25 @@ def claim(
                     "claimed_by = NULL, claimed_until = NULL "
                     "WHERE state IN %(in_progress)s AND claimed_until < now() "
                     "AND attempts >= %(max_attempts)s "
+                    "AND NOT (claimed_by = %(worker_id)s AND id = ANY(%(held)s)) "
                     "AND (%(project)s::text IS NULL OR project = %(project)s)"
                 ).format(t=sql.Identifier(spec.table)),
-                {"in_progress": in_progress, "max_attempts": max_attempts, "project": project},
+                {
+                    "in_progress": in_progress,
+                    "max_attempts": max_attempts,
+                    "project": project,
+                    "worker_id": worker_id,
+                    "held": sorted(held),
+                },
             )
         return _claim_rows(
             cur,
             spec,
             claimable=sql.SQL(
                 "((state = 'queued' AND next_attempt_at <= now()) "
-                "OR (state IN %(in_progress)s AND claimed_until < now())) "
+                "OR (state IN %(in_progress)s AND claimed_until < now() "
+                "AND NOT (claimed_by = %(worker_id)s AND id = ANY(%(held)s)))) "
+                "AND NOT (project = ANY(%(excluded)s)) "
                 "AND (%(project)s::text IS NULL OR project = %(project)s)"
             ),
             order=sql.SQL("next_attempt_at, id"),
@@ -311,6 +327,8 @@ def claim(
                 "limit": limit,
                 "claimed_state": spec.claimed_state,
                 "worker_id": worker_id,
+                "held": sorted(held),
+                "excluded": sorted(exclude_projects),
                 "lease": float(lease_seconds),
             },
         )
@@ -323,9 +341,11 @@ def _count_crashes(
     project: str | None,
     max_crashes: int,
     max_attempts: int | None,
+    worker_id: str,
 ) -> None:
-    """Count a crash on every in-progress item whose lease ran out, and requeue or fail it (in
-    the claim's transaction, so an expired item is counted once, by one claimer)."""
+    """Count a crash on every in-progress item whose lease ran out under another worker, and
+    requeue or fail it (in the claim's transaction, so an expired item is counted once, by one
+    claimer)."""
     assert spec.crash_column is not None
     cur.execute(
         sql.SQL(
@@ -334,6 +354,7 @@ def _count_crashes(
             "THEN 'failed' ELSE 'queued' END, "
             "last_error_code = 'worker_crashed', claimed_by = NULL, claimed_until = NULL "
             "WHERE state IN %(in_progress)s AND claimed_until < now() "
+            "AND claimed_by IS DISTINCT FROM %(worker_id)s "
             "AND (%(project)s::text IS NULL OR project = %(project)s)"
         ).format(t=sql.Identifier(spec.table), c=sql.Identifier(spec.crash_column)),
         {
@@ -341,6 +362,7 @@ def _count_crashes(
             "max_crashes": max_crashes,
             "max_attempts": max_attempts if max_attempts is not None else 2**31 - 1,
             "project": project,
+            "worker_id": worker_id,
         },
     )
 
@@ -353,6 +375,9 @@ def claim_stage(
     limit: int,
     lease_seconds: float,
     project: str | None = None,
+    *,
+    held: Collection[int] = (),
+    exclude_projects: Collection[str] = (),
 ) -> list[WorkItem]:
     """Claim up to ``limit`` items of a stage for ``worker_id`` (least recently changed first)
     with a lease of ``lease_seconds``, leaving their state as it is.
@@ -360,7 +385,8 @@ def claim_stage(
     Claimable: items in ``state`` whose ready column is set and which no live worker of the
     stage holds (unclaimed, claimed by a worker of another kind, or with an expired lease, which
     is also how a ``defer``red item comes due). ``attempts`` is not touched: it counts the
-    queue's claims, and the stage counts its own tries.
+    queue's claims, and the stage counts its own tries. ``held`` and ``exclude_projects`` are
+    as for ``claim``.
     """
     spec = _spec(table)
     stage = _stage(spec, state)
@@ -378,6 +404,8 @@ def claim_stage(
                 "state = %(state)s AND {ready} IS NOT NULL "
                 "AND (claimed_by IS NULL OR claimed_by NOT LIKE %(prefix)s "
                 "OR claimed_until < now()) "
+                "AND NOT (claimed_by = %(worker_id)s AND id = ANY(%(held)s)) "
+                "AND NOT (project = ANY(%(excluded)s)) "
                 "AND (%(project)s::text IS NULL OR project = %(project)s)"
             ).format(ready=sql.Identifier(stage.ready_column)),
             order=sql.SQL("updated_at, id"),
@@ -388,6 +416,8 @@ def claim_stage(
                 "project": project,
                 "limit": limit,
                 "worker_id": worker_id,
+                "held": sorted(held),
+                "excluded": sorted(exclude_projects),
                 "lease": float(lease_seconds),
             },
         )
@@ -418,6 +448,29 @@ def renew(
             (float(lease_seconds), item_id, worker_id, states),
         )
         return cur.rowcount == 1
+
+
+def renew_held(
+    conn: Connection,
+    table: str,
+    item_ids: Collection[int],
+    worker_id: str,
+    lease_seconds: float,
+    *,
+    state: str | None = None,
+) -> int:
+    """``renew`` for several items at once (the heartbeat); return how many were renewed."""
+    spec = _spec(table)
+    states = (_stage(spec, state).state,) if state is not None else tuple(spec.in_progress_states)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "UPDATE {t} SET claimed_until = now() + make_interval(secs => %s) "
+                "WHERE id = ANY(%s) AND claimed_by = %s AND state IN %s"
+            ).format(t=sql.Identifier(spec.table)),
+            (float(lease_seconds), sorted(item_ids), worker_id, states),
+        )
+        return cur.rowcount
 
 
 def _value(value: Any) -> Any:
@@ -521,6 +574,29 @@ def fail(
     return row[0] if row else None
 
 
+def release(conn: Connection, table: str, item_id: int, worker_id: str, error_code: str) -> bool:
+    """Give an in-progress item this worker holds back to the queue, due now, with its claim
+    not counted (``attempts`` down by one); True if applied.
+
+    For work that could not even be tried because something every item needs is away (the
+    VNA does not answer a C-ECHO): the item is not at fault, so it must not use up its tries
+    however long the outage lasts. ``last_error_code`` says why it waits.
+    """
+    spec = _spec(table)
+    check_error_code(error_code)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "UPDATE {t} SET state = 'queued', attempts = GREATEST(attempts - 1, 0), "
+                "next_attempt_at = now(), last_error_code = %s, "
+                "claimed_by = NULL, claimed_until = NULL "
+                "WHERE id = %s AND claimed_by = %s AND state IN %s"
+            ).format(t=sql.Identifier(spec.table)),
+            (error_code, item_id, worker_id, tuple(spec.in_progress_states)),
+        )
+        return cur.rowcount == 1
+
+
 def record_crash(
     conn: Connection,
     table: str,
@@ -620,6 +696,30 @@ def defer(
     return float(row[0]) if row else None
 
 
+def end_deferrals(
+    conn: Connection, table: str, state: str, project: str, lease_seconds: float
+) -> int:
+    """Make a project's deferred items of a stage due now; return how many.
+
+    For when what they waited for is back (the destination answers again), so a backoff that
+    grew during a long outage does not outlast it. Only waits longer than a lease are cut: an
+    item some worker is working on right now has at most a lease ahead of it, so it is never
+    handed to a second worker by this.
+    """
+    spec = _spec(table)
+    stage = _stage(spec, state)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "UPDATE {t} SET claimed_until = now() "
+                "WHERE state = %s AND project = %s AND claimed_by LIKE %s "
+                "AND claimed_until > now() + make_interval(secs => %s)"
+            ).format(t=sql.Identifier(spec.table)),
+            (stage.state, project, stage.worker_prefix + "%", float(lease_seconds)),
+        )
+        return cur.rowcount
+
+
 def requeue(
     conn: Connection, table: str, state: str, item_id: int, worker_id: str, error_code: str
 ) -> bool:
@@ -691,8 +791,9 @@ class FetchRate:
 
 
 def get_fetch_rate(conn: Connection, project: str) -> FetchRate:
-    """The project's rate, else the global ('*') default. Read on every scheduling round so a
-    change made with ``set_fetch_rate`` applies while workers run."""
+    """The project's own rate, else the global ('*') one: what ``pixl rate`` shows. (The fetch
+    worker reads them all with ``fetch_rates`` on every round, so a change applies while it
+    runs.)"""
     with conn, conn.cursor() as cur:
         cur.execute(
             "SELECT studies_per_second, max_in_flight FROM fetch_rate "
@@ -703,6 +804,17 @@ def get_fetch_rate(conn: Connection, project: str) -> FetchRate:
     if row is None:
         return FetchRate(studies_per_second=1.0, max_in_flight=1)
     return FetchRate(studies_per_second=row[0], max_in_flight=row[1])
+
+
+def fetch_rates(conn: Connection) -> dict[str, FetchRate]:
+    """Every stored rate: ``'*'`` (the limit on all of orthanc-raw's asking together) and the
+    projects that have one of their own."""
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT project, studies_per_second, max_in_flight FROM fetch_rate")
+        return {
+            project: FetchRate(studies_per_second=rate, max_in_flight=in_flight)
+            for project, rate, in_flight in cur.fetchall()
+        }
 
 
 def set_fetch_rate(

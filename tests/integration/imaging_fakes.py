@@ -61,6 +61,8 @@ class FakeOrthanc:
     # called with the instance id whenever a file is read (to act mid-export)
     on_read: Callable[[str], None] | None = None
     down: bool = False
+    # as a VNA: it answers a C-ECHO but fails every C-FIND (a fault of the query, not an outage)
+    refuse_queries: bool = False
     # a retrieve waits for this event when it is set up (to hold studies "in flight")
     gate: threading.Event | None = None
     instances: dict[str, StoredInstance] = field(default_factory=dict)
@@ -68,6 +70,7 @@ class FakeOrthanc:
     moves: list[str] = field(default_factory=list)  # "study" or "instances", per C-MOVE
     posted: list[bytes] = field(default_factory=list)  # every instance posted, as sent
     discarded: int = 0
+    echoes: int = 0  # C-ECHOs sent to the VNA through this Orthanc
     _queries: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -176,6 +179,12 @@ class FakeOrthanc:
                 if instance.sop_uid in wanted:
                     self.put(instance)
             return {}
+        if path == "/modalities/vna/echo":
+            assert self.vna is not None, "this Orthanc has no VNA"
+            self.echoes += 1
+            if self.vna.down:
+                raise OrthancError("the VNA does not answer a C-ECHO", "http_500", 500)
+            return {}
         if path == "/tools/find":
             uid = body["Query"]["StudyInstanceUID"]
             found = self.of_study(uid)
@@ -215,7 +224,7 @@ class FakeOrthanc:
     # --- the VNA's side of a C-FIND ------------------------------------------------------------
 
     def answers(self, level: str, query: dict[str, str]) -> list[dict[str, Any]]:
-        if self.down:
+        if self.down or self.refuse_queries:
             raise OrthancError(f"Orthanc {self.name} is not reachable", "http_500", 500)
         with self._lock:
             instances = list(self.instances.values())
@@ -255,14 +264,16 @@ class FakeOrthanc:
 @dataclass
 class FakeDsh:
     """The DSH as the exporter sees it: ``client(project)`` gives an object with the
-    ``FtpsClient`` methods the exporter uses. ``down`` refuses the login; ``crash_after_upload``
-    stores the file and then fails, as a connection lost before the exporter could record it."""
+        ``FtpsClient`` methods the exporter uses. ``unreachable`` refuses connections, ``down`` the
+    login; ``crash_after_upload``
+        stores the file and then fails, as a connection lost before the exporter could record it."""
 
     files: dict[str, bytes] = field(default_factory=dict)
     uploads: list[str] = field(default_factory=list)
     clients_for: list[str] = field(default_factory=list)
     down: bool = False
     crash_after_upload: bool = False
+    unreachable: bool = False  # nothing listens: connecting is refused
 
     def client(self, project: str) -> FakeFtpsClient:
         self.clients_for.append(project)
@@ -274,6 +285,8 @@ class FakeFtpsClient:
     dsh: FakeDsh
 
     def __enter__(self) -> FakeFtpsClient:
+        if self.dsh.unreachable:
+            raise FtpsError("127.0.0.1", 2121, "connect", "connection refused", transient=True)
         if self.dsh.down:
             raise FtpsError("127.0.0.1", 2121, "login", "530 Login incorrect", transient=True)
         return self

@@ -180,6 +180,49 @@ def test_dsh_down_backs_off_and_keeps_state(pipeline, conn, cohort):
     assert pipeline.exporter.counters["export_retries"] == 3
 
 
+def test_an_unreachable_destination_pauses_its_project_and_resumes_at_once(pipeline, conn, cohort):
+    """A destination that refuses connections is paused for its project (no claims, one probe
+    per period); when it answers again, a backoff that grew during the outage is cut short, so
+    the study goes out within a probe period of its return, not minutes later."""
+    study_id = pipeline.hand_over(conn, NORMAL)
+    pipeline.exporter.settings.probe_seconds = 0.2
+    pipeline.dsh.unreachable = True
+    for _ in range(6):  # a long outage: the backoff has grown to 5 * 2**5 s
+        assert pipeline.export_next() == "retry"
+        make_due(conn, study_id)
+        pipeline.exporter._down.clear()  # as if each try came after a probe that failed
+    assert pipeline.export_next() == "retry"
+    assert seconds_until(conn, study_id, "claimed_until") > 150
+    assert pipeline.exporter.counters["destinations_down"] >= 1
+
+    make_due(conn, study_id)
+    probes = len(pipeline.dsh.clients_for)
+    assert pipeline.exporter.claim() is None  # paused: a due study is not claimed
+    assert len(pipeline.dsh.clients_for) == probes  # and the probe is not due yet
+    with conn, conn.cursor() as cur:  # the backoff again, as the outage goes on
+        cur.execute(
+            "UPDATE study SET claimed_until = now() + interval '300 s' WHERE id = %s", (study_id,)
+        )
+
+    pipeline.dsh.unreachable = False
+    time.sleep(0.25)
+    item = pipeline.exporter.claim()  # the probe succeeds and ends the deferral
+    assert item is not None and item.id == study_id
+    assert pipeline.exporter.export(item) == "exported"
+    assert pipeline.exporter._down == {}
+
+
+def test_ending_deferrals_never_touches_a_study_being_exported(pipeline, conn, cohort):
+    """A study an exporter holds has at most a lease ahead of it: it is not made due, so no
+    second exporter takes it."""
+    study_id = pipeline.hand_over(conn, NORMAL)
+    held = pipeline.exporter.claim()
+    assert held is not None
+    assert work_queue.end_deferrals(conn, "study", "anonymising", PROJECT, 60) == 0
+    assert pipeline.exporter_named("anon:other").claim() is None
+    assert study_row(conn, study_id)["claimed_by"] == "anon:test"
+
+
 def test_orthanc_anon_down_backs_off_with_its_code(pipeline, conn, cohort):
     study_id = pipeline.hand_over(conn, NORMAL)
     pipeline.anon.down = True

@@ -154,10 +154,32 @@ def test_wrong_modality_is_refused_without_a_move(imaging, conn, cohort):
     assert imaging.raw.moves == [] and imaging.anon.instances == {}
 
 
-def test_vna_down_sends_the_study_back_to_the_queue_with_backoff(imaging, conn, cohort):
+def test_vna_down_sends_the_study_back_without_using_a_try_and_pauses(imaging, conn, cohort):
+    """Fault F5: the VNA does not answer even a C-ECHO, so the study is not at fault: it goes
+    back to the queue due now, its try not counted, and the worker stops claiming."""
     study = cohort.by_role(NORMAL)
     study_id = queue(conn, study)
     imaging.vna.down = True
+
+    imaging.fetch_one(conn)
+
+    row = study_row(conn, study_id)
+    assert (row["state"], row["attempts"], row["last_error_code"]) == (
+        "queued",
+        0,
+        "vna_unreachable",
+    )
+    assert seconds_until(conn, study_id, "next_attempt_at") <= 0
+    assert imaging.worker.counters["vna_unreachable"] == 1
+    assert imaging.worker.counters["vna_reachable"] == 0
+    assert imaging.worker.counters["retried"] == 0
+
+
+def test_a_query_that_fails_while_the_vna_answers_costs_a_try(imaging, conn, cohort):
+    """A C-FIND failure with the VNA answering a C-ECHO is this study's failure: it backs off."""
+    study = cohort.by_role(NORMAL)
+    study_id = queue(conn, study)
+    imaging.vna.refuse_queries = True
 
     imaging.fetch_one(conn)
 
@@ -170,6 +192,33 @@ def test_vna_down_sends_the_study_back_to_the_queue_with_backoff(imaging, conn, 
     assert seconds_until(conn, study_id, "next_attempt_at") == pytest.approx(10, abs=2)
     assert study.mrn not in row["last_error_code"]
     assert imaging.worker.counters["retried"] == 1
+    assert imaging.worker.counters["vna_reachable"] == 1
+
+
+def test_a_long_vna_outage_fails_nothing_and_work_resumes_when_it_answers(db_url, conn, cohort):
+    """However long the VNA is away, the worker probes it instead of burning the studies'
+    tries (5 tries at 10 s backoff used to fail them after ~2.5 min), and resumes on its own."""
+    imaging = Imaging(db_url, cohort, vna_probe_seconds=0.2, backoff_base_seconds=0.01)
+    work_queue.set_fetch_rate(conn, "*", 100.0, 4)
+    ids = [queue(conn, cohort.by_role(role)) for role in (NORMAL, SHARED, NO_REPORT)]
+    imaging.vna.down = True
+    stop = threading.Event()
+    thread = threading.Thread(target=imaging.worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        _wait(lambda: imaging.worker.counters["vna_reachable"] == 0)
+        time.sleep(2.0)  # ten probe periods; a worker burning tries would fail every study
+        assert "failed" not in _states(conn)
+        assert [study_row(conn, i)["attempts"] for i in ids] == [0, 0, 0]
+        probes = imaging.raw.echoes
+        assert 5 <= probes <= 20, probes  # about one C-ECHO per probe period, not a busy loop
+        imaging.vna.down = False
+        _wait(lambda: _states(conn) == ["anonymising"] * 3)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert imaging.worker.counters["vna_reachable"] == 1
+    assert [study_row(conn, i)["attempts"] for i in ids] == [1, 1, 1]
 
 
 @pytest.mark.parametrize(
@@ -246,3 +295,33 @@ def test_loop_claims_one_study_per_rate_slot(imaging, conn, cohort):
         thread.join(timeout=10)
     assert not thread.is_alive()
     assert second - first >= 1.5
+
+
+def test_a_project_rate_holds_that_project_to_it(imaging, conn, cohort):
+    """Fault F6: `pixl rate --project P` is honoured: P's studies are claimed at P's own rate
+    while the other project's go at the global one."""
+    work_queue.set_fetch_rate(conn, "*", 100.0, 4)
+    work_queue.set_fetch_rate(conn, "slow-project", 0.5, 1)  # one study every 2 s
+    slow = [
+        add_study(conn, "slow-project", study.mrn, study.accession_number)
+        for study in (cohort.by_role(NORMAL), cohort.by_role(SHARED))
+    ]
+    fast = [queue(conn, cohort.by_role(role)) for role in (NORMAL, SHARED, NO_REPORT)]
+    claimed_at: dict[int, float] = {}
+    original = imaging.worker.process
+
+    def timed(item) -> None:  # type: ignore[no-untyped-def]
+        claimed_at[item.id] = time.monotonic()
+        original(item)  # slow-project has no project file: it ends failed, which is fine here
+
+    imaging.worker.process = timed  # type: ignore[method-assign]
+    stop = threading.Event()
+    thread = threading.Thread(target=imaging.worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        _wait(lambda: set(claimed_at) >= set(slow) | set(fast))
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert abs(claimed_at[slow[1]] - claimed_at[slow[0]]) >= 1.5
+    assert max(claimed_at[i] for i in fast) - min(claimed_at[i] for i in fast) < 1.0

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from pixl_core.transport.orthanc_rest import OrthancError
 from pixl_imaging.vna_fetch import FetchError, FetchSettings, Outcome, StudyQuery, fetch_study
 
 CHEST = frozenset({"CR", "DX"})
@@ -28,6 +29,27 @@ class VnaStudy:
 
 
 @dataclass
+class RecordingAudit:
+    """The ``vna_move`` audit as a list: [level, outcome, instances, error_code] per request."""
+
+    rows: list[list[Any]] = field(default_factory=list)
+
+    def requested(self, level: str) -> int:
+        self.rows.append([level, "pending", None, None])
+        return len(self.rows) - 1
+
+    def finished(
+        self,
+        move_id: int,
+        outcome: str,
+        *,
+        instances: int | None = None,
+        error_code: str | None = None,
+    ) -> None:
+        self.rows[move_id][1:] = [outcome, instances, error_code]
+
+
+@dataclass
 class FakeVnaAndRaw:
     """orthanc-raw's REST API with a VNA behind it: C-FIND answers and C-MOVE copies.
 
@@ -38,6 +60,8 @@ class FakeVnaAndRaw:
     lose: int = 0  # instances the next C-MOVE silently fails to deliver
     local: dict[str, tuple[str, str]] = field(default_factory=dict)  # sop -> (orthanc id, study)
     moves: list[Any] = field(default_factory=list)
+    audit: RecordingAudit = field(default_factory=RecordingAudit)
+    fail_moves: bool = False  # the VNA goes away: every C-MOVE fails
     _queries: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def study(self, uid: str) -> VnaStudy:
@@ -55,6 +79,8 @@ class FakeVnaAndRaw:
                 for sop, (oid, study) in self.local.items()
                 if study == uid
             ]
+        if self.fail_moves and (path.endswith("/retrieve") or path.endswith("/move")):
+            raise OrthancError("the VNA is gone", "http_500", 500)
         if path.endswith("/retrieve"):
             parts = path.split("/")
             answer = self._queries[parts[2]][int(parts[4])]
@@ -141,9 +167,9 @@ def one_study(**options: Any) -> FakeVnaAndRaw:
 
 def test_study_is_moved_once_then_served_from_the_cache():
     api = one_study()
-    first = fetch_study(api, QUERY, CHEST, FetchSettings())
+    first = fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
     assert (first.outcome, first.moves, len(first.instance_ids)) == (Outcome.FETCHED, 1, 3)
-    second = fetch_study(api, QUERY, CHEST, FetchSettings())
+    second = fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
     assert (second.outcome, second.moves, len(second.instance_ids)) == (Outcome.CACHED, 0, 3)
     assert len(api.moves) == 1
 
@@ -152,29 +178,31 @@ def test_partial_transfer_fetches_only_the_missing_instances():
     api = one_study()
     api.lose = 1
     with pytest.raises(FetchError, match="incomplete_transfer"):
-        fetch_study(api, QUERY, CHEST, FetchSettings())
-    result = fetch_study(api, QUERY, CHEST, FetchSettings())
+        fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
+    result = fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
     assert result.outcome is Outcome.FETCHED
     assert api.moves[-1] == ("instances", ["3"])
 
 
 def test_study_of_another_modality_is_refused_without_a_move():
     api = one_study(modality="MR")
-    assert fetch_study(api, QUERY, CHEST, FetchSettings()).outcome is Outcome.WRONG_MODALITY
+    assert (
+        fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit).outcome is Outcome.WRONG_MODALITY
+    )
     assert api.moves == []
 
 
 def test_study_missing_from_the_vna_is_not_found():
     api = one_study()
     missing = StudyQuery(mrn="MRN", accession_number="NOPE")
-    assert fetch_study(api, missing, CHEST, FetchSettings()).outcome is Outcome.NOT_FOUND
+    assert fetch_study(api, missing, CHEST, FetchSettings(), api.audit).outcome is Outcome.NOT_FOUND
     assert api.moves == []
 
 
 def test_two_matching_studies_are_an_error_not_a_guess():
     api = FakeVnaAndRaw([VnaStudy(STUDY_UID, ["1"]), VnaStudy("5.6.7", ["2"])])
     with pytest.raises(FetchError, match="ambiguous_study"):
-        fetch_study(api, QUERY, CHEST, FetchSettings())
+        fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
 
 
 def test_wildcard_answers_about_other_patients_are_never_moved():
@@ -182,7 +210,9 @@ def test_wildcard_answers_about_other_patients_are_never_moved():
     (its values differ from the ones asked for), which is dropped: not found, no move."""
     api = FakeVnaAndRaw([VnaStudy(STUDY_UID, ["1"], patient_id="OTHER", accession="ACC12")])
     wildcard = StudyQuery(mrn="*", accession_number="ACC1?")
-    assert fetch_study(api, wildcard, CHEST, FetchSettings()).outcome is Outcome.NOT_FOUND
+    assert (
+        fetch_study(api, wildcard, CHEST, FetchSettings(), api.audit).outcome is Outcome.NOT_FOUND
+    )
     assert api.moves == []
 
 
@@ -196,7 +226,7 @@ def test_only_the_exactly_matching_answer_is_moved():
         ]
     )
     result = fetch_study(
-        api, StudyQuery(mrn="MRN", accession_number="ACC?"), CHEST, FetchSettings()
+        api, StudyQuery(mrn="MRN", accession_number="ACC?"), CHEST, FetchSettings(), api.audit
     )
     assert (result.outcome, result.study_uid) == (Outcome.FETCHED, STUDY_UID)
     assert api.moves == [("study", STUDY_UID)]
@@ -204,14 +234,14 @@ def test_only_the_exactly_matching_answer_is_moved():
 
 def test_padding_spaces_are_not_a_difference():
     api = one_study(patient_id="MRN ", accession=" ACC")
-    assert fetch_study(api, QUERY, CHEST, FetchSettings()).outcome is Outcome.FETCHED
+    assert fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit).outcome is Outcome.FETCHED
 
 
 def test_query_by_uid_accepts_only_that_uid():
     api = FakeVnaAndRaw([VnaStudy("1.2.3.40", ["1"]), VnaStudy(STUDY_UID, ["2"])])
     api.studies[0].uid = "1.2.3.4*"  # an archive whose matching is looser than asked
     by_uid = StudyQuery(mrn="MRN", accession_number="ACC", study_uid=STUDY_UID)
-    result = fetch_study(api, by_uid, CHEST, FetchSettings())
+    result = fetch_study(api, by_uid, CHEST, FetchSettings(), api.audit)
     assert result.study_uid == STUDY_UID
     assert api.moves == [("study", STUDY_UID)]
 
@@ -220,9 +250,9 @@ def test_a_local_instance_the_vna_did_not_list_is_not_handed_on():
     """Something stored an extra instance into orthanc-raw's copy of the study: it is counted,
     never part of what is handed on."""
     api = one_study()
-    fetch_study(api, QUERY, CHEST, FetchSettings())
+    fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
     api.local["injected"] = ("id-injected", STUDY_UID)
-    result = fetch_study(api, QUERY, CHEST, FetchSettings())
+    result = fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
     assert result.outcome is Outcome.CACHED
     assert sorted(result.instance_ids) == ["id-1", "id-2", "id-3"]
     assert result.unlisted == 1
@@ -232,10 +262,10 @@ def test_an_extra_instance_does_not_stand_in_for_a_missing_one():
     """Three local instances for a three-instance study, but one is not the archive's: the
     missing one is still moved (a count alone would have called the study complete)."""
     api = one_study()
-    fetch_study(api, QUERY, CHEST, FetchSettings())
+    fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
     del api.local["2"]
     api.local["injected"] = ("id-injected", STUDY_UID)
-    result = fetch_study(api, QUERY, CHEST, FetchSettings())
+    result = fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
     assert result.outcome is Outcome.FETCHED
     assert api.moves[-1] == ("instances", ["2"])
     assert "id-injected" not in result.instance_ids
@@ -244,7 +274,7 @@ def test_an_extra_instance_does_not_stand_in_for_a_missing_one():
 def test_a_listing_shorter_than_the_study_is_an_error():
     api = one_study(reported_count=5)
     with pytest.raises(FetchError, match="vna_listing_incomplete"):
-        fetch_study(api, QUERY, CHEST, FetchSettings())
+        fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
     assert api.moves == []
 
 
@@ -253,8 +283,8 @@ def test_a_series_that_lost_most_of_its_instances_is_moved_whole_in_one_request(
     api = FakeVnaAndRaw([VnaStudy(STUDY_UID, ["1", "2", "3", "4", "5"])])
     api.lose = 4
     with pytest.raises(FetchError, match="incomplete_transfer"):
-        fetch_study(api, QUERY, CHEST, FetchSettings())
-    result = fetch_study(api, QUERY, CHEST, FetchSettings())
+        fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
+    result = fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
     assert (result.outcome, result.moves, len(result.instance_ids)) == (Outcome.FETCHED, 1, 5)
     assert api.moves[-1] == ("series", "9.9")
 
@@ -263,8 +293,45 @@ def test_a_lone_missing_instance_is_asked_for_by_itself():
     """A series of one whose instance is missing: asked for at instance level (one request
     either way, and nothing else of the series is sent again)."""
     api = FakeVnaAndRaw([VnaStudy(STUDY_UID, ["1", "2", "3"], series={"1": "8.8"})])
-    fetch_study(api, QUERY, CHEST, FetchSettings())
+    fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
     del api.local["1"]
-    result = fetch_study(api, QUERY, CHEST, FetchSettings())
+    result = fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
     assert result.moves == 1
     assert api.moves[-1] == ("instances", ["1"])
+
+
+def test_every_move_request_is_audited_before_it_is_sent_and_after():
+    """One audit row per C-MOVE request the VNA sees (fault F3): the whole study, then a top-up
+    series and a lone instance, each with its outcome and instance count."""
+    api = FakeVnaAndRaw([VnaStudy(STUDY_UID, ["1", "2", "3", "4"], series={"4": "8.8"})])
+    fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
+    for sop in ("1", "2", "4"):
+        del api.local[sop]
+    fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
+    assert len(api.audit.rows) == len(api.moves) == 3
+    assert api.audit.rows == [
+        ["study", "completed", 4, None],
+        ["series", "completed", 3, None],
+        ["instance", "completed", 1, None],
+    ]
+
+
+def test_a_move_that_fails_stays_in_the_audit_as_failed():
+    """The VNA was asked (its log shows the request) even though the move failed: the row
+    stays, with the failure's code."""
+    api = one_study()
+    api.fail_moves = True
+    with pytest.raises(OrthancError):
+        fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
+    assert api.audit.rows == [["study", "failed", None, "orthanc_http_500"]]
+
+
+def test_a_move_that_cannot_be_audited_is_not_sent():
+    class NoDatabase(RecordingAudit):
+        def requested(self, level: str) -> int:
+            raise ConnectionError("database away")
+
+    api = one_study()
+    with pytest.raises(ConnectionError):
+        fetch_study(api, QUERY, CHEST, FetchSettings(), NoDatabase())
+    assert api.moves == []
