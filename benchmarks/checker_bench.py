@@ -1,4 +1,4 @@
-"""Report checker benchmark: ``pixl_ehr.checker.check_report`` throughput, in reports/s.
+"""Report checker benchmark: ``pixl_core.text.checker.check_report`` throughput, in reports/s.
 
 Input: 10,000 synthetic UK chest X-ray reports from ``stack.synthetic.reports.generate``
 (seed 7: 30% with one to three of the patient's identifiers planted, 10% with someone else's,
@@ -29,7 +29,7 @@ import re
 import sys
 
 from benchmarks.common import Result, measure_interleaved, render_table
-from pixl_ehr.checker import check_report
+from pixl_core.text.checker import check_report
 from stack.synthetic.reports import SyntheticReport, generate
 
 TITLE = "Report checker"

@@ -1,7 +1,7 @@
 """``pixl reports``: radiology report tools.
 
 ``pixl reports check --input IN.jsonl --output OUT.jsonl`` runs the second-method checker
-(``pixl_ehr.checker``) on its own, exactly as the report worker runs it: one JSON line per report
+(``pixl_core.text.checker``) on its own, exactly as the report worker runs it: one JSON line per report
 in, one line of kinds and offsets out (never the matched text). See ``pixl_ehr.checker_io`` for
 the line formats and validation rules.
 

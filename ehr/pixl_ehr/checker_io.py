@@ -35,7 +35,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from pixl_core.errors import PixlConfigError, PixlError
-from pixl_ehr.checker import CheckResult, PatientIdentifiers, check_report, validate_identifiers
+from pixl_core.text.checker import (
+    CheckResult,
+    PatientIdentifiers,
+    check_report,
+    validate_identifiers,
+)
 
 IDENTIFIER_FIELDS = tuple(f.name for f in fields(PatientIdentifiers))
 

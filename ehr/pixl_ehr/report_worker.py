@@ -12,7 +12,7 @@ For each claimed report (state ``fetching``):
    the whole round when there are several reports. If Cogstack is down the reports go back to
    the queue (``cogstack_<code>``, one attempt used) and the worker claims nothing more until
    Cogstack answers a probe again, so an outage of any length leaves them queued, not failed.
-3. The second, independent method (``pixl_ehr.checker.check_report``) looks for the patient's
+3. The second, independent method (``pixl_core.text.checker.check_report``) looks for the patient's
    own identifiers (EMAP's, plus the MRN and accession number of the work item) and identifier
    patterns in the de-identified text. Nothing found → ``checked`` (ready for export);
    anything found → ``flagged`` (withheld until a person approves or rejects it). The
@@ -134,7 +134,7 @@ def error_code(prefix: str, raw: object) -> str:
 
 
 def _default_checker() -> tuple[Checker, IdentifiersFactory, str | None]:
-    from pixl_ehr import checker
+    from pixl_core.text import checker
 
     version = getattr(checker, "CHECKER_VERSION", None) or getattr(checker, "__version__", None)
     return checker.check_report, checker.PatientIdentifiers, version
@@ -144,7 +144,7 @@ class ReportWorker:
     """Claims report work items and takes each from EMAP to ``checked``/``flagged``/``missing``.
 
     ``deidentifier`` is the Cogstack client (a fake in unit tests); ``checker`` and
-    ``identifiers_factory`` default to ``pixl_ehr.checker``'s ``check_report`` and
+    ``identifiers_factory`` default to ``pixl_core.text.checker``'s ``check_report`` and
     ``PatientIdentifiers``.
     """
 

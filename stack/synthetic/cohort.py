@@ -58,7 +58,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
 
-from pixl_ehr.checker import (
+from pixl_core.text.checker import (
     ADDRESS,
     DATE_OF_BIRTH,
     MRN,

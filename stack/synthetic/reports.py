@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import NamedTuple
 
-from pixl_ehr.checker import (
+from pixl_core.text.checker import (
     ADDRESS,
     DATE_OF_BIRTH,
     EMAIL,

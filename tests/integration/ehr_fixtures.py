@@ -13,7 +13,7 @@ from typing import Any
 
 from pixl_core import public_scan
 from pixl_core.db.connection import Connection
-from pixl_ehr.checker import CheckResult, Finding, PatientIdentifiers
+from pixl_core.text.checker import CheckResult, Finding, PatientIdentifiers
 from pixl_ehr.cogstack import CogstackError
 from stack.standins.emap_load import load_reports
 from stack.synthetic.omop_es import EXAMPLE_PERSONS, EXAMPLE_PROCEDURES, write_public

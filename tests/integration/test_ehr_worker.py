@@ -284,7 +284,7 @@ def test_accession_number_in_the_text_is_flagged(db_url, conn, tmp_path: Path):
 
 
 def test_with_the_real_checker(db_url, conn, tmp_path: Path):
-    """The default checker (pixl_ehr.checker) through the worker, on EMAP's identifiers."""
+    """The default checker (pixl_core.text.checker) through the worker, on EMAP's identifiers."""
     load_emap(db_url, tmp_path)
     _extract, (clean, leaky) = add_extract(conn, STUDIES[:2])
     worker = ReportWorker(

@@ -17,7 +17,7 @@ import pydicom
 import pytest
 
 from pixl_cli.extract_reader import read_extract
-from pixl_ehr.checker import nhs_number_is_valid
+from pixl_core.text.checker import nhs_number_is_valid
 from stack.synthetic.cohort import (
     DUPLICATED_ROW,
     EXPORTED,

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from pixl_cli.main import app
 from pixl_cli.reports_cmd import PROGRESS_MIN_BYTES
-from pixl_ehr.checker import (
+from pixl_core.text.checker import (
     KINDS,
     PATIENT_KINDS,
     CheckResult,
