@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import secrets
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from pixl_core.db.connection import Connection
 from pixl_core.transport.ftps import FtpsError
 from pixl_core.transport.orthanc_rest import OrthancError
 
-SECRET = b"imaging-test-secret-0123456789"
+SECRET = secrets.token_hex(32).encode()  # drawn per run: no key is written in the repository
 
 
 def orthanc_id(level: str, uid: str) -> str:
