@@ -299,6 +299,14 @@ class FakeFtpsClient:
         data = self.dsh.files.get(remote_path)
         return None if data is None else len(data)
 
+    def complete_upload(self, remote_path: str, size: int) -> bool:
+        folder, _, name = remote_path.rpartition("/")
+        partial = self.dsh.files.get(f"{folder}/.{name}.part")
+        if partial is None or len(partial) != size:
+            return False
+        self.dsh.files[remote_path] = self.dsh.files.pop(f"{folder}/.{name}.part")
+        return True
+
     def upload_file(self, remote_path: str, local_path: str | Path) -> None:
         self.dsh.files[remote_path] = Path(local_path).read_bytes()
         self.dsh.uploads.append(remote_path)
