@@ -216,7 +216,8 @@ def test_approved_report_goes_out_in_the_next_export(client, ready, conn, dsh_ft
     from pixl_ehr import review
 
     client.post(f"/export/{PROJECT}")
-    assert review.approve(conn, ready["flagged"], "reviewer")
+    report = review.load(conn, ready["flagged"])
+    assert review.approve(conn, report, "the flagged word is an eponym", "reviewer")
     body = client.post(f"/export/{PROJECT}").json()
     # The public files are already there; the radiology parquet and manifest change.
     assert (body["files_sent"], body["files_skipped"], body["reports_exported"]) == (2, 2, 1)
