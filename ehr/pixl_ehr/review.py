@@ -138,11 +138,6 @@ def operator_name() -> str:
     return value
 
 
-def reviewer_name() -> str:
-    """Kept for callers of the first review API: the same as ``operator_name``."""
-    return operator_name()
-
-
 def validate_reason(reason: str | None, command: str) -> str:
     """The reason, stripped; PixlConfigError naming the fix when missing or not one line."""
     if reason is None or not reason.strip():
@@ -207,11 +202,6 @@ def load(conn: Connection, report_id: int) -> Report | None:
         text=row[5],
         findings=_clean_findings(row[6]),
     )
-
-
-def checked_text(conn: Connection, report_id: int) -> Report | None:
-    """``load``, under the name ``pixl reports show`` first used."""
-    return load(conn, report_id)
 
 
 def history(conn: Connection, project: str) -> list[Decision]:
