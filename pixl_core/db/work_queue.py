@@ -133,6 +133,7 @@ QUEUES: dict[str, QueueSpec] = {
             {
                 "study_id",
                 "deidentified_text",
+                "released_text",
                 "check_flagged",
                 "check_findings",
                 "checked_at",
