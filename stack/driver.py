@@ -273,29 +273,35 @@ class Stack:
         return Counter(_SENDING_RESOURCE.findall(log))
 
     def dsh_uploads(self) -> Counter[str]:
-        """Completed uploads (STOR) the DSH received, per file, from the DSH's own log.
+        """Whole uploads (STOR) the DSH received, per file, from the DSH's own log.
 
-        The DSH stand-in (pyftpdlib) logs every transfer as ``STOR <path> completed=<0|1> ...``.
-        PIXL uploads each file to ``.<name>.part`` and renames it, so a completed STOR of
-        ``<folder>/.<name>.part`` counts as an upload of ``<folder>/<name>``; an upload cut off
-        (``completed=0``) is not one. Keys are paths relative to the DSH folder, e.g.
-        ``chest-xray/dicom/<pseudonymised study UID>.zip``: what proves "exported exactly once"
-        is the receiving side's record, not PIXL's.
+        The DSH stand-in (pyftpdlib) logs every transfer as ``STOR <path> completed=<0|1>
+        bytes=<n> ...``. PIXL uploads each file to ``.<name>.part`` and renames it, so a STOR of
+        ``<folder>/.<name>.part`` counts as an upload of ``<folder>/<name>``. An upload is whole
+        when it carried as many bytes as the file that stands there now: in stream mode the end
+        of the data connection is the end of the file, so an upload cut by the sender's death
+        (SIGKILL closes its socket cleanly) is logged ``completed=1`` with fewer bytes. Keys are
+        paths relative to the DSH folder, e.g. ``chest-xray/dicom/<pseudonymised UID>.zip``:
+        what proves "exported exactly once" is the receiving side's record, not PIXL's.
         """
         log = (self.settings.logs_dir / "dsh.log").read_text(errors="replace")
         root = str(self.settings.dsh_dir).rstrip("/") + "/"
         uploads: Counter[str] = Counter()
-        for path in _COMPLETED_STOR.findall(log):
+        for path, sent in _COMPLETED_STOR.findall(log):
             relative = path.removeprefix(root)
             folder, _, name = relative.rpartition("/")
             if name.startswith(".") and name.endswith(".part"):
                 name = name[1 : -len(".part")]
-            uploads[f"{folder}/{name}" if folder else name] += 1
+            key = f"{folder}/{name}" if folder else name
+            final = self.settings.dsh_dir / key
+            if final.exists() and final.stat().st_size != int(sent):
+                continue  # cut short: not an upload of this file
+            uploads[key] += 1
         return uploads
 
 
 _SENDING_RESOURCE = re.compile(r"Sending resource ([0-9a-f-]+) to modality")
-_COMPLETED_STOR = re.compile(r"\] STOR (\S+) completed=1 ")
+_COMPLETED_STOR = re.compile(r"\] STOR (\S+) completed=1 bytes=(\d+)")
 
 
 class _OrthancAuth(requests.auth.AuthBase):

@@ -23,6 +23,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
 from typer.testing import CliRunner
 
+from pixl_cli import output
 from pixl_cli.main import app
 from pixl_core.config.allowlist import AttributeKey
 from pixl_core.config.projects import Project, load_project, load_project_file
@@ -490,6 +491,9 @@ def test_cli_preview_needs_hash_key(dirs: Path, monkeypatch: pytest.MonkeyPatch)
     assert result.returncode == 2
     assert "PIXL_HASH_KEY" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     monkeypatch.setenv("PIXL_HASH_KEY", "a-test-secret-of-32-characters!!")
+    # The console's width is fixed when it is made (from COLUMNS or the terminal, which a test
+    # worker may not have): widen it so no column is cut.
+    monkeypatch.setattr(output.console, "width", 200)
     shown = runner.invoke(
         app,
         ["allowlist", "preview", "--project", "test-project", str(dicom)],

@@ -206,6 +206,7 @@ def test_output_is_named_by_pseudonymised_uids_only(
         (["--project", "chest-xray"], None, "PIXL_HASH_KEY is not set"),
         (["--project", "chest-xray"], "too-short", "PIXL_HASH_KEY is too short"),
     ],
+    ids=["unknown-project", "no-key", "short-key"],  # never the key: it is drawn per run
 )
 def test_configuration_errors_exit_2_with_one_line(
     inputs: dict[str, Path], tmp_path: Path, args: list[str], key: str | None, message: str
