@@ -206,6 +206,9 @@ def load_project_file(path: Path) -> Project:
     for loaded in base_files:
         base = base.merged_with(loaded.allowlist, override=False)
     _check_required(base, name)
+    for override in overrides:
+        _check_no_pictures(override.allowlist, name)
+    _check_no_pictures(base, name)
     options = tuple(raw.get("ps315_options") or [])
     for option in options:
         if option not in PS315_OPTIONS:
@@ -278,6 +281,23 @@ def _check_required(base: AllowList, name: str) -> None:
             wanted = " or ".join(a.value for a in actions)
             raise InvalidAllowlistError(
                 f"{name}: the allow-lists must list {keyword} with action {wanted}"
+            )
+
+
+# Pictures beside Pixel Data that the burned-in text check does not read: overlays (60xx, whose
+# bits can spell a name) and the icon image. No allow-list may let them out.
+PICTURE_ATTRIBUTES = {
+    "OverlayData (60xx,3000)": AttributeKey(0x6000, 0x3000),
+    "IconImageSequence (0088,0200)": AttributeKey(0x0088, 0x0200),
+}
+
+
+def _check_no_pictures(allowlist: AllowList, name: str) -> None:
+    for label, key in PICTURE_ATTRIBUTES.items():
+        if allowlist.rule_for(key) is not None:
+            raise InvalidAllowlistError(
+                f"{name}: the allow-lists list {label}, a picture the burned-in text check "
+                "does not read; remove it (overlays and icons never leave)"
             )
 
 

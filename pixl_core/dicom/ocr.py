@@ -68,7 +68,7 @@ def _api():  # type: ignore[no-untyped-def]
     return api
 
 
-def prepare(crop: np.ndarray, flip: bool = False) -> np.ndarray:
+def prepare(crop: np.ndarray, flip: bool = False, drop_edges: bool = True) -> np.ndarray:
     """Dark text on white, about ``READ_HEIGHT`` px high, with a white margin (8-bit input).
 
     Polarity: of the two Otsu classes, the one holding the largest connected piece is taken as
@@ -78,7 +78,8 @@ def prepare(crop: np.ndarray, flip: bool = False) -> np.ndarray:
     _, binary = cv2.threshold(crop, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     if (_largest_piece(binary) > _largest_piece(cv2.bitwise_not(binary))) != flip:
         binary = cv2.bitwise_not(binary)  # make the text class 255
-    binary = _drop_edge_pieces(binary)
+    if drop_edges:
+        binary = _drop_edge_pieces(binary)
     text_dark = cv2.bitwise_not(binary)
     height = text_dark.shape[0]
     if height < READ_HEIGHT:
@@ -114,14 +115,19 @@ def _drop_edge_pieces(binary: np.ndarray) -> np.ndarray:
 def read_line(crop: np.ndarray) -> Reading:
     """OCR one 8-bit crop holding (at most) a line of text.
 
-    When the first polarity reads nothing confidently (boxed text on anatomy has three tones, and
-    the guess can pick the box), the other polarity is read too and the surer reading kept.
+    Up to three ways, stopping at the first confident reading: the guessed polarity without the
+    pieces touching the crop's edge (anatomy around boxed text); the same with them (a glyph
+    merged with bright anatomy at the edge); the other polarity (boxed text on anatomy has three
+    tones, and the guess can pick the box). Otherwise the surest reading is kept.
     """
-    first = _read(prepare(crop))
-    if first.text and first.confidence >= RETRY_BELOW_CONFIDENCE:
-        return first
-    second = _read(prepare(crop, flip=True))
-    return second if second.confidence > first.confidence else first
+    best = Reading("", 0.0)
+    for flip, drop_edges in ((False, True), (False, False), (True, True)):
+        reading = _read(prepare(crop, flip=flip, drop_edges=drop_edges))
+        if reading.text and reading.confidence >= RETRY_BELOW_CONFIDENCE:
+            return reading
+        if reading.confidence > best.confidence:
+            best = reading
+    return best
 
 
 def _read(image: np.ndarray) -> Reading:

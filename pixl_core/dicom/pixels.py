@@ -106,8 +106,9 @@ def analyse(
         if ids is None:
             ids = identifiers_of(source)
         for core in boxes:
-            box = grown(core, *frame.shape)
-            crop = frame[box.top : box.bottom, box.left : box.right]
+            box = grown(core, *frame.shape)  # what is masked
+            read = grown(core, *frame.shape, sideways=False)  # what is read
+            crop = frame[read.top : read.bottom, read.left : read.right]
             low, high = value_range(crop)
             crop8 = stretch_to_8bit(crop, low, high)
             if not has_glyphs(crop8):

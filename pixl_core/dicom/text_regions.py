@@ -125,12 +125,14 @@ def find_text_boxes(frame: np.ndarray) -> list[Box]:
     return join_lines(words)
 
 
-def grown(box: Box, rows: int, columns: int) -> Box:
-    """The line's box grown by an eighth of its height, and sideways by most of a character:
-    a first or last character drawn at low contrast over bright anatomy may give too few edges
-    to join its line, and masking a little background costs nothing."""
+def grown(box: Box, rows: int, columns: int, sideways: bool = True) -> Box:
+    """The line's box grown by an eighth of its height, and (``sideways``) by most of a
+    character left and right: a first or last character drawn at low contrast over bright
+    anatomy may give too few edges to join its line, and masking a little background costs
+    nothing. OCR reads the box without the sideways part, where anatomy would merge with the
+    glyphs."""
     pad = 3 + box.height // 8
-    side = pad + (box.height * 4) // 5
+    side = pad + (box.height * 4) // 5 if sideways else pad
     return Box(
         max(0, box.top - pad),
         max(0, box.left - side),
