@@ -255,3 +255,82 @@ def _header_says(data: bytes, value: str) -> bytes:
     ds = dcmread(BytesIO(data))
     ds.BurnedInAnnotation = value
     return to_bytes(ds)
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ("pixel_text: blank\n", ("pixel_text", "mask, refuse, off")),
+        ("pixel_text: off\n", ("pixel_text_justification",)),
+        ("pixel_text_justification: why\n", ("only for 'pixel_text: off'",)),
+        ("pixel_text: off\npixel_text_justification: why\nps315_options: [cleanPixelDataOpt]\n",
+         ("cleanPixelDataOpt",)),
+        ("pixel_text_benign: missing.yaml\n", ("missing.yaml", "not found")),
+    ],
+)  # fmt: skip
+def test_pixel_text_policy_errors_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: str, words: tuple[str, ...]
+) -> None:
+    from pixl_core.errors import PixlConfigError
+
+    monkeypatch.delenv("PIXL_ALLOWLISTS_DIR", raising=False)
+    text = (REPO_ROOT / "projects" / "chest-xray.yaml").read_text()
+    text = "\n".join(
+        line
+        for line in text.splitlines()
+        if not line.startswith(("pixel_text", "ps315_options", "  - rtn"))
+    )
+    path = tmp_path / "p.yaml"
+    path.write_text(text + "\n" + extra)
+    with pytest.raises(PixlConfigError) as refused:
+        load_project_file(path)
+    message = str(refused.value)
+    assert "\n" not in message and all(w in message for w in words), message
+
+
+def test_a_benign_word_with_a_digit_is_refused(tmp_path: Path) -> None:
+    from pixl_core.config.pixel_policy import load_benign_markers
+    from pixl_core.errors import InvalidProjectError
+
+    path = tmp_path / "b.yaml"
+    path.write_text("words: [L, R2]\n")
+    with pytest.raises(InvalidProjectError, match="letters only"):
+        load_benign_markers(path, "tag_allowlists/b.yaml")
+    path.write_text("words: [L, PORTABLE]\nsymbols: ['->']\n")
+    markers = load_benign_markers(path, "tag_allowlists/b.yaml")
+    assert markers.allows("portable") and markers.allows("->") and not markers.allows("SMITH")
+
+
+def test_benign_needs_every_word_listed_confident_and_of_plausible_length(chest: Project) -> None:
+    from pixl_core.dicom.burned_in_text import is_benign
+
+    markers = chest.benign_markers
+    assert markers is not None
+    assert is_benign("AP ERECT", 90, width=160, height=24, markers=markers)
+    assert is_benign("L", 90, width=30, height=45, markers=markers)
+    assert not is_benign("AP SMITH", 90, width=160, height=24, markers=markers)
+    assert not is_benign("AP ERECT", 40, width=160, height=24, markers=markers)  # unsure
+    assert not is_benign("L", 95, width=600, height=24, markers=markers)  # a long line read as L
+    assert not is_benign("", 0, width=30, height=30, markers=markers)
+
+
+def test_kinds_are_found_through_ocr_confusions() -> None:
+    from pydicom.dataset import Dataset
+
+    from pixl_core.dicom.burned_in_text import identifiers_of, kinds_of
+
+    ds = Dataset()
+    ds.PatientName = "PEMBERTON^ROSALIND"
+    ds.PatientID = "40012345"
+    ds.PatientBirthDate = "19560312"
+    ds.AccessionNumber = "RRK1234567"
+    ds.InstitutionName = "Kestrel Royal Infirmary"
+    ids = identifiers_of(ds)
+    assert "patient_name" in kinds_of("PEMBERTON, ROSALIND", ids)
+    assert "mrn" in kinds_of("MRN 4OO12345", ids)  # O for 0
+    assert "dob" in kinds_of("DOB 12/03/1956", ids)
+    assert "accession" in kinds_of("ACC RRK 1234567", ids)
+    assert "institution" in kinds_of("KESTREL ROYAL", ids)
+    assert "date" in kinds_of("05/01/2023 10:15", ids)
+    assert "nhs_number" in kinds_of("NHS 943 476 5919", ids)
+    assert kinds_of("SOMETHING ELSE", ids) == set()
