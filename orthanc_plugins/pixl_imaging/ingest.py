@@ -99,9 +99,7 @@ class AnonIngest:
         if any(kind != "benign" for kind in counts):
             self.counters.add("pixel_text_masked_instances")
         try:
-            study_records.record_pixel_text(
-                self._conn(), work_item_id, hasher.uid(sop_uid), counts
-            )
+            study_records.record_pixel_text(self._conn(), work_item_id, hasher.uid(sop_uid), counts)
         except Exception as exc:
             self._connections.reset()
             logger.error("could not record burned-in text counts (%s)", type(exc).__name__)
