@@ -6,8 +6,9 @@ Why it is shaped this way:
 - The output is a **new** dataset built from what the allow-list lets through. Nothing is
   deleted from the input, so an attribute nobody thought of cannot leak: it was never copied.
 - Only the header is parsed (``stop_before_pixels``); the Pixel Data element is copied through
-  as raw bytes from the input buffer, so the cost stays close to reading and writing the file
-  and pixel data is never decoded.
+  as raw bytes from the input buffer, so the cost stays close to reading and writing the file.
+  The burned-in text check (``pixels.clean_pixels``) decodes the pixels to look for text and
+  replaces the element only when it masks some.
 - Anything unexpected refuses the instance with a short reason code (never an identifier):
   a refused instance is dropped, not forwarded.
 """
