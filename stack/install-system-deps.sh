@@ -2,7 +2,9 @@
 # Install the Debian 12 packages PIXL's local stack and tests need, only if missing.
 # Safe to run repeatedly; needs root (or sudo) only when something is missing.
 set -euo pipefail
-packages=(orthanc orthanc-python postgresql python3.11 python3.11-venv python3-pip vsftpd openssl dcmtk)
+# tesseract-ocr: reads burned-in text (pixl_core.dicom.pixels); fonts-*: the synthetic burned-in corpus.
+packages=(orthanc orthanc-python postgresql python3.11 python3.11-venv python3-pip vsftpd openssl dcmtk
+  tesseract-ocr tesseract-ocr-eng libtesseract-dev libleptonica-dev fonts-dejavu-core fonts-liberation2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -7,6 +7,7 @@ import typer
 from pixl_cli.allowlist_cmd import allowlist_app
 from pixl_cli.anonymise_cmd import anonymise
 from pixl_cli.export_cmd import export_patient_data
+from pixl_cli.pixels_cmd import pixels_app
 from pixl_cli.reports_cmd import reports_app
 from pixl_cli.work_cmds import populate, rate, retry, status
 
@@ -32,6 +33,7 @@ app.command("rate")(rate)
 app.command("export-patient-data")(export_patient_data)
 app.command("retry")(retry)
 app.add_typer(reports_app, name="reports")
+app.add_typer(pixels_app, name="pixels")
 
 
 if __name__ == "__main__":

@@ -85,7 +85,24 @@ class AnonIngest:
             )
             return None
         self.counters.add("deidentified")
+        if result.pixel_text:
+            self._record_pixel_text(handoff.work_item_id, sop_uid, result.pixel_text, hasher)
         return result.data
+
+    def _record_pixel_text(
+        self, work_item_id: int, sop_uid: str, counts: dict[str, int], hasher: ProjectHasher
+    ) -> None:
+        """Count burned-in text regions by kind, in the metrics and in Postgres (never the text).
+        The instance goes on either way: its pixels are already clean."""
+        for kind, regions in counts.items():
+            self.counters.add(f"pixel_text_{kind}", regions)
+        if any(kind != "benign" for kind in counts):
+            self.counters.add("pixel_text_masked_instances")
+        try:
+            study_records.record_pixel_text(self._conn(), work_item_id, hasher.uid(sop_uid), counts)
+        except Exception as exc:
+            self._connections.reset()
+            logger.error("could not record burned-in text counts (%s)", type(exc).__name__)
 
     def _being_fetched(self, work_item_id: int) -> bool:
         """Whether orthanc-raw is handing the study over now (else the instance would be an

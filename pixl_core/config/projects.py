@@ -23,6 +23,14 @@ from pixl_core.config.allowlist import (
     load_allowlist_file,
 )
 from pixl_core.config.omop_columns import omop_columns
+from pixl_core.config.pixel_policy import (
+    DEFAULT_BENIGN_FILE,
+    BenignMarkers,
+    PixelText,
+    load_benign_markers,
+    parse_justification,
+    parse_pixel_text,
+)
 from pixl_core.config.yaml_file import read_mapping, refuse_unknown_keys
 from pixl_core.errors import (
     InvalidAllowlistError,
@@ -49,6 +57,9 @@ PROJECT_KEYS = frozenset(
         "date_shift_max_days",
         "destination",
         "allow_omop_columns",
+        "pixel_text",
+        "pixel_text_justification",
+        "pixel_text_benign",
     }
 )
 DESTINATION_KEYS = frozenset({"host", "port", "user", "root", "implicit_tls", "ca_file", "verify"})
@@ -128,7 +139,19 @@ class Project:
     destination: Destination | None  # None: the file has no 'destination:'
     # OMOP columns refused by default that this project lets out: "TABLE.column" → justification
     allow_omop_columns: dict[str, str] = field(default_factory=dict, compare=False)
+    # Burned-in text (pixl_core.config.pixel_policy): mask, refuse or off (with a justification)
+    pixel_text: PixelText = PixelText.MASK
+    pixel_text_justification: str | None = None
+    benign_markers: BenignMarkers | None = field(default=None, compare=False)
     _cache: dict[tuple[str, str], AllowList] = field(default_factory=dict, compare=False)
+
+    @property
+    def method_options(self) -> tuple[str, ...]:
+        """The PS3.15 options recorded on every instance: the claimed ones, plus Clean Pixel
+        Data when the pixels are checked (``pixel_text`` mask or refuse)."""
+        if self.pixel_text is PixelText.OFF or "cleanPixelDataOpt" in self.ps315_options:
+            return self.ps315_options
+        return (*self.ps315_options, "cleanPixelDataOpt")
 
     def allowlist_for(self, manufacturer: str, model: str) -> AllowList:
         """The base list with the overrides whose regexes match this device, in file order."""
@@ -183,12 +206,23 @@ def load_project_file(path: Path) -> Project:
     for loaded in base_files:
         base = base.merged_with(loaded.allowlist, override=False)
     _check_required(base, name)
+    for override in overrides:
+        _check_no_pictures(override.allowlist, name)
+    _check_no_pictures(base, name)
     options = tuple(raw.get("ps315_options") or [])
     for option in options:
         if option not in PS315_OPTIONS:
             raise InvalidProjectError(
                 f"{name}: unknown PS3.15 option '{option}'; use one of {', '.join(PS315_OPTIONS)}"
             )
+    pixel_text = parse_pixel_text(raw.get("pixel_text"), name)
+    if pixel_text is PixelText.OFF and "cleanPixelDataOpt" in options:
+        raise InvalidProjectError(
+            f"{name}: 'ps315_options:' claims cleanPixelDataOpt but 'pixel_text:' is off; "
+            "remove the claim or check the pixels (pixel_text: mask)"
+        )
+    justification = parse_justification(pixel_text, raw.get("pixel_text_justification"), name)
+    benign = _benign_markers(raw.get("pixel_text_benign"))
     max_days = raw.get("date_shift_max_days", 365)
     if not isinstance(max_days, int) or not 1 <= max_days <= 3650:
         raise InvalidProjectError(f"{name}: 'date_shift_max_days:' must be a whole number 1-3650")
@@ -206,7 +240,19 @@ def load_project_file(path: Path) -> Project:
         date_shift_max_days=max_days,
         destination=_parse_destination(raw.get("destination"), name),
         allow_omop_columns=_parse_omop_columns(raw.get("allow_omop_columns"), name),
+        pixel_text=pixel_text,
+        pixel_text_justification=justification,
+        benign_markers=benign,
     )
+
+
+def _benign_markers(value: Any) -> BenignMarkers:
+    """The project's benign list; the shipped one when a folder of allow-lists has none."""
+    relative = str(value or DEFAULT_BENIGN_FILE)
+    path = allowlists_dir() / relative
+    if value is None and not path.is_file():
+        path = REPO_ROOT / "tag_allowlists" / DEFAULT_BENIGN_FILE
+    return load_benign_markers(path, f"tag_allowlists/{relative}")
 
 
 def _load_files(value: Any, name: str, key: str, *, override: bool) -> list[AllowListFile]:
@@ -235,6 +281,23 @@ def _check_required(base: AllowList, name: str) -> None:
             wanted = " or ".join(a.value for a in actions)
             raise InvalidAllowlistError(
                 f"{name}: the allow-lists must list {keyword} with action {wanted}"
+            )
+
+
+# Pictures beside Pixel Data that the burned-in text check does not read: overlays (60xx, whose
+# bits can spell a name) and the icon image. No allow-list may let them out.
+PICTURE_ATTRIBUTES = {
+    "OverlayData (60xx,3000)": AttributeKey(0x6000, 0x3000),
+    "IconImageSequence (0088,0200)": AttributeKey(0x0088, 0x0200),
+}
+
+
+def _check_no_pictures(allowlist: AllowList, name: str) -> None:
+    for label, key in PICTURE_ATTRIBUTES.items():
+        if allowlist.rule_for(key) is not None:
+            raise InvalidAllowlistError(
+                f"{name}: the allow-lists list {label}, a picture the burned-in text check "
+                "does not read; remove it (overlays and icons never leave)"
             )
 
 

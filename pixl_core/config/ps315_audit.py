@@ -45,6 +45,7 @@ U replace UID):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -466,12 +467,25 @@ def audit(project: Project, profile: ConfidentialityProfile | None = None) -> Au
     Overrides are audited whole, not only where they match a device: a reviewer approves the
     file, and any device may match it.
     """
-    return audit_files(
+    report = audit_files(
         project.slug,
         (*project.base_files, *project.overrides),
-        project.ps315_options,
+        project.method_options,  # with cleanPixelDataOpt when the pixels are checked
         profile,
     )
+    if project.pixel_text != "off":
+        return report
+    # Pixels that leave unchecked are a finding like a kept tag: the Basic Profile assumes no
+    # burned-in identifiers, and only the project's justification can say why there are none.
+    unchecked = Finding(
+        label="PixelData (7FE0,0010)",
+        source=f"projects/{project.slug}.yaml pixel_text",
+        action="keep unchecked",
+        profile="burned-in text is removed only under the Clean Pixel Data Option (113101)",
+        problem="pixel_text is off: burned-in text leaves as it is",
+        justification=project.pixel_text_justification,
+    )
+    return dataclasses.replace(report, findings=(*report.findings, unchecked))
 
 
 def audit_allowlist_file(

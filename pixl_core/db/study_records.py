@@ -11,6 +11,9 @@ this module is the only SQL on them:
   its UID (never the UID itself), with a short reason code. A re-sent instance is counted once.
   The exporter reads the counts to tell a study that was wholly refused from one whose
   instances went missing.
+- ``instance_pixel_text``: per instance (same key), how many regions of burned-in text of each
+  kind the pixel check found (``patient_name``, ``mrn``, ``dob``... ``benign``), and whether
+  any was masked. Kinds and counts only, never the text.
 
 Each call is its own transaction. Reasons are validated like every error code
 (``^[a-z][a-z0-9_.-]{0,63}$``), so an identifier cannot be stored as one.
@@ -75,6 +78,49 @@ def record_refusal(conn: Connection, study_id: int, instance_key: str, reason: s
             "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
             (study_id, instance_key, reason),
         )
+
+
+PIXEL_TEXT_KINDS = (
+    "patient_name",
+    "mrn",
+    "nhs_number",
+    "dob",
+    "accession",
+    "institution",
+    "date",
+    "digits",
+    "other_text",
+    "benign",
+)
+
+
+def record_pixel_text(
+    conn: Connection, study_id: int, instance_key: str, counts: dict[str, int]
+) -> None:
+    """Record the burned-in text regions of one instance by kind (idempotent per instance)."""
+    rows = [(k, n) for k, n in sorted(counts.items()) if n > 0]
+    if not rows:
+        return
+    unknown = [k for k, _ in rows if k not in PIXEL_TEXT_KINDS]
+    if unknown:
+        raise ValueError(f"not a pixel text kind: use one of {PIXEL_TEXT_KINDS}")
+    masked = any(k != "benign" for k, _ in rows)
+    with conn, conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO instance_pixel_text (study_id, instance_key, kind, regions, masked) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [(study_id, instance_key, kind, n, masked) for kind, n in rows],
+        )
+
+
+def pixel_text(conn: Connection, study_id: int) -> Counter[str]:
+    """Regions of burned-in text found in the study's instances, by kind."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT kind, sum(regions) FROM instance_pixel_text WHERE study_id = %s GROUP BY kind",
+            (study_id,),
+        )
+        return Counter({kind: int(n) for kind, n in cur.fetchall()})
 
 
 def refusals(conn: Connection, study_id: int) -> Counter[str]:

@@ -6,8 +6,9 @@ Why it is shaped this way:
 - The output is a **new** dataset built from what the allow-list lets through. Nothing is
   deleted from the input, so an attribute nobody thought of cannot leak: it was never copied.
 - Only the header is parsed (``stop_before_pixels``); the Pixel Data element is copied through
-  as raw bytes from the input buffer, so the cost stays close to reading and writing the file
-  and pixel data is never decoded.
+  as raw bytes from the input buffer, so the cost stays close to reading and writing the file.
+  The burned-in text check (``pixels.clean_pixels``) decodes the pixels to look for text and
+  replaces the element only when it masks some.
 - Anything unexpected refuses the instance with a short reason code (never an identifier):
   a refused instance is dropped, not forwarded.
 """
@@ -39,6 +40,7 @@ from pixl_core.dicom.header import (
     parse_header,
     write_file,
 )
+from pixl_core.dicom.pixels import clean_pixels
 from pixl_core.hashing import ProjectHasher
 
 PIXL_IMPLEMENTATION_UID = "2.25.229318054950893740498129374637846509813"
@@ -92,6 +94,7 @@ class Deidentified:
     study_uid: str
     series_uid: str
     sop_instance_uid: str
+    pixel_text: dict[str, int] | None = None  # burned-in text regions by kind (never the text)
 
 
 @dataclass
@@ -137,8 +140,12 @@ def deidentify_parsed(
         raise Refused(REFUSED_UNREADABLE) from None
     pixel_rule = _rule_for(project.allowlist_for(*_device(source)), PIXEL_DATA_TAG)
     keeps_pixels = pixel_rule is not None and pixel_rule.action is Action.KEEP
+    pixels = clean_pixels(source, result, parsed.pixel_element if keeps_pixels else b"", project)
+    if pixels.refusal:
+        raise Refused(pixels.refusal)
     return Deidentified(
-        data=write_file(result, parsed.pixel_element if keeps_pixels else b""),
+        data=write_file(result, pixels.element),
+        pixel_text=dict(pixels.counts) if pixels.counts is not None else None,
         study_uid=result.StudyInstanceUID,
         series_uid=result.SeriesInstanceUID,
         sop_instance_uid=result.SOPInstanceUID,
@@ -184,7 +191,11 @@ def check_policy(ds: Dataset, project: Project) -> None:
     if str(ds.get("Modality", "")).upper() not in project.modalities:
         raise Refused(REFUSED_MODALITY)
     burned_in = str(ds.get("BurnedInAnnotation", "") or "").upper()
-    if burned_in == "YES" and not project.allow_burned_in_annotation:
+    if (
+        burned_in == "YES"
+        and not project.allow_burned_in_annotation
+        and project.pixel_text != "mask"
+    ):
         raise Refused(REFUSED_BURNED_IN)
     description = str(ds.get("SeriesDescription", "") or "")
     if any(pattern.search(description) for pattern in project.series_filters):
@@ -441,7 +452,7 @@ def _mark_deidentified(ds: Dataset, project: Project, context: _Context) -> None
     """Record what was done, as PS3.15 E.1.1 asks, from the project's own claims."""
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = f"PIXL allow-list, project {project.slug}"[:64]
-    ds.add(DataElement(0x00120064, "SQ", _method_codes(project.ps315_options)))
+    ds.add(DataElement(0x00120064, "SQ", _method_codes(project.method_options)))
     if context.dates_modified:
         ds.LongitudinalTemporalInformationModified = "MODIFIED"
 

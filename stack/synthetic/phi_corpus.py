@@ -31,7 +31,8 @@ noted, so the chest-xray manufacturer override applies):
   ``cr_explicit`` by SOP Instance UID; the ``PIXL EXAMPLE EXPOSURE`` block at block 0x11
   (another creator holds block 0x10, with a value at the same offset).
 - ``cr_implicit``: patient B, implicit VR little endian (private values arrive as UN).
-- ``dx_jpeg``: patient C, encapsulated JPEG baseline transfer syntax (fake fragments), GE.
+- ``dx_jpeg``: patient C, JPEG baseline (a real 8-bit JPEG stream, so that the pixel check
+  can decode it), GE.
 - ``dx_deflated``: patient C, deflated explicit VR little endian.
 - ``dx_private_text``: patient C, the override's kept private slot (0021,xx10), declared DS,
   written as LO holding text: an engine that trusts the VR lets it through.
@@ -469,7 +470,7 @@ def build_corpus(outdir: Path, seed: int = 20240501) -> Corpus:
     jpeg.BitsAllocated = jpeg.BitsStored = 8
     jpeg.HighBit = 7
     jpeg.LossyImageCompression = "01"
-    jpeg.PixelData = encapsulate([fake_jpeg_frame(7)])
+    jpeg.PixelData = encapsulate([jpeg_frame(int(jpeg.Rows), int(jpeg.Columns), 7)])
     jpeg["PixelData"].VR = "OB"
     write("dx_jpeg", jpeg, c)
 
@@ -514,11 +515,19 @@ def build_corpus(outdir: Path, seed: int = 20240501) -> Corpus:
     )
 
 
-def fake_jpeg_frame(seed: int, size: int = 512) -> bytes:
-    """Bytes shaped like a JPEG stream (SOI ... EOI); never decoded by the engine."""
+def jpeg_frame(rows: int, columns: int, seed: int) -> bytes:
+    """A baseline JPEG stream of a smooth 8-bit picture (no text), encoded by Pillow: the pixel
+    check decodes every instance, and refuses fragments that are not a real image."""
+    from io import BytesIO
+
+    from PIL import Image
+
     rng = random.Random(seed)
-    body = bytes(rng.randrange(0, 16) for _ in range(size))
-    frame = b"\xff\xd8\xff\xdb" + body + b"\xff\xd9"
+    base = rng.randrange(40, 80)
+    picture = Image.linear_gradient("L").resize((columns, rows)).point(lambda v: base + v // 2)
+    out = BytesIO()
+    picture.save(out, format="JPEG", quality=90)
+    frame = out.getvalue()
     return frame if len(frame) % 2 == 0 else frame + b"\x00"
 
 

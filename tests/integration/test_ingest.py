@@ -10,6 +10,7 @@ import pydicom
 import pytest
 
 from pixl_core.config.projects import load_project
+from pixl_core.db import study_records
 from pixl_core.dicom.handoff import HANDOFF_CREATOR, HANDOFF_GROUP, Handoff, mark
 from pixl_core.hashing import ProjectHasher, hash_accession_number
 from pixl_imaging.ingest import AnonIngest
@@ -143,3 +144,34 @@ def test_genuine_handoff_replayed_outside_its_fetch_is_discarded(ingest, conn, c
     assert ingest.counters["discarded_not_fetching"] == 1
     assert ingest.counters["deidentified"] == 0
     assert study_row(conn, study_id)["state"] == state
+
+
+def test_burned_in_text_is_masked_and_counted_by_kind_never_as_text(ingest, conn, cohort):
+    """A film with the patient's identifiers burned in: orthanc-anon masks them and records how
+    many regions of each kind it found, in Postgres and the metrics, with no text anywhere."""
+    from stack.synthetic.burned_in import PHI, build_image
+
+    study = cohort.by_role(NORMAL)
+    study_id = fetching(conn, add_study(conn, PROJECT, study.mrn, study.accession_number))
+    image = build_image(0, PHI, rows=768, columns=768, seed=11)
+    out = ingest.on_received(mark(image.data, Handoff(PROJECT, study_id), SECRET))
+
+    assert out is not None
+    assert pydicom.dcmread(io.BytesIO(out)).BurnedInAnnotation == "NO"
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT study_id, instance_key, kind, regions, masked FROM instance_pixel_text")
+        rows = cur.fetchall()
+    kinds = {kind for _, _, kind, _, _ in rows}
+    assert kinds and kinds <= set(study_records.PIXEL_TEXT_KINDS)
+    assert kinds & {"patient_name", "mrn", "dob", "accession", "nhs_number", "date"}
+    assert all(masked for *_, masked in rows)
+    assert {r[0] for r in rows} == {study_id}
+    stored = repr(rows) + repr(ingest.counters.snapshot())
+    for planted in image.planted:
+        for word in planted.text.replace(",", " ").split():
+            if len(word) >= 4 and planted.is_identifier:
+                assert word not in stored
+    assert ingest.counters["pixel_text_masked_instances"] == 1
+    assert study_records.pixel_text(conn, study_id) == {k: n for _, _, k, n, _ in rows}
+    ingest.on_received(mark(image.data, Handoff(PROJECT, study_id), SECRET))  # sent again
+    assert study_records.pixel_text(conn, study_id) == {k: n for _, _, k, n, _ in rows}

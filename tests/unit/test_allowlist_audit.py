@@ -319,9 +319,18 @@ def test_table_has_every_row_and_repeating_groups_match() -> None:
     assert profile.lookup(AttributeKey(0x6000, 0x0010)) is None  # Overlay Rows: not listed
 
 
-def test_kept_overlay_data_is_a_finding(dirs: Path) -> None:
-    report = run_audit(dirs, [{"attribute": "(6002,3000)", "action": "keep"}])
-    assert labels(report) == ["OverlayData"]
+def test_kept_overlay_data_or_icon_is_refused(dirs: Path) -> None:
+    """Overlays and icon images are pictures the burned-in text check does not read: an
+    allow-list that lets them out is refused on load (before issue 9 it was an audit finding)."""
+    from pixl_core.errors import InvalidAllowlistError
+
+    for attribute in ("(6002,3000)", "IconImageSequence"):
+        entry = {"attribute": attribute, "action": "keep"}
+        if attribute == "IconImageSequence":
+            entry["items"] = [{"attribute": "Rows", "action": "keep"}]
+        with pytest.raises(InvalidAllowlistError) as refused:
+            run_audit(dirs, [entry])
+        assert "never leave" in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_shipped_chest_xray_project_passes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ not exercise (kept references, truncated dates) uses a project written to ``tmp_
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import os
@@ -23,6 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from pixl_core.config.pixel_policy import PixelText
 from pixl_core.config.projects import REPO_ROOT, Project, load_project_file
 from pixl_core.dicom.deid import (
     PIXL_IMPLEMENTATION_UID,
@@ -364,7 +366,7 @@ def test_shift_applies_to_datetimes_and_truncate_to_year_and_month(
         == (days("20230105") + dt.timedelta(days=shift)).strftime("%Y%m%d") + "101112.5"
     )
     codes = [item.CodeValue for item in out.DeidentificationMethodCodeSequence]
-    assert codes == ["113100", "113107"]
+    assert codes == ["113100", "113107", "113101"]  # 113101: the pixels were checked
 
 
 # --- what the output says about itself -----------------------------------------------------
@@ -393,7 +395,7 @@ def test_output_declares_the_confidentiality_profile(outputs: dict[str, bytes]) 
         assert out.PatientIdentityRemoved == "YES"
         assert "chest-xray" in out.DeidentificationMethod
         items = out.DeidentificationMethodCodeSequence
-        assert [i.CodeValue for i in items] == ["113100", "113107", "113108"]
+        assert [i.CodeValue for i in items] == ["113100", "113107", "113108", "113101"]
         assert {i.CodingSchemeDesignator for i in items} == {"DCM"}
 
 
@@ -501,11 +503,6 @@ def without_pixels(ds: Dataset) -> Dataset:
         (lambda: without_pixels(make(Modality="PR", sop_class=GSPS_STORAGE)), REFUSED_NOT_IMAGE),
         (lambda: without_pixels(make(Modality="KO", sop_class=KEY_OBJECT_STORAGE)), "not_image"),
         (lambda: make(sop_class="1.2.3.4.5.6"), REFUSED_NOT_IMAGE),
-        (
-            lambda: make(modality="DX", sop_class=DX_STORAGE, BurnedInAnnotation="YES"),
-            "burned_in_annotation",
-        ),
-        (lambda: make(BurnedInAnnotation="yes"), REFUSED_BURNED_IN),
         (lambda: make(SeriesDescription="SCOUT"), REFUSED_SERIES),
         (lambda: make(SeriesDescription="Chest localiser"), REFUSED_SERIES),
         (lambda: make(SeriesDescription="Dose Report"), REFUSED_SERIES),
@@ -514,6 +511,26 @@ def without_pixels(ds: Dataset) -> Dataset:
 )
 def test_policy_refusals(chest: Project, build: Callable[[], Dataset], reason: str) -> None:
     assert refusal(build(), chest).reason == reason
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: make(modality="DX", sop_class=DX_STORAGE, BurnedInAnnotation="YES"),
+        lambda: make(BurnedInAnnotation="yes"),
+    ],
+)
+def test_a_burned_in_header_refuses_unless_the_pixels_are_masked(
+    chest: Project, build: Callable[[], Dataset]
+) -> None:
+    """With ``pixel_text: mask`` the header is no guide: the pixels are checked and masked (a
+    wrong YES must not refuse a clean film). ``refuse`` and ``off`` still refuse on the header."""
+    for policy in (PixelText.REFUSE, PixelText.OFF):
+        strict = dataclasses.replace(chest, pixel_text=policy, pixel_text_justification="test")
+        assert refusal(build(), strict).reason == REFUSED_BURNED_IN
+    hasher = ProjectHasher.for_project(chest.slug, KEY)
+    out = dcmread(BytesIO(deidentify_bytes(to_bytes(build()), chest, hasher).data))
+    assert out.BurnedInAnnotation == "NO"
 
 
 def test_truncated_files_are_unreadable(corpus: Corpus, chest: Project) -> None:
@@ -597,7 +614,7 @@ def test_refusals_carry_only_a_reason_code(corpus: Corpus, chest: Project) -> No
     ]
     for keyword, value in (
         ("Modality", "MR"),
-        ("BurnedInAnnotation", "YES"),
+        ("PhotometricInterpretation", "RGB"),
         ("SeriesDescription", "SCOUT"),
         ("SOPClassUID", BASIC_TEXT_SR_STORAGE),
     ):
@@ -623,7 +640,7 @@ def test_refusals_carry_only_a_reason_code(corpus: Corpus, chest: Project) -> No
         REFUSED_UNREADABLE,
         REFUSED_INVALID_VALUE,
         REFUSED_MODALITY,
-        REFUSED_BURNED_IN,
+        "pixels_not_greyscale",
         REFUSED_SERIES,
         REFUSED_NOT_IMAGE,
     }

@@ -14,7 +14,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PRODUCT_PACKAGES = {"pixl_core", "pixl_cli", "pixl_ehr", "pixl_imaging"}
-STACK_ONLY_DEPENDENCIES = {"pyftpdlib", "pyopenssl", "supervisor", "numpy"}
+STACK_ONLY_DEPENDENCIES = {"pyftpdlib", "pyopenssl", "supervisor"}  # numpy: the pixel check
 
 
 def _build_wheel(out: Path) -> Path:
