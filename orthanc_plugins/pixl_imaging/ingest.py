@@ -98,8 +98,12 @@ class AnonIngest:
             self.counters.add(f"pixel_text_{kind}", regions)
         if any(kind != "benign" for kind in counts):
             self.counters.add("pixel_text_masked_instances")
+        key = hasher.uid(sop_uid)
         try:
-            study_records.record_pixel_text(self._conn(), work_item_id, hasher.uid(sop_uid), counts)
+            self._connections.run(
+                lambda conn: study_records.record_pixel_text(conn, work_item_id, key, counts),
+                DB_WAIT_SECONDS,
+            )
         except Exception as exc:
             self._connections.reset()
             logger.error("could not record burned-in text counts (%s)", type(exc).__name__)
