@@ -49,8 +49,10 @@ PROJECT_KEYS = frozenset(
         "date_shift_max_days",
         "destination",
         "allow_omop_columns",
+        "descriptors",
     }
 )
+DESCRIPTOR_KEYS = frozenset({"check", "replacement", "justification"})
 DESTINATION_KEYS = frozenset({"host", "port", "user", "root", "implicit_tls", "ca_file", "verify"})
 
 # PS3.15 options by the column names of the confidentiality-profile table, with their PS3.16
@@ -111,6 +113,17 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class DescriptorPolicy:
+    """``descriptors:``: every kept free-text value is checked for the instance's identifiers
+    (``pixl_core/dicom/descriptors.py``) and a flagged one becomes ``replacement``. On unless
+    the project says ``check: off`` with a justification; only then may it not claim
+    ``cleanDescOpt``, and while it is off it may not."""
+
+    clean: bool = True
+    replacement: str = ""
+
+
+@dataclass(frozen=True)
 class Project:
     """A validated project file and the allow-lists it composes."""
 
@@ -128,6 +141,7 @@ class Project:
     destination: Destination | None  # None: the file has no 'destination:'
     # OMOP columns refused by default that this project lets out: "TABLE.column" → justification
     allow_omop_columns: dict[str, str] = field(default_factory=dict, compare=False)
+    descriptors: DescriptorPolicy = field(default_factory=DescriptorPolicy)
     _cache: dict[tuple[str, str], AllowList] = field(default_factory=dict, compare=False)
 
     def allowlist_for(self, manufacturer: str, model: str) -> AllowList:
@@ -189,6 +203,12 @@ def load_project_file(path: Path) -> Project:
             raise InvalidProjectError(
                 f"{name}: unknown PS3.15 option '{option}'; use one of {', '.join(PS315_OPTIONS)}"
             )
+    descriptors = _parse_descriptors(raw.get("descriptors"), name)
+    if "cleanDescOpt" in options and not descriptors.clean:
+        raise InvalidProjectError(
+            f"{name}: 'cleanDescOpt' is claimed but 'descriptors: check: off'; "
+            "remove the claim or turn the descriptor check on"
+        )
     max_days = raw.get("date_shift_max_days", 365)
     if not isinstance(max_days, int) or not 1 <= max_days <= 3650:
         raise InvalidProjectError(f"{name}: 'date_shift_max_days:' must be a whole number 1-3650")
@@ -206,7 +226,43 @@ def load_project_file(path: Path) -> Project:
         date_shift_max_days=max_days,
         destination=_parse_destination(raw.get("destination"), name),
         allow_omop_columns=_parse_omop_columns(raw.get("allow_omop_columns"), name),
+        descriptors=descriptors,
     )
+
+
+# The longest replacement every free-text VR can hold (SH: 16 characters).
+DESCRIPTOR_REPLACEMENT_MAX = 16
+
+
+def _parse_descriptors(raw: object, name: str) -> DescriptorPolicy:
+    """``descriptors: {check: clean|off, replacement: TEXT, justification: WHY}``."""
+    if raw is None:
+        return DescriptorPolicy()
+    if not isinstance(raw, dict) or set(raw) - DESCRIPTOR_KEYS:
+        raise InvalidProjectError(
+            f"{name}: 'descriptors:' must be a mapping of {', '.join(sorted(DESCRIPTOR_KEYS))}"
+        )
+    check = raw.get("check", "clean")
+    check = "off" if check is False else str(check).lower()  # YAML reads a bare off as false
+    if check not in ("clean", "off"):
+        raise InvalidProjectError(f"{name}: 'descriptors: check:' must be clean or off")
+    if check == "off" and not str(raw.get("justification") or "").strip():
+        raise InvalidProjectError(
+            f"{name}: 'descriptors: check: off' needs a 'justification:' saying why the kept "
+            "descriptions hold no identifier"
+        )
+    replacement = raw.get("replacement", "")
+    if (
+        not isinstance(replacement, str)
+        or len(replacement) > DESCRIPTOR_REPLACEMENT_MAX
+        or not replacement.isprintable()
+        or "\\" in replacement
+    ):
+        raise InvalidProjectError(
+            f"{name}: 'descriptors: replacement:' must be text of at most "
+            f"{DESCRIPTOR_REPLACEMENT_MAX} printable characters without a backslash"
+        )
+    return DescriptorPolicy(clean=check == "clean", replacement=replacement)
 
 
 def _load_files(value: Any, name: str, key: str, *, override: bool) -> list[AllowListFile]:
