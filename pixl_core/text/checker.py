@@ -303,7 +303,8 @@ NOT_NAMES_ALONE = EPONYMS | _word_set(
 
 # Words that are never a misspelt or misread name: a word one letter from the patient's name
 # ("Bones" for Jones, "Crown" for Brown) is that word. Common words, report vocabulary,
-# eponyms and medical words, and the report words below.
+# eponyms and medical words, the report words below, and the reviewed list of English words one
+# letter from common names (pixl_core/config/data/checker_common_words.txt).
 _VOCABULARY = (
     NOT_NAMES_ALONE
     | frozenset(MEDICAL_WORDS)
@@ -336,6 +337,16 @@ _VOCABULARY = (
         indication examination exam chest thorax abdomen pelvis heart hearts lung lungs
         breathless breathlessness cough fever sepsis pain trauma fall falls collapse
         """
+    )
+)
+_VOCABULARY |= _word_set(
+    "\n".join(
+        line
+        for line in resources.files("pixl_core.config")
+        .joinpath("data/checker_common_words.txt")
+        .read_text(encoding="utf-8")
+        .splitlines()
+        if not line.startswith("#")
     )
 )
 _X_RAY_NAMES = frozenset({"ray", "rays"})
@@ -947,6 +958,7 @@ def _is_vocabulary(word: str) -> bool:
     """A word of English or of reports (or its plural): never a misspelt name."""
     return (
         word in _VOCABULARY
+        or word + "s" in _VOCABULARY  # "Margin": the list has "margins"
         or (word.endswith("s") and word[:-1] in _VOCABULARY)
         or (word.endswith("es") and word[:-2] in _VOCABULARY)
     )

@@ -168,6 +168,9 @@ def test_header_identifiers_other_ids_and_institution() -> None:
         ("Cage", "Rib cage intact. Cage appears normal."),
         ("Swallow", "Barium swallow advised. Swallow assessment is pending."),
         ("Jones", "Bones are osteopenic."),  # one letter off, but a word
+        ("Martin", "Margin of the lesion is smooth."),
+        ("Palmer", "Palmar soft tissue swelling."),
+        ("Pearson", "Person unknown; film unlabelled."),
     ],
 )
 def test_eponyms_and_common_words_in_their_ordinary_sense(surname: str, text: str) -> None:
