@@ -26,8 +26,10 @@ demo: system-deps setup
 down: setup
 	$(BIN)/python -m stack.demo --down
 
+# The fault drills and the system tests each run on a stack of their own, side by side
+# (tests/conftest.py groups them); the rest is spread over the same workers.
 test: system-deps setup lint check-allowlists
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 3 --dist loadgroup
 
 test-unit: setup
 	$(BIN)/pytest -q tests/unit

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import threading
 import time
+import xmlrpc.client
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +28,7 @@ from urllib.parse import urlsplit
 import psycopg2
 import requests
 import requests.auth
+from supervisor.xmlrpc import SupervisorTransport
 
 from pixl_core.db.states import REPORT_BUSY, STUDY_BUSY
 from stack import local_stack
@@ -102,12 +106,62 @@ class Stack:
         out = self.supervisor("pid", name).stdout.strip()
         return int(out) if out.isdigit() else 0
 
+    def supervisor_rpc(self) -> Any:
+        """supervisord's XML-RPC interface (``.supervisor.signalProcess("orthanc-anon", "KILL")``,
+        ``.supervisor.stopProcess("dsh", False)``), through its unix socket.
+
+        ``supervisor()`` starts a Python interpreter for each command (about 0.3 s); a fault
+        drill that must hit a transfer while it runs (an FTPS upload lasts a fraction of a
+        second) needs its signal sent within milliseconds of seeing the transfer start.
+        """
+        socket_url = f"unix://{self.settings.run_dir / 'supervisor.sock'}"
+        return xmlrpc.client.ServerProxy(
+            "http://127.0.0.1", transport=SupervisorTransport(None, None, socket_url)
+        )
+
+    def restart_postgres(self, down_seconds: float = 5.0, timeout: float = 60.0) -> None:
+        """Stop the stack's Postgres, keep it down ``down_seconds``, start it and wait until it
+        answers.
+
+        A fault drill: every session ends at once (supervisord stops it with SIGINT, Postgres's
+        fast shutdown) and the workers must carry on by themselves. The pause is what a real
+        restart or failover takes (the stack's throwaway cluster, without fsync, is back in a
+        tenth of a second), so that work finishing meanwhile meets a database that is not there.
+        """
+        stopped = self.supervisor("stop", "postgres")
+        if "stopped" not in stopped.stdout:
+            raise StackError(f"postgres did not stop: {stopped.stdout.strip()[-200:]}")
+        time.sleep(down_seconds)
+        started = self.supervisor("start", "postgres")
+        if "started" not in started.stdout:
+            raise StackError(f"postgres did not start: {started.stdout.strip()[-200:]}")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                psycopg2.connect(self.settings.db_url, connect_timeout=2).close()
+                return
+            except psycopg2.OperationalError:
+                if time.monotonic() > deadline:
+                    raise StackError(f"postgres did not answer within {timeout:.0f} s") from None
+                time.sleep(0.2)
+
     # --- the CLI -------------------------------------------------------------------------------
 
     @property
     def env(self) -> dict[str, str]:
         """The environment a data engineer's shell would have for this stack."""
         return {**os.environ, **self.settings.environment()}
+
+    def pixl_process(self, *args: str) -> subprocess.Popen[str]:
+        """Start the venv's ``pixl`` with this stack's environment and return at once (output
+        discarded): for a drill that kills the CLI while it runs (``.kill()`` is SIGKILL)."""
+        return subprocess.Popen(
+            [str(PIXL_CLI), *args],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
 
     def pixl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run the venv's ``pixl`` with this stack's environment; raise on failure if ``check``."""
@@ -205,6 +259,43 @@ class Stack:
         """C-MOVE requests the VNA has served, counted from its own (verbose) log."""
         log = self.settings.logs_dir / "vna.log"
         return log.read_text(errors="replace").count("Incoming Move request")
+
+    def vna_sent_resources(self) -> Counter[str]:
+        """How many C-MOVEs the VNA served for each of its resources (Orthanc ids), from its log.
+
+        The VNA's log hides the UIDs of a move request ("*** POTENTIAL PHI ***"), so the one way
+        to tell from the archive's own record *which* study a C-MOVE moved is the line Orthanc
+        writes as it starts sending: "Sending resource <Orthanc id> to modality ...", naming
+        the study, series or instance the request matched. Map ids to studies with the VNA's
+        REST API (``/instances`` answers each upload with its ``ParentStudy``/``ParentSeries``).
+        """
+        log = (self.settings.logs_dir / "vna.log").read_text(errors="replace")
+        return Counter(_SENDING_RESOURCE.findall(log))
+
+    def dsh_uploads(self) -> Counter[str]:
+        """Completed uploads (STOR) the DSH received, per file, from the DSH's own log.
+
+        The DSH stand-in (pyftpdlib) logs every transfer as ``STOR <path> completed=<0|1> ...``.
+        PIXL uploads each file to ``.<name>.part`` and renames it, so a completed STOR of
+        ``<folder>/.<name>.part`` counts as an upload of ``<folder>/<name>``; an upload cut off
+        (``completed=0``) is not one. Keys are paths relative to the DSH folder, e.g.
+        ``chest-xray/dicom/<pseudonymised study UID>.zip``: what proves "exported exactly once"
+        is the receiving side's record, not PIXL's.
+        """
+        log = (self.settings.logs_dir / "dsh.log").read_text(errors="replace")
+        root = str(self.settings.dsh_dir).rstrip("/") + "/"
+        uploads: Counter[str] = Counter()
+        for path in _COMPLETED_STOR.findall(log):
+            relative = path.removeprefix(root)
+            folder, _, name = relative.rpartition("/")
+            if name.startswith(".") and name.endswith(".part"):
+                name = name[1 : -len(".part")]
+            uploads[f"{folder}/{name}" if folder else name] += 1
+        return uploads
+
+
+_SENDING_RESOURCE = re.compile(r"Sending resource ([0-9a-f-]+) to modality")
+_COMPLETED_STOR = re.compile(r"\] STOR (\S+) completed=1 ")
 
 
 class _OrthancAuth(requests.auth.AuthBase):

@@ -126,7 +126,13 @@ def export_patient_data(
         f"{result.get('reports_exported', 0)} reports exported "
         f"({result.get('reports_in_parquet', 0)} in the radiology parquet, "
         f"{result.get('reports_flagged', 0)} awaiting review, "
-        f"{result.get('reports_in_progress', 0)} still in progress) "
+        f"{result.get('reports_in_progress', 0)} still in progress"
+        + (
+            f", {result['reports_withheld']} withheld: text not the one a reviewer released"
+            if result.get("reports_withheld")
+            else ""
+        )
+        + ") "
         f"to {result.get('destination', '?')}",
         highlight=False,
         soft_wrap=True,

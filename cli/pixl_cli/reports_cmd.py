@@ -9,8 +9,8 @@ Exit codes: 0 when every report was checked (flagged or not: a flag is a result,
 1 at the first malformed input line (no output is written), 2 when a file cannot be read or
 written or the command is misused.
 
-This sub-app is shared: the review commands for flagged reports (``flagged``, ``approve``,
-``reject``, in ``pixl_cli.review_cmds``) are registered on ``reports_app`` by their owner, next
+This sub-app is shared: the review commands for flagged reports (``flagged``, ``show``,
+``approve``, ``redact``, ``reject``, ``history``, in ``pixl_cli.review_cmds``) are registered on ``reports_app`` by their owner, next
 to ``check``.
 """
 
@@ -22,7 +22,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pixl_cli.output import console, err_console, operator_errors
-from pixl_cli.review_cmds import approve, flagged, reject, show
+from pixl_cli.review_cmds import approve, flagged, history, redact, reject, show
 from pixl_ehr.checker_io import CheckSummary, check_file
 
 reports_app = typer.Typer(
@@ -83,5 +83,7 @@ def _run(input_path: Path, output_path: Path) -> CheckSummary:
 # The review of flagged reports (pixl_cli.review_cmds, on pixl_ehr.review).
 reports_app.command("flagged")(flagged)
 reports_app.command("approve")(approve)
+reports_app.command("redact")(redact)
 reports_app.command("reject")(reject)
 reports_app.command("show")(show)
+reports_app.command("history")(history)

@@ -15,7 +15,10 @@ again re-sends nothing that is already there and complete: a file is skipped whe
 a file of the same size under its name *and* the manifest already in the DSH gives it the same
 SHA-256 (the manifest is written last, so it only vouches for files that were complete when it
 was written). Uploads go to a temporary name and are renamed (``FtpsClient``). Reports written
-to the radiology parquet are marked ``exported`` once the manifest is there.
+to the radiology parquet are marked ``exported`` once the manifest is there. A flagged report
+goes in only with the exact text a reviewer released (``pixl_ehr.radiology_parquet``); one whose
+text no recorded release applies to is withheld, counted in ``reports_withheld`` and logged by
+report id only.
 
 Before anything is sent, every staged public file is checked again (``pixl_core.public_scan``):
 it must be the very file ``pixl populate`` scanned (its SHA-256 in the scan record next to the
@@ -100,6 +103,8 @@ class ExportResult:
     reports_exported: int = 0
     reports_flagged: int = 0
     reports_in_progress: int = 0
+    # flagged reports whose current text no recorded release applies to (pixl_ehr.review)
+    reports_withheld: int = 0
     sent: list[str] = field(default_factory=list)
 
 
@@ -298,6 +303,14 @@ def _export(
         _check_public_files(conn, project, source_path, staging_path, files)
     frame = radiology_parquet.build(conn, project, found_id, hasher)
     report_ids: list[int] = frame.attrs["report_ids"]
+    withheld: list[int] = frame.attrs["withheld_report_ids"]
+    for report_id in withheld:
+        logger.warning(
+            "report %d withheld from the radiology parquet of %s: its text is not one a "
+            "reviewer released (decide again with `pixl reports approve|redact|reject`)",
+            report_id,
+            project,
+        )
     if report_ids:
         data = radiology_parquet.to_parquet_bytes(frame)
         files.append(
@@ -317,6 +330,7 @@ def _export(
         reports_in_parquet=len(report_ids),
         reports_flagged=flagged,
         reports_in_progress=in_progress,
+        reports_withheld=len(withheld),
     )
     if not files:
         raise ExportRefused(

@@ -5,16 +5,25 @@ Researchers link it to the OMOP tables by ``procedure_occurrence_id`` and to the
 project's key: the same function orthanc-anon writes into the DICOM AccessionNumber, so the two
 match for every study and differ between projects.
 
-Only reports that passed the check (``checked``), were approved by a reviewer (``approved``), or
-were already exported in an earlier run (``exported``) are written; flagged, rejected, missing
-and failed reports are absent. Exported rows stay in so that building the file again for the
-same extract gives the same bytes, which is what lets a second export see the file is already
+Only reports that passed the check (``checked``), were released by a reviewer (``approved``),
+or were already exported in an earlier run (``exported``) are written; flagged, rejected,
+missing and failed reports are absent. Exported rows stay in so that building the file again for
+the same extract gives the same bytes, which is what lets a second export see the file is already
 in the DSH.
+
+A report the check flagged is written only with the text a person released (``pixl reports
+approve`` or ``redact``, recorded in ``report_review`` by ``pixl_ehr.review``), and only while
+that is still true: the text written must have the SHA-256 recorded for the release, and the
+report's de-identified text must still have the SHA-256 it had when the decision was made.
+Anything else (no recorded decision, an approval made before decisions were recorded, a text
+changed since, by a re-run or by hand) withholds the report: it is left out and its id is
+listed in ``frame.attrs["withheld_report_ids"]`` for the export to count and log.
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass, field
 
 import pandas as pd
 import pyarrow as pa
@@ -22,10 +31,12 @@ import pyarrow.parquet as pq
 
 from pixl_core.db.connection import Connection
 from pixl_core.hashing import ProjectHasher, hash_accession_number
+from pixl_ehr.review import text_sha256
 
 FILE_NAME = "radiology.parquet"
 COLUMNS = ("procedure_occurrence_id", "hashed_accession_number", "report_text", "check_status")
 EXPORTABLE_STATES = ("checked", "approved", "exported")
+RELEASE_DECISIONS = ("approved", "redacted")
 SCHEMA = pa.schema(
     [
         pa.field("procedure_occurrence_id", pa.int64()),
@@ -36,46 +47,89 @@ SCHEMA = pa.schema(
 )
 
 
+@dataclass(frozen=True)
+class _Row:
+    report_id: int
+    procedure_occurrence_id: int | None
+    accession_number: str = field(repr=False)
+    text: str = field(repr=False)
+    check_status: str
+
+
+def _released(
+    text: str,
+    released_text: str | None,
+    decision: str | None,
+    source_sha256: str | None,
+    released_sha256: str | None,
+) -> str | None:
+    """The text a reviewer released for a flagged report, or None if no release holds now."""
+    if decision not in RELEASE_DECISIONS or released_text is None:
+        return None
+    if text_sha256(text) != source_sha256 or text_sha256(released_text) != released_sha256:
+        return None
+    return released_text
+
+
 def exportable_reports(
     conn: Connection, project: str, extract_id: int
-) -> list[tuple[int, int | None, str, str, bool]]:
-    """``(report id, procedure id, accession number, de-identified text, approved)`` of every
-    report of the extract that may leave, ordered by procedure id then report id."""
+) -> tuple[list[_Row], list[int]]:
+    """The rows to write (ordered by procedure id then report id) and the ids of the flagged
+    reports withheld because no recorded release applies to their current text."""
     with conn, conn.cursor() as cur:
         cur.execute(
             """
-            SELECT id, procedure_occurrence_id, accession_number, deidentified_text,
-                   coalesce(check_flagged, false) OR state = 'approved'
-            FROM report
-            WHERE project = %s AND extract_id = %s AND state IN %s
-              AND deidentified_text IS NOT NULL
-            ORDER BY procedure_occurrence_id NULLS LAST, id
+            SELECT r.id, r.procedure_occurrence_id, r.accession_number, r.deidentified_text,
+                   coalesce(r.check_flagged, false) OR r.state = 'approved',
+                   r.released_text, v.decision, v.source_sha256, v.released_sha256
+            FROM report r
+            LEFT JOIN LATERAL (
+                SELECT decision, source_sha256, released_sha256 FROM report_review
+                WHERE report_id = r.id ORDER BY id DESC LIMIT 1
+            ) v ON true
+            WHERE r.project = %s AND r.extract_id = %s AND r.state IN %s
+              AND r.deidentified_text IS NOT NULL
+            ORDER BY r.procedure_occurrence_id NULLS LAST, r.id
             """,
             (project, extract_id, EXPORTABLE_STATES),
         )
-        return list(cur.fetchall())
+        found = cur.fetchall()
+    rows: list[_Row] = []
+    withheld: list[int] = []
+    for report_id, procedure_id, accession, text, reviewed, released, decision, src, rel in found:
+        if not reviewed:
+            rows.append(_Row(report_id, procedure_id, accession, text, "passed"))
+            continue
+        out = _released(text, released, decision, src, rel)
+        if out is None:
+            withheld.append(int(report_id))
+        else:
+            rows.append(_Row(report_id, procedure_id, accession, out, decision))
+    return rows, withheld
 
 
 def build(conn: Connection, project: str, extract_id: int, hasher: ProjectHasher) -> pd.DataFrame:
     """One row per exportable report of the extract (see the module docstring).
 
-    ``check_status`` is ``passed`` when the check found nothing and ``approved`` when it
-    flagged the report and a reviewer released it.
+    ``check_status`` is ``passed`` when the check found nothing, ``approved`` when it flagged
+    the report and a reviewer released the text as it was, and ``redacted`` when a reviewer
+    released it with every finding masked.
     """
-    rows = exportable_reports(conn, project, extract_id)
+    rows, withheld = exportable_reports(conn, project, extract_id)
     frame = pd.DataFrame(
         {
-            "procedure_occurrence_id": pd.array([r[1] for r in rows], dtype="Int64"),
+            "procedure_occurrence_id": pd.array(
+                [r.procedure_occurrence_id for r in rows], dtype="Int64"
+            ),
             "hashed_accession_number": pd.array(
-                [hash_accession_number(hasher, r[2]) for r in rows], dtype="string"
+                [hash_accession_number(hasher, r.accession_number) for r in rows], dtype="string"
             ),
-            "report_text": pd.array([r[3] for r in rows], dtype="string"),
-            "check_status": pd.array(
-                ["approved" if r[4] else "passed" for r in rows], dtype="string"
-            ),
+            "report_text": pd.array([r.text for r in rows], dtype="string"),
+            "check_status": pd.array([r.check_status for r in rows], dtype="string"),
         }
     )
-    frame.attrs["report_ids"] = [r[0] for r in rows]
+    frame.attrs["report_ids"] = [r.report_id for r in rows]
+    frame.attrs["withheld_report_ids"] = withheld
     return frame
 
 

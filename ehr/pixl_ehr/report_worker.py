@@ -28,13 +28,11 @@ identifiers.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import logging
 import re
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -49,6 +47,7 @@ from pixl_core.db.work_queue import WorkItem
 from pixl_core.env import Number, env_number
 from pixl_core.errors import PixlConfigError, PixlError
 from pixl_ehr.emap import EmapReport, emap_url, fetch_report, load_report_query
+from pixl_ehr.report_check import Checker, IdentifiersFactory, check_text
 
 logger = logging.getLogger("pixl.ehr.worker")
 TABLE = "report"
@@ -62,12 +61,6 @@ class Deidentifier(Protocol):
     def deidentify(self, text: str) -> str: ...
 
     def deidentify_bulk(self, texts: list[str]) -> list[str]: ...
-
-
-# check_report(text, identifiers) -> CheckResult(flagged, findings[Finding(kind, start, end)])
-Checker = Callable[[str, Any], Any]
-# Builds the checker's PatientIdentifiers from keyword arguments.
-IdentifiersFactory = Callable[..., Any]
 
 
 @dataclass
@@ -174,7 +167,6 @@ class ReportWorker:
         self.checker = checker
         self.identifiers_factory = identifiers_factory
         self.checker_version = checker_version
-        self._identifier_fields = _accepted_fields(identifiers_factory)
         self.cogstack_errors = cogstack_errors or _cogstack_error_types()
         self.counters = Counters(*COUNTERS)
         self.counters.set("last_error_code", None)
@@ -383,6 +375,7 @@ class ReportWorker:
                 check_flagged=flagged,
                 check_findings=findings,
                 checked_at=datetime.now(UTC),
+                released_text=None,  # a new text: an earlier review's release no longer applies
                 last_error_code=None,
             )
             if not applied:  # the lease ran out and another worker took it: its verdict counts
@@ -400,44 +393,15 @@ class ReportWorker:
     def _check(
         self, text: str, item: WorkItem, report: EmapReport
     ) -> tuple[bool, list[dict[str, Any]]]:
-        """The checker's verdict as ``(flagged, [{"kind", "start", "end"}, ...])``.
-
-        The accession number is an identifier too (it is what the export pseudonymises).
-        ``pixl_core.text.checker.PatientIdentifiers`` has a field for it (issue 9), so it is
-        passed in; a checker whose identifiers lack one (an older or a stand-in checker) is run
-        a second time with the accession number in the MRN's place and its
-        ``mrn`` findings are kept as ``accession_number``: the checker's own whole-token
-        search, not a second implementation of it.
-        """
-        verdict = self.checker(text, self._identifiers(item, report))
-        findings = [
-            {"kind": str(f.kind), "start": int(f.start), "end": int(f.end)}
-            for f in verdict.findings
-        ]
-        fields = self._identifier_fields
-        if (
-            fields is not None
-            and "mrn" in fields
-            and not fields & {"accession_number", "accession"}
-        ):
-            again = self.checker(text, self.identifiers_factory(mrn=item.accession_number))
-            findings.extend(
-                {"kind": "accession_number", "start": int(f.start), "end": int(f.end)}
-                for f in again.findings
-                if f.kind == "mrn"
-            )
-            findings.sort(key=lambda f: (f["start"], f["end"], f["kind"]))
-        return bool(verdict.flagged) or bool(findings), findings
-
-    def _identifiers(self, item: WorkItem, report: EmapReport) -> Any:
-        """The checker's ``PatientIdentifiers``: EMAP's, plus the work item's MRN and accession
-        number (passed only if the checker accepts a field for it)."""
-        values: dict[str, Any] = {**report.identifiers, "mrn": item.mrn}
-        for name in ("accession_number", "accession"):
-            values[name] = item.accession_number
-        if self._identifier_fields is not None:
-            values = {k: v for k, v in values.items() if k in self._identifier_fields}
-        return self.identifiers_factory(**values)
+        """The checker's verdict (``pixl_ehr.report_check.check_text``, shared with review)."""
+        return check_text(
+            text,
+            item.mrn,
+            item.accession_number,
+            report.identifiers,
+            self.checker,
+            self.identifiers_factory,
+        )
 
     def _record_check_run(self, project: str, run: Counter[str], started: datetime) -> None:
         checked = run.pop("__checked__", 0)
@@ -494,19 +458,6 @@ class ReportWorker:
 
     def snapshot(self) -> dict[str, Any]:
         return self.counters.snapshot()
-
-
-def _accepted_fields(factory: IdentifiersFactory) -> frozenset[str] | None:
-    """The keyword arguments ``factory`` accepts, or None if it takes any."""
-    if dataclasses.is_dataclass(factory):
-        return frozenset(f.name for f in dataclasses.fields(factory))
-    try:
-        parameters = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return None
-    return frozenset(p.name for p in parameters)
 
 
 def _cogstack_error_types() -> tuple[type[BaseException], ...]:

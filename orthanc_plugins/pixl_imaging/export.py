@@ -8,7 +8,9 @@ as exported with its instance count and SHA-256, and deleted from orthanc-anon.
 
 "Never uploaded twice": the state change to ``exported`` is a single conditional UPDATE, and a
 retry after a crash between upload and update finds the complete file already there (same size)
-and does not send it again; and the exporter renews its lease after zipping, so a study another
+and does not send it again; a crash between the upload of the temporary file and its rename
+leaves a complete ``.part`` file, which the retry renames instead of sending the study again
+(the zip is reproducible, so the same size means the same bytes); and the exporter renews its lease after zipping, so a study another
 exporter took over meanwhile (this one's lease ran out) is not uploaded by both. Leases are
 short (30 s) and a heartbeat renews them while a study is exported (``pixl_core.db.leases``),
 so a killed orthanc-anon's studies are taken over within a lease.
@@ -41,15 +43,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg2
-
 from pixl_core import db
 from pixl_core.config.projects import load_project
 from pixl_core.db import study_records, work_queue
 from pixl_core.db.leases import DEFAULT_LEASE_SECONDS, Heartbeat
 from pixl_core.db.polling import Counters, run_loop
 from pixl_core.db.work_queue import WorkItem
-from pixl_core.errors import DatabaseUnreachableError, PixlConfigError
+from pixl_core.errors import PixlConfigError
 from pixl_core.hashing import ProjectHasher
 from pixl_core.transport.ftps import FtpsClient, FtpsError
 from pixl_core.transport.orthanc_rest import OrthancApi, OrthancError
@@ -57,6 +57,7 @@ from pixl_core.transport.orthanc_rest import OrthancApi, OrthancError
 logger = logging.getLogger("pixl.anon.export")
 TABLE = "study"
 STAGE = "anonymising"  # the study-queue stage the exporter owns (work_queue.QUEUES)
+ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)  # every entry's: the zip of a study is reproducible
 COUNTERS = (
     "exported",
     "uploaded",
@@ -69,8 +70,6 @@ COUNTERS = (
 # FTPS steps whose transient failure means the destination is away (pause it), not that it
 # refused this study.
 UNREACHABLE_STEPS = frozenset({"connect", "AUTH TLS"})
-# Errors that mean the database went away (not that a study is bad): the lease decides.
-DATABASE_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError, DatabaseUnreachableError)
 
 
 @dataclass
@@ -214,7 +213,7 @@ class AnonExporter:
         another exporter took it over)."""
         try:
             return self._export(item)
-        except DATABASE_ERRORS:
+        except db.DATABASE_ERRORS:
             raise  # run_loop reconnects; the lease brings the study back
         except FtpsError as exc:
             if exc.transient and exc.step in UNREACHABLE_STEPS:
@@ -273,11 +272,12 @@ class AnonExporter:
                 logger.warning("study item %s was taken over; not uploading it", item.id)
                 return "lost"
             with self.ftps(project.slug) as client:
-                if client.size(remote) != size:
+                # Already there, or sent whole and not renamed before a crash: not sent again.
+                if client.size(remote) == size or client.complete_upload(remote, size):
+                    self.counters.add("already_uploaded")
+                else:
                     client.upload_file(remote, archive)
                     self.counters.add("uploaded")
-                else:
-                    self.counters.add("already_uploaded")
         applied = self._set_state(
             item,
             "exported",
@@ -305,12 +305,18 @@ class AnonExporter:
         return instances
 
     def _zip(self, instances: list[dict[str, Any]], target: Path) -> str:
-        """Zip the instances as ``<series UID>/<instance UID>.dcm``; return the SHA-256."""
+        """Zip the instances as ``<series UID>/<instance UID>.dcm``; return the SHA-256.
+
+        The zip is the same bytes every time it is made from the same instances (sorted names,
+        a fixed timestamp), so a retry can tell a complete earlier upload by its size alone.
+        """
         with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as archive:
             for instance in sorted(instances, key=lambda i: i["MainDicomTags"]["SOPInstanceUID"]):
                 sop_uid = instance["MainDicomTags"]["SOPInstanceUID"]
-                name = f"{instance['SeriesInstanceUID']}/{sop_uid}.dcm"
-                archive.writestr(name, self.anon.get_bytes(f"/instances/{instance['ID']}/file"))
+                entry = zipfile.ZipInfo(
+                    f"{instance['SeriesInstanceUID']}/{sop_uid}.dcm", date_time=ZIP_TIMESTAMP
+                )
+                archive.writestr(entry, self.anon.get_bytes(f"/instances/{instance['ID']}/file"))
         digest = hashlib.sha256()
         with target.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):

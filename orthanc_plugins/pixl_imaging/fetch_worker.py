@@ -46,7 +46,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import psycopg2
 import requests
 import urllib3
 
@@ -59,7 +58,7 @@ from pixl_core.db.work_queue import FetchRate, WorkItem
 from pixl_core.dicom.deid import REFUSED_MODALITY
 from pixl_core.dicom.handoff import Handoff, mark
 from pixl_core.dicom.screening import Malformed, ScreeningLimits, check_size, screen
-from pixl_core.errors import DatabaseUnreachableError, PixlConfigError
+from pixl_core.errors import PixlConfigError
 from pixl_core.hashing import ProjectHasher
 from pixl_core.transport.orthanc_rest import OrthancApi, OrthancError
 from pixl_imaging.vna_fetch import (
@@ -76,8 +75,6 @@ logger = logging.getLogger("pixl.raw")
 MAX_IN_FLIGHT_CAP = 32
 DEFAULT_RATE = FetchRate(studies_per_second=1.0, max_in_flight=1)
 VNA_UNREACHABLE = "vna_unreachable"
-# Errors that mean the database went away (not that a study is bad).
-DATABASE_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError, DatabaseUnreachableError)
 T = TypeVar("T")
 
 
@@ -239,7 +236,7 @@ class RawWorker:
         try:
             with self.heartbeat.hold(item.id):
                 self._outcome(item)
-        except DATABASE_ERRORS as exc:  # still away after db_retry_seconds: the lease decides
+        except db.DATABASE_ERRORS as exc:  # still away after db_retry_seconds: the lease decides
             logger.warning("study item %s: database away (%s)", item.id, type(exc).__name__)
             self._connections.reset()
         finally:
@@ -256,7 +253,7 @@ class RawWorker:
             else:
                 code = exc.code if isinstance(exc, FetchError) else f"orthanc_{exc.code}"
                 self._retry(item, code)
-        except DATABASE_ERRORS:
+        except db.DATABASE_ERRORS:
             raise
         except PixlConfigError as exc:  # the operator must fix it: retrying would not help
             self._finish(item, "failed", last_error_code=exc.code)
@@ -315,17 +312,9 @@ class RawWorker:
     # --- the database, through restarts --------------------------------------------------------
 
     def _db(self, action: Callable[[db.Connection], T]) -> T:
-        """Run one database step, reconnecting through a Postgres restart for up to
-        ``db_retry_seconds``: an outcome reached is recorded, not left to the lease."""
-        deadline = time.monotonic() + self.settings.db_retry_seconds
-        while True:
-            try:
-                return action(self._conn())
-            except DATABASE_ERRORS:
-                self._connections.reset()
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(1.0)
+        """One database step, reconnecting through a Postgres restart (``db_retry_seconds``):
+        an outcome reached is recorded, not left to the lease."""
+        return self._connections.run(action, self.settings.db_retry_seconds)
 
     def _process(self, item: WorkItem) -> None:
         project = load_project(item.project)

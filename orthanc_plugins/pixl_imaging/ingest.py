@@ -36,6 +36,9 @@ from pixl_core.hashing import ProjectHasher
 from pixl_core.transport.orthanc_rest import OrthancApi
 
 logger = logging.getLogger("pixl.anon")
+# How long an instance's verdict waits for a database that went away (a restart takes seconds;
+# orthanc-raw's hand-off request waits meanwhile).
+DB_WAIT_SECONDS = 20.0
 
 
 class AnonIngest:
@@ -46,9 +49,6 @@ class AnonIngest:
             "deidentified", "discarded_without_handoff", "discarded_not_fetching"
         )
         self._connections = db.ThreadConnections(db_url, "orthanc-anon-ingest")
-
-    def _conn(self) -> db.Connection:
-        return self._connections.get()
 
     def on_received(self, data: bytes) -> bytes | None:
         try:
@@ -93,13 +93,18 @@ class AnonIngest:
 
     def _being_fetched(self, work_item_id: int) -> bool:
         """Whether orthanc-raw is handing the study over now (else the instance would be an
-        orphan: a replay, or a late copy of a study already exported). Unknown: no."""
+        orphan: a replay, or a late copy of a study already exported). Through a Postgres
+        restart the answer waits for the database (orthanc-raw's request waits with it), so a
+        short outage does not discard a hand-off; still unknown after that: no."""
         try:
-            return work_queue.state_of(self._conn(), "study", work_item_id) == "fetching"
+            state = self._connections.run(
+                lambda conn: work_queue.state_of(conn, "study", work_item_id), DB_WAIT_SECONDS
+            )
         except Exception as exc:
             self._connections.reset()
             logger.error("could not read a study's state (%s)", type(exc).__name__)
             return False
+        return state == "fetching"
 
     def _refuse(
         self, work_item_id: int, sop_uid: str, reason: str, hasher: ProjectHasher | None
@@ -108,7 +113,10 @@ class AnonIngest:
         self.counters.add(f"refused_{reason}")
         key = hasher.uid(sop_uid) if hasher is not None else ProjectHasher(self.secret).uid(sop_uid)
         try:
-            study_records.record_refusal(self._conn(), work_item_id, key, reason)
+            self._connections.run(
+                lambda conn: study_records.record_refusal(conn, work_item_id, key, reason),
+                DB_WAIT_SECONDS,
+            )
         except Exception as exc:  # the instance is discarded either way
             self._connections.reset()
             logger.error("could not record a refusal (%s)", type(exc).__name__)

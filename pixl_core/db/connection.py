@@ -18,8 +18,11 @@ import os
 import re
 import select
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg2
 import psycopg2.extensions
@@ -33,6 +36,9 @@ _MIGRATION_LOCK_KEY = 0x7069786C  # "pixl"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 Connection = psycopg2.extensions.connection
+# What a worker meets when the database goes away (as opposed to a bad statement).
+DATABASE_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError, DatabaseUnreachableError)
+T = TypeVar("T")
 
 
 def database_url() -> str:
@@ -190,6 +196,21 @@ class ThreadConnections:
             self._local.conn = conn
             self._local.generation = self._generation
         return conn
+
+    def run(self, action: Callable[[Connection], T], retry_seconds: float) -> T:
+        """Run one database step on this thread's connection, reconnecting through a Postgres
+        restart for up to ``retry_seconds``: a worker that has reached an outcome records it
+        rather than leaving it to a lease, and an answer that depends on the database waits for
+        it rather than guessing."""
+        deadline = time.monotonic() + retry_seconds
+        while True:
+            try:
+                return action(self.get())
+            except DATABASE_ERRORS:
+                self.reset()
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(1.0)
 
     def reset(self) -> None:
         """Forget this thread's connection and have every other thread reconnect too (after a

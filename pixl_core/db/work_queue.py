@@ -133,6 +133,7 @@ QUEUES: dict[str, QueueSpec] = {
             {
                 "study_id",
                 "deidentified_text",
+                "released_text",
                 "check_flagged",
                 "check_findings",
                 "checked_at",
@@ -437,17 +438,7 @@ def renew(
     ``state`` names the stage the item is held in (``claim_stage``); by default the item must
     be in one of the queue's in-progress states.
     """
-    spec = _spec(table)
-    states = (_stage(spec, state).state,) if state is not None else tuple(spec.in_progress_states)
-    with conn, conn.cursor() as cur:
-        cur.execute(
-            sql.SQL(
-                "UPDATE {t} SET claimed_until = now() + make_interval(secs => %s) "
-                "WHERE id = %s AND claimed_by = %s AND state IN %s"
-            ).format(t=sql.Identifier(spec.table)),
-            (float(lease_seconds), item_id, worker_id, states),
-        )
-        return cur.rowcount == 1
+    return renew_held(conn, table, (item_id,), worker_id, lease_seconds, state=state) == 1
 
 
 def renew_held(

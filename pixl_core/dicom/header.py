@@ -16,6 +16,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from pixl_core.dicom.screening import Malformed, screen
+
 PIXEL_DATA_TAG = 0x7FE00010
 _PIXEL_DATA_BYTES = b"\xe0\x7f\x10\x00"
 
@@ -49,13 +51,23 @@ def parse_header(data: bytes) -> ParsedHeader:
         if transfer_syntax == DeflatedExplicitVRLittleEndian:
             return _parse_whole(data)
         implicit = transfer_syntax.is_implicit_VR
+    except UnreadableDicom:
+        raise
     except Exception:  # any parse failure (zlib, pydicom's lazy decoding): cannot be trusted
         raise UnreadableDicom("unparseable header") from None
     return ParsedHeader(dataset=dataset, pixel_element=_raw_pixel_element(data, offset, implicit))
 
 
 def _parse_whole(data: bytes) -> ParsedHeader:
-    """Deflated files: the whole dataset, Pixel Data included, is re-encoded on write."""
+    """Deflated files: the whole dataset, Pixel Data included, is re-encoded on write.
+
+    Screened first: pydicom inflates a truncated deflate stream without complaint (a file cut
+    short by a byte was accepted), and an inflated size is only known by inflating.
+    """
+    try:
+        screen(data)
+    except Malformed as refusal:
+        raise UnreadableDicom(refusal.reason) from None
     return ParsedHeader(dataset=dcmread(BytesIO(data)), pixel_element=b"")
 
 

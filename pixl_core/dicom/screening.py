@@ -182,6 +182,8 @@ def _inflated_size(compressed: memoryview, max_bytes: int) -> int:
         size += len(inflater.flush())
     except zlib.error:
         raise Malformed(MALFORMED_DEFLATE) from None
+    if not inflater.eof:  # the stream stops before its final block: a truncated file
+        raise Malformed(MALFORMED_DEFLATE)
     if size > max_bytes:
         raise Malformed(MALFORMED_INFLATES_TOO_LARGE)
     return size

@@ -593,6 +593,27 @@ class FtpsClient:
             self._remove_quietly(temporary)
             raise
 
+    def complete_upload(self, remote_path: str, size: int) -> bool:
+        """Finish an upload whose data arrived whole but whose rename never happened (the sender
+        died between the two): if ``.<name>.part`` holds exactly ``size`` bytes, rename it to
+        ``remote_path`` and return True; otherwise change nothing and return False.
+
+        Only for content that is the same every time it is made (a deterministic zip), where the
+        same size means the same bytes: the data is then not sent a second time.
+        """
+        target = self._absolute(remote_path)
+        folder, name = posixpath.split(target)
+        temporary = posixpath.join(folder, f".{name}.part")
+
+        def finish(ftp: ftplib.FTP_TLS) -> bool:
+            if self._size(ftp, temporary) != size:
+                return False
+            self._step = "RNFR/RNTO"
+            ftp.rename(temporary, target)
+            return True
+
+        return self._with_retries(finish)
+
     def upload_file(self, remote_path: str, local_path: str | os.PathLike[str]) -> None:
         """Upload a local file to ``remote_path`` (see :meth:`upload_bytes`)."""
         with open(local_path, "rb") as handle:

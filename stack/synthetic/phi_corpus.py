@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import random
+import secrets
 import string
 import sys
 import zlib
@@ -73,8 +74,9 @@ from stack.synthetic.dicom_builder import (
     to_bytes,
 )
 
-# The key the tests de-identify the corpus with: public, so never a real project's key.
-TEST_HASH_KEY = "pixl-tests-only-key-0123456789abcdef"
+# The key the tests de-identify the corpus with: drawn afresh for each test run (no key, not
+# even a test one, is written in the repository; a run passes it to the processes it starts).
+TEST_HASH_KEY = secrets.token_hex(24)
 
 # Original UIDs come from this root only, so a scan can also look for the root itself.
 UID_ROOT = "1.2.826.0.1.3680043.10.977."

@@ -5,27 +5,23 @@ Orthanc saves its jobs (``SaveJobs``, on by default) and, on restart, reloads an
 ("Reloading the jobs from the last execution"): a SIGKILL mid-move made the VNA serve the same
 C-MOVE twice, outside PIXL's rate limit and audit. orthanc-raw now runs with ``SaveJobs: false``.
 
-The stack is this module's own, with the production lease (600 s), so nothing of PIXL's asks
-the VNA again while the test watches the restarted orthanc-raw: every C-MOVE the VNA's own log
-shows in that window is Orthanc's doing. Then the lease is let run out, and PIXL's worker takes
-the study over and asks for what is missing, which the VNA's log shows as one more move.
+The stack (tests/faults/conftest.py, shared with the fault drills) runs with the production
+lease (600 s), so nothing of PIXL's asks the VNA again while the test watches the restarted
+orthanc-raw: every C-MOVE the VNA's own log shows in that window is Orthanc's doing. Then the
+lease is let run out, and PIXL's worker takes the study over and asks for what is missing, which
+the VNA's log shows as one more move.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 
 from pixl_core.hashing import ProjectHasher
 from stack.driver import Stack
-from stack.settings import StackSettings
 from stack.synthetic.dicom_builder import base_dataset, to_bytes
 
 pytestmark = pytest.mark.system
@@ -34,21 +30,6 @@ PROJECT = "chest-xray"
 INSTANCES = 400  # enough that the move takes seconds, so it can be interrupted
 STUDY_UID = "2.25.880011"
 MRN, ACCESSION = "F2KILLMRN", "F2KILLACC"
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    root = Path(tempfile.mkdtemp(prefix="pixl-raw-kill-"))
-    root.chmod(0o755)  # the postgres user must reach its data folder
-    settings = StackSettings.for_tests(root)
-    settings.with_reports = False  # production leases and backoffs: no PIXL_* overrides
-    stack = Stack(settings)
-    try:
-        stack.up(timeout=120)
-        yield stack
-    finally:
-        stack.down()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def load_study(stack: Stack) -> None:
@@ -73,7 +54,7 @@ def load_study(stack: Stack) -> None:
 
 
 def raw_count(stack: Stack) -> int:
-    """Instances orthanc-raw holds (0 while it is down)."""
+    """Instances orthanc-raw holds (0 while it is down), the drills' cached studies included."""
     try:
         response = requests.get(
             stack.settings.url("raw") + "/statistics", auth=stack.orthanc_auth, timeout=2
@@ -100,16 +81,15 @@ def study_row(stack: Stack) -> tuple[str, int, int]:
 def test_orthanc_raw_killed_mid_move_does_not_replay_the_move(stack: Stack):
     load_study(stack)
     before = stack.vna_moves()
+    cached = raw_count(stack)  # what the shared stack's earlier tests left in raw's cache
     csv = stack.settings.root / "cohort.csv"
     csv.write_text(f"mrn,accession_number,study_datetime\n{MRN},{ACCESSION},\n")
     stack.pixl("populate", str(csv), "--project", PROJECT)
 
     # Kill orthanc-raw once the VNA is sending, well before it has sent everything.
-    wait_for(lambda: raw_count(stack) >= 5, 60, "the move never started")
+    wait_for(lambda: raw_count(stack) - cached >= 5, 60, "the move never started")
     old_pid = stack.process_pid("orthanc-raw")
     stack.supervisor("signal", "KILL", "orthanc-raw")
-    received = raw_count(stack)
-    assert received < INSTANCES, "the move finished before the kill: make it longer"
     assert stack.vna_moves() == before + 1
 
     # supervisord restarts it; give a resumed job time to ask the VNA and finish.
@@ -119,7 +99,7 @@ def test_orthanc_raw_killed_mid_move_does_not_replay_the_move(stack: Stack):
     assert stack.vna_moves() == before + 1, "Orthanc replayed the interrupted C-MOVE"
     log = (stack.settings.logs_dir / "orthanc-raw.log").read_text(errors="replace")
     assert "Reloading the jobs" not in log.split("Orthanc has started")[-1]
-    assert raw_count(stack) < INSTANCES
+    assert raw_count(stack) - cached < INSTANCES, "the move finished before the kill"
     assert study_row(stack)[0] == "fetching"  # PIXL's lease still holds: it did not ask again
 
     # The lease runs out (here: now): PIXL's worker takes the study over, counts the crash and

@@ -6,6 +6,7 @@ Everything here is synthetic: the names and numbers below are invented.
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +20,7 @@ from stack.standins.emap_load import load_reports
 from stack.synthetic.omop_es import EXAMPLE_PERSONS, EXAMPLE_PROCEDURES, write_public
 
 PROJECT = "chest-xray"
-SECRET = b"unit-test-secret-for-ehr-0123456789"
+SECRET = secrets.token_hex(32).encode()  # drawn per run: no key is written in the repository
 
 PATIENTS: list[dict[str, Any]] = [
     {

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import secrets
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from pixl_core.db.connection import Connection
 from pixl_core.transport.ftps import FtpsError
 from pixl_core.transport.orthanc_rest import OrthancError
 
-SECRET = b"imaging-test-secret-0123456789"
+SECRET = secrets.token_hex(32).encode()  # drawn per run: no key is written in the repository
 
 
 def orthanc_id(level: str, uid: str) -> str:
@@ -297,6 +298,14 @@ class FakeFtpsClient:
     def size(self, remote_path: str) -> int | None:
         data = self.dsh.files.get(remote_path)
         return None if data is None else len(data)
+
+    def complete_upload(self, remote_path: str, size: int) -> bool:
+        folder, _, name = remote_path.rpartition("/")
+        partial = self.dsh.files.get(f"{folder}/.{name}.part")
+        if partial is None or len(partial) != size:
+            return False
+        self.dsh.files[remote_path] = self.dsh.files.pop(f"{folder}/.{name}.part")
+        return True
 
     def upload_file(self, remote_path: str, local_path: str | Path) -> None:
         self.dsh.files[remote_path] = Path(local_path).read_bytes()

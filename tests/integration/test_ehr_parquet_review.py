@@ -30,15 +30,26 @@ def hasher() -> ProjectHasher:
 STATES = ["checked", "flagged", "approved", "rejected", "missing", "failed", "exported", "queued"]
 
 
+def approve(conn, report_id: int, operator: str = "reviewer1") -> bool:
+    """Approve the report's current text, as ``pixl reports approve --yes`` does."""
+    report = review.load(conn, report_id)
+    assert report is not None
+    return review.approve(conn, report, "eponym, not the patient", operator)
+
+
 @pytest.fixture
 def extract(conn) -> tuple[int, dict[str, int]]:
-    """One report in each state; 'exported' went through review (flagged, then approved)."""
+    """One report in each state; 'approved' and 'exported' went through review (flagged, then
+    approved with a recorded reason), as only recorded releases are exported."""
     studies = [(f"MRN{i}", f"ACC{i}", 100 + i) for i in range(len(STATES))]
     extract_id, ids = add_extract(conn, studies)
     by_state = dict(zip(STATES, ids, strict=True))
     for state, report_id in by_state.items():
-        if state == "exported":
-            set_state(conn, report_id, state, check_flagged=True, reviewed_by="someone")
+        if state in ("approved", "exported"):
+            set_state(conn, report_id, "flagged")
+            assert approve(conn, report_id, "someone")
+            if state == "exported":
+                set_state(conn, report_id, state, check_flagged=True)
         elif state in ("missing", "failed", "queued"):
             set_state(conn, report_id, state, deidentified_text=None, check_flagged=None)
         else:
@@ -97,7 +108,7 @@ def test_flagged_report_appears_once_approved(conn, hasher, extract):
     before = radiology_parquet.build(conn, PROJECT, extract_id, hasher)
     assert 101 not in set(before["procedure_occurrence_id"])
 
-    assert review.approve(conn, flagged, "reviewer1")
+    assert approve(conn, flagged)
     after = radiology_parquet.build(conn, PROJECT, extract_id, hasher)
     [status] = after.loc[after["procedure_occurrence_id"] == 101, "check_status"]
     assert status == "approved"
@@ -117,21 +128,20 @@ def test_list_flagged_gives_kinds_and_offsets(conn, extract):
 def test_approve_and_reject_apply_only_from_flagged(conn, extract):
     _, by_state = extract
     flagged = by_state["flagged"]
-    assert review.reject(conn, flagged, "reviewer1")
+    shown = review.load(conn, flagged)
+    assert review.reject(conn, flagged, "holds the patient's name", "reviewer1")
     state = row(conn, flagged)
     assert (state["state"], state["reviewed_by"]) == ("rejected", "reviewer1")
     assert state["reviewed_at"] is not None
     # Already decided: neither decision applies again, and the first one stands.
-    assert not review.approve(conn, flagged, "reviewer2")
-    assert not review.reject(conn, flagged, "reviewer2")
+    assert not review.approve(conn, shown, "second opinion", "reviewer2")
+    assert not review.reject(conn, flagged, "second opinion", "reviewer2")
     assert row(conn, flagged)["reviewed_by"] == "reviewer1"
     # Reports that were never flagged cannot be approved into the export.
-    for state in ("checked", "missing", "failed", "queued", "rejected"):
-        assert not review.approve(conn, by_state[state], "reviewer1")
-    assert not review.approve(conn, 999_999, "reviewer1")
-
-
-def test_reviewer_defaults_to_the_os_user(conn, extract):
-    _, by_state = extract
-    assert review.approve(conn, by_state["flagged"])
-    assert row(conn, by_state["flagged"])["reviewed_by"] == review.reviewer_name()
+    for state in ("checked", "rejected"):
+        report = review.load(conn, by_state[state])
+        assert not review.approve(conn, report, "not flagged", "reviewer1")
+    for state in ("missing", "failed", "queued"):
+        assert review.load(conn, by_state[state]) is None  # no text: nothing to approve
+        assert not review.reject(conn, by_state[state], "not flagged", "reviewer1")
+    assert not review.reject(conn, 999_999, "no such report", "reviewer1")

@@ -216,13 +216,37 @@ def test_approved_report_goes_out_in_the_next_export(client, ready, conn, dsh_ft
     from pixl_ehr import review
 
     client.post(f"/export/{PROJECT}")
-    assert review.approve(conn, ready["flagged"], "reviewer")
+    report = review.load(conn, ready["flagged"])
+    assert review.approve(conn, report, "the flagged word is an eponym", "reviewer")
     body = client.post(f"/export/{PROJECT}").json()
     # The public files are already there; the radiology parquet and manifest change.
     assert (body["files_sent"], body["files_skipped"], body["reports_exported"]) == (2, 2, 1)
     folder = dsh_ftps_server.root / PROJECT / STAMP / "parquet"
     radiology = pd.read_parquet(folder / "radiology" / "radiology.parquet")
     assert sorted(radiology["check_status"]) == ["approved", "passed"]
+
+
+def test_report_whose_text_changed_after_approval_is_withheld_and_counted(
+    client, ready, conn, dsh_ftps_server, caplog
+):
+    from pixl_ehr import review
+
+    report = review.load(conn, ready["flagged"])
+    assert review.approve(conn, report, "the flagged word is an eponym", "reviewer")
+    set_state(conn, ready["flagged"], "approved", deidentified_text="a re-run's new text")
+    with caplog.at_level("WARNING", logger="pixl.ehr.export"):
+        body = client.post(f"/export/{PROJECT}").json()
+    assert (body["reports_in_parquet"], body["reports_exported"], body["reports_withheld"]) == (
+        1,
+        1,
+        1,
+    )
+    folder = dsh_ftps_server.root / PROJECT / STAMP / "parquet"
+    radiology = pd.read_parquet(folder / "radiology" / "radiology.parquet")
+    assert list(radiology["check_status"]) == ["passed"]
+    assert "new text" not in caplog.text
+    assert f"report {ready['flagged']} withheld" in caplog.text
+    assert row(conn, ready["flagged"])["state"] == "approved"  # not marked exported
 
 
 def test_a_damaged_file_in_the_dsh_is_sent_again(client, ready, dsh_ftps_server, uploads):

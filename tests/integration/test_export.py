@@ -29,6 +29,7 @@ from tests.integration.imaging_fakes import (
     FakeDsh,
     FakeOrthanc,
     add_study,
+    orthanc_id,
     seconds_until,
     study_row,
 )
@@ -154,6 +155,33 @@ def test_retry_after_a_crash_between_upload_and_record_does_not_upload_again(
 
     assert len(pipeline.dsh.uploads) == 1
     assert pipeline.exporter.counters["already_uploaded"] == 1
+
+
+def test_a_crash_between_upload_and_rename_is_finished_without_sending_again(
+    pipeline, conn, cohort
+):
+    """orthanc-anon died after the zip reached the DSH as its temporary file but before the
+    rename: the retry zips the study again (the same bytes) and renames the temporary file."""
+    study = cohort.by_role(NORMAL)
+    study_id = pipeline.hand_over(conn, NORMAL)
+    first = pipeline.exporter.claim()
+    assert first is not None
+    archive = pipeline.work_dir / "first.zip"
+    pipeline.exporter._zip(pipeline.exporter._instances(_anon_study_id(pipeline)), archive)
+    folder, _, name = remote_path(study.study_uid).rpartition("/")
+    pipeline.dsh.files[f"{folder}/.{name}.part"] = archive.read_bytes()
+    make_due(conn, study_id)
+
+    assert pipeline.export_next() == "exported"
+
+    assert pipeline.dsh.uploads == []  # nothing was sent a second time
+    assert pipeline.dsh.files[remote_path(study.study_uid)] == archive.read_bytes()
+    assert pipeline.exporter.counters["already_uploaded"] == 1
+
+
+def _anon_study_id(pipeline) -> str:  # type: ignore[no-untyped-def]
+    (study,) = {i.study_uid for i in pipeline.anon.instances.values()}
+    return orthanc_id("study", study)
 
 
 def test_dsh_down_backs_off_and_keeps_state(pipeline, conn, cohort):

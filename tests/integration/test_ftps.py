@@ -80,6 +80,23 @@ def test_upload_file_and_overwrite(dsh_ftps_server: FtpServerInfo, tmp_path: Pat
     assert _files_under(dsh_ftps_server.root) == ["out/file.bin"]
 
 
+def test_a_whole_part_file_left_by_a_crash_is_renamed_not_sent_again(
+    dsh_ftps_server: FtpServerInfo,
+) -> None:
+    """The sender died between the upload of ``.<name>.part`` and its rename: the retry renames
+    a part file of the expected size, and leaves one of another size (a cut upload) alone."""
+    root = dsh_ftps_server.root
+    (root / "out").mkdir()
+    (root / "out/.whole.zip.part").write_bytes(PAYLOAD)
+    (root / "out/.cut.zip.part").write_bytes(PAYLOAD[:-1])
+    with FtpsClient(dsh_ftps_server.settings()) as client:
+        assert client.complete_upload("out/whole.zip", len(PAYLOAD))
+        assert not client.complete_upload("out/cut.zip", len(PAYLOAD))
+        assert not client.complete_upload("out/none.zip", len(PAYLOAD))
+    assert (root / "out/whole.zip").read_bytes() == PAYLOAD
+    assert _files_under(root) == ["out/.cut.zip.part", "out/whole.zip"]
+
+
 def test_exists_size_and_list_dir(dsh_ftps_server: FtpServerInfo) -> None:
     with FtpsClient(dsh_ftps_server.settings()) as client:
         client.upload_bytes("a/b/one.bin", b"12345")

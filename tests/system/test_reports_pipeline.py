@@ -5,8 +5,10 @@ number. Runs after the imaging tests (file order) on the same cohort.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import subprocess
 import time
 import zipfile
 from pathlib import Path
@@ -17,7 +19,7 @@ from pydicom import dcmread
 
 from pixl_core.db.states import REPORT_BUSY
 from pixl_core.hashing import ProjectHasher, hash_accession_number
-from stack.driver import Stack
+from stack.driver import PIXL_CLI, Stack
 from stack.synthetic.cohort import Cohort
 from tests.fixtures.stack import MAIN
 
@@ -76,8 +78,6 @@ def test_public_parquet_and_manifest_arrive_intact(stack: Stack, exported):
     files = {item["path"]: item for item in manifest["files"]}
     assert "public/PROCEDURE_OCCURRENCE.parquet" in files
     assert "radiology/radiology.parquet" in files
-    import hashlib
-
     for path, item in files.items():
         assert hashlib.sha256((folder / path).read_bytes()).hexdigest() == item["sha256"]
 
@@ -101,24 +101,85 @@ def test_dsh_reports_and_parquet_hold_no_identifier(stack: Stack, cohort: Cohort
             assert value not in text, "an identifier of the cohort reached the DSH"
 
 
-def test_flagged_reports_are_withheld_until_approved(stack: Stack, exported):
-    flagged = json.loads(stack.pixl("reports", "flagged", MAIN, "--json").stdout)
-    assert flagged, "the default cohort has reports the stand-in de-identifier misses"
-    report_id = flagged[0]["report_id"]
-    (procedure_id,) = stack.query(
-        "SELECT procedure_occurrence_id FROM report WHERE id = %s", report_id
+def review_cli(
+    stack: Stack, *args: str, answer: str = "", operator: str = "sysreviewer"
+) -> subprocess.CompletedProcess[str]:
+    """``pixl reports ARGS`` as an operator types it: stdin answers the confirmation."""
+    return subprocess.run(
+        [str(PIXL_CLI), "reports", *args],
+        env={**stack.env, "PIXL_OPERATOR": operator},
+        input=answer,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def report_row(stack: Stack, report_id: int) -> tuple[str, int, str]:
+    """(state, procedure id, accession number) of a report."""
+    return stack.query(
+        "SELECT state, procedure_occurrence_id, accession_number FROM report WHERE id = %s",
+        report_id,
     )[0]
-    assert procedure_id not in set(radiology(stack, MAIN).procedure_occurrence_id)
-    shown = stack.pixl("reports", "show", str(report_id)).stdout
-    assert f"report {report_id} (flagged)" in shown
-    # Approving releases it into the next export (this leaks what the checker found, which is
-    # why it runs after the scan above: a real reviewer would reject or fix such a report).
-    stack.pixl("reports", "approve", str(report_id))
-    assert stack.pixl("reports", "approve", str(report_id), check=False).returncode == 1
+
+
+def test_flagged_reports_are_withheld_until_approved_or_redacted(
+    stack: Stack, cohort: Cohort, exported
+):
+    flagged = json.loads(stack.pixl("reports", "flagged", MAIN, "--json").stdout)
+    assert len(flagged) >= 2, "the default cohort has reports the stand-in de-identifier misses"
+    to_redact, to_approve = flagged[0]["report_id"], flagged[1]["report_id"]
+    in_parquet = set(radiology(stack, MAIN).procedure_occurrence_id)
+    for report_id in (to_redact, to_approve):
+        assert report_row(stack, report_id)[1] not in in_parquet
+    shown = stack.pixl("reports", "show", str(to_approve)).stdout
+    assert f"report {to_approve} (flagged)" in shown
+
+    # approve needs a reason; without --yes it asks, and "no" changes nothing.
+    no_reason = review_cli(stack, "approve", str(to_approve), "--yes")
+    assert no_reason.returncode == 2 and "add --reason" in no_reason.stderr
+    declined = review_cli(
+        stack, "approve", str(to_approve), "--reason", "eponym, reviewed", answer="n\n"
+    )
+    assert declined.returncode == 1 and "nothing changed" in declined.stderr
+    assert report_row(stack, to_approve)[0] == "flagged"
+    assert json.loads(stack.pixl("reports", "history", MAIN, "--json").stdout) == []
+
+    # Redact: released with every finding masked, re-checked first.
+    redacted = review_cli(stack, "redact", str(to_redact), "--reason", "left by Cogstack", "--yes")
+    assert redacted.returncode == 0, redacted.stderr
+    # Approve (this releases what the checker found, which is why it runs after the DSH scan
+    # above: a real reviewer would redact or reject such a report).
+    approved = review_cli(
+        stack, "approve", str(to_approve), "--reason", "eponym, reviewed", answer="y\n"
+    )
+    assert approved.returncode == 0, approved.stderr
+    assert review_cli(stack, "approve", str(to_approve), "-r", "again", "--yes").returncode == 1
+
     result = json.loads(stack.pixl("export-patient-data", MAIN, "--json").stdout)
     assert "radiology/radiology.parquet" in result["sent"]
     assert "public/PROCEDURE_OCCURRENCE.parquet" not in result["sent"]
-    assert procedure_id in set(radiology(stack, MAIN).procedure_occurrence_id)
+    assert result["reports_withheld"] == 0
+    frame = radiology(stack, MAIN).set_index("procedure_occurrence_id")
+
+    _state, procedure_id, accession = report_row(stack, to_redact)
+    text, status = frame.loc[procedure_id, ["report_text", "check_status"]]
+    assert status == "redacted"
+    assert "[" in text and any(f"[{f['kind'].upper()}]" in text for f in flagged[0]["findings"])
+    (study,) = [s for s in cohort.studies_for(MAIN) if s.accession_number == accession]
+    for value in study.patient_identifiers():
+        assert value not in text, "a redacted report reached the DSH with an identifier"
+
+    procedure_id = report_row(stack, to_approve)[1]
+    assert frame.loc[procedure_id, "check_status"] == "approved"
+    history = json.loads(stack.pixl("reports", "history", MAIN, "--json").stdout)
+    assert [(h["report_id"], h["decision"], h["reviewed_by"], h["reason"]) for h in history] == [
+        (to_redact, "redacted", "sysreviewer", "left by Cogstack"),
+        (to_approve, "approved", "sysreviewer", "eponym, reviewed"),
+    ]
+    released = hashlib.sha256(str(frame.loc[procedure_id, "report_text"]).encode()).hexdigest()
+    assert history[1]["released_sha256"] == released
 
 
 def test_cogstack_down_then_back_reports_exported_once(stack: Stack, cohort: Cohort, exported):

@@ -4,6 +4,7 @@ and a block is valid only on the instance (UIDs and pixels) it was made for."""
 from __future__ import annotations
 
 import io
+import secrets
 
 import pytest
 from pydicom import dcmread
@@ -15,7 +16,7 @@ from pixl_core.dicom import handoff
 from pixl_core.dicom.header import parse_header, write_file
 from pixl_core.errors import PixlConfigError
 
-SECRET = b"test-secret-0123456789"
+SECRET = secrets.token_hex(32).encode()  # drawn per run: no key is written in the repository
 
 
 @pytest.fixture(scope="module")

@@ -102,6 +102,23 @@ def test_broken_deflate_stream_is_refused():
     assert refusal(data[:meta_end] + b"\xff" * 64) == screening.MALFORMED_DEFLATE
 
 
+def test_deflated_file_cut_short_by_one_byte_is_refused():
+    """The deflate stream must reach its final block: zlib (and pydicom) inflate a truncated
+    stream without complaint."""
+    data = malformed_dicom.deflated(malformed_dicom.nested_sequences(2))
+    screen(data)
+    assert refusal(data[:-1]) == screening.MALFORMED_DEFLATE
+
+
+def test_the_engine_refuses_a_truncated_deflated_file_too():
+    from pixl_core.dicom.header import UnreadableDicom, parse_header
+
+    data = malformed_dicom.deflated(malformed_dicom.nested_sequences(2))
+    parse_header(data)
+    with pytest.raises(UnreadableDicom):
+        parse_header(data[:-1])
+
+
 def test_element_longer_than_the_file_is_refused():
     assert refusal(malformed_dicom.length_beyond_file()) == screening.MALFORMED_LENGTH_BEYOND_FILE
 
