@@ -61,6 +61,7 @@ def anonymise(
     refused: Counter[str] = Counter()
     refused_paths: list[tuple[Path, str]] = []
     written: set[str] = set()
+    descriptors: Counter[str] = Counter()  # kept descriptions cleaned, by kind of finding
     with Progress(
         TextColumn("de-identifying"),
         BarColumn(),
@@ -94,11 +95,16 @@ def anonymise(
                     (target / f"{result.sop_instance_uid}.dcm").write_bytes(result.data)
                     written.add(result.sop_instance_uid)
                     done += 1
+                    descriptors["cleaned"] += result.descriptors.cleaned
+                    descriptors.update(result.descriptors.by_kind)
             progress.advance(task)
     reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(refused.items()))
+    cleaned = descriptors.pop("cleaned", 0)
+    kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(descriptors.items()))
     console.print(
         f"de-identified {done}, refused {sum(refused.values())}"
-        + (f" ({reasons})" if reasons else ""),
+        + (f" ({reasons})" if reasons else "")
+        + (f", descriptions cleaned {cleaned} ({kinds})" if cleaned else ""),
         highlight=False,
     )
     if verbose:

@@ -3,7 +3,11 @@
 Input, one report a line (blank lines are skipped)::
 
     {"id": ..., "text": "...", "identifiers": {"name", "given_name", "family_name", "mrn",
-     "nhs_number", "date_of_birth", "address", "postcode", "phone"}}
+     "nhs_number", "date_of_birth", "address", "postcode", "phone", "accession_number",
+     "other_ids", "institution"}}
+
+(the last three added by issue 9: ``other_ids`` holds one or more IDs separated by a backslash,
+comma or semicolon).
 
 Output, one line per input report, in input order::
 

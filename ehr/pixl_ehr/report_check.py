@@ -44,9 +44,10 @@ def check_text(
 ) -> tuple[bool, list[Finding]]:
     """The checker's verdict as ``(flagged, [{"kind", "start", "end"}, ...])``.
 
-    The checker's ``PatientIdentifiers`` has no field for the accession number, which is
-    an identifier too (it is what the export pseudonymises). So, when it lacks one, the
-    checker is run a second time with the accession number in the MRN's place and its
+    The accession number is an identifier too (it is what the export pseudonymises).
+    ``pixl_core.text.checker.PatientIdentifiers`` has a field for it (issue 9), so it is passed
+    in; a checker whose identifiers lack one (an older or a stand-in checker) is run a second
+    time with the accession number in the MRN's place and its
     ``mrn`` findings are kept as ``accession_number``: the checker's own whole-token
     search, not a second implementation of it.
     """

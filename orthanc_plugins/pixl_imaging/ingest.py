@@ -85,6 +85,10 @@ class AnonIngest:
             )
             return None
         self.counters.add("deidentified")
+        if result.descriptors.cleaned:  # counts by kind only, never the values
+            self.counters.add("descriptions_cleaned", result.descriptors.cleaned)
+            for kind, count in result.descriptors.by_kind.items():
+                self.counters.add(f"descriptions_cleaned_{kind}", count)
         if result.pixel_text:
             self._record_pixel_text(handoff.work_item_id, sop_uid, result.pixel_text, hasher)
         return result.data

@@ -60,8 +60,10 @@ PROJECT_KEYS = frozenset(
         "pixel_text",
         "pixel_text_justification",
         "pixel_text_benign",
+        "descriptors",
     }
 )
+DESCRIPTOR_KEYS = frozenset({"check", "replacement", "justification"})
 DESTINATION_KEYS = frozenset({"host", "port", "user", "root", "implicit_tls", "ca_file", "verify"})
 
 # PS3.15 options by the column names of the confidentiality-profile table, with their PS3.16
@@ -122,6 +124,17 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class DescriptorPolicy:
+    """``descriptors:``: every kept free-text value is checked for the instance's identifiers
+    (``pixl_core/dicom/descriptors.py``) and a flagged one becomes ``replacement``. On unless
+    the project says ``check: off`` with a justification; only then may it not claim
+    ``cleanDescOpt``, and while it is off it may not."""
+
+    clean: bool = True
+    replacement: str = ""
+
+
+@dataclass(frozen=True)
 class Project:
     """A validated project file and the allow-lists it composes."""
 
@@ -143,6 +156,7 @@ class Project:
     pixel_text: PixelText = PixelText.MASK
     pixel_text_justification: str | None = None
     benign_markers: BenignMarkers | None = field(default=None, compare=False)
+    descriptors: DescriptorPolicy = field(default_factory=DescriptorPolicy)
     _cache: dict[tuple[str, str], AllowList] = field(default_factory=dict, compare=False)
 
     @property
@@ -223,6 +237,12 @@ def load_project_file(path: Path) -> Project:
         )
     justification = parse_justification(pixel_text, raw.get("pixel_text_justification"), name)
     benign = _benign_markers(raw.get("pixel_text_benign"))
+    descriptors = _parse_descriptors(raw.get("descriptors"), name)
+    if "cleanDescOpt" in options and not descriptors.clean:
+        raise InvalidProjectError(
+            f"{name}: 'cleanDescOpt' is claimed but 'descriptors: check: off'; "
+            "remove the claim or turn the descriptor check on"
+        )
     max_days = raw.get("date_shift_max_days", 365)
     if not isinstance(max_days, int) or not 1 <= max_days <= 3650:
         raise InvalidProjectError(f"{name}: 'date_shift_max_days:' must be a whole number 1-3650")
@@ -243,6 +263,7 @@ def load_project_file(path: Path) -> Project:
         pixel_text=pixel_text,
         pixel_text_justification=justification,
         benign_markers=benign,
+        descriptors=descriptors,
     )
 
 
@@ -253,6 +274,41 @@ def _benign_markers(value: Any) -> BenignMarkers:
     if value is None and not path.is_file():
         path = REPO_ROOT / "tag_allowlists" / DEFAULT_BENIGN_FILE
     return load_benign_markers(path, f"tag_allowlists/{relative}")
+
+
+# The longest replacement every free-text VR can hold (SH: 16 characters).
+DESCRIPTOR_REPLACEMENT_MAX = 16
+
+
+def _parse_descriptors(raw: object, name: str) -> DescriptorPolicy:
+    """``descriptors: {check: clean|off, replacement: TEXT, justification: WHY}``."""
+    if raw is None:
+        return DescriptorPolicy()
+    if not isinstance(raw, dict) or set(raw) - DESCRIPTOR_KEYS:
+        raise InvalidProjectError(
+            f"{name}: 'descriptors:' must be a mapping of {', '.join(sorted(DESCRIPTOR_KEYS))}"
+        )
+    check = raw.get("check", "clean")
+    check = "off" if check is False else str(check).lower()  # YAML reads a bare off as false
+    if check not in ("clean", "off"):
+        raise InvalidProjectError(f"{name}: 'descriptors: check:' must be clean or off")
+    if check == "off" and not str(raw.get("justification") or "").strip():
+        raise InvalidProjectError(
+            f"{name}: 'descriptors: check: off' needs a 'justification:' saying why the kept "
+            "descriptions hold no identifier"
+        )
+    replacement = raw.get("replacement", "")
+    if (
+        not isinstance(replacement, str)
+        or len(replacement) > DESCRIPTOR_REPLACEMENT_MAX
+        or not replacement.isprintable()
+        or "\\" in replacement
+    ):
+        raise InvalidProjectError(
+            f"{name}: 'descriptors: replacement:' must be text of at most "
+            f"{DESCRIPTOR_REPLACEMENT_MAX} printable characters without a backslash"
+        )
+    return DescriptorPolicy(clean=check == "clean", replacement=replacement)
 
 
 def _load_files(value: Any, name: str, key: str, *, override: bool) -> list[AllowListFile]:

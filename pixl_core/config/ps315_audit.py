@@ -25,7 +25,11 @@ U replace UID):
   reviewer reads in the pull request, i.e. a dummy.
 - ``keep``: fine when the profile says K, or a claimed option's column says K. A claimed option
   that says C (clean) is still a finding: ``keep`` copies the value uncleaned, and only a person
-  can say the values are clean in this hospital's data, so a justification must say why.
+  can say the values are clean in this hospital's data, so a justification must say why. One
+  exception: ``cleanDescOpt`` on a free-text attribute (SH, LO, ST, LT, UT, UC), which the
+  engine does clean (``pixl_core/dicom/descriptors.py``: every kept value is checked for the
+  instance's identifiers and emptied when flagged); a project may claim it only while that
+  check is on.
 - ``shift`` / ``truncate``: fine when the profile says K or the project claims
   ``rtnLongModifDatesOpt`` (C: dates may leave modified) or ``rtnLongFullDatesOpt`` (K) and the
   attribute has that column. Otherwise a modified date is still a real date: finding.
@@ -54,8 +58,11 @@ from functools import cache
 from importlib import resources
 from types import ModuleType
 
+from pydicom.datadict import dictionary_VR
+
 from pixl_core.config.allowlist import Action, AllowList, AllowListFile, AttributeKey, Rule
 from pixl_core.config.projects import Project
+from pixl_core.dicom.descriptors import FREE_TEXT_VRS
 from pixl_core.errors import PixlConfigError
 
 PROFILE_RESOURCE = "data/ps315_confidentiality_profile.json"
@@ -355,6 +362,11 @@ def _judge(rule: Rule, entry: ProfileEntry | None, claimed: Sequence[str]) -> _V
             return _FINE
         if keeps:
             return _Verdict(allowed_by=keeps[0])
+        if "cleanDescOpt" in cleans and _is_free_text(rule.key):
+            # The engine checks every kept free-text value for the instance's identifiers and
+            # empties a flagged one (pixl_core/dicom/descriptors.py); a project may claim the
+            # option only while that check is on (projects.py).
+            return _Verdict(allowed_by="cleanDescOpt")
         if cleans or "C" in codes:
             who = ", ".join(cleans) if cleans else "the Basic Profile"
             return _Verdict(
@@ -391,6 +403,16 @@ def _judge(rule: Rule, entry: ProfileEntry | None, claimed: Sequence[str]) -> _V
             problem=f"UID remapped, but {says}: a remapped UID still links instances sharing it"
         )
     return _Verdict(problem=f"action '{action.value}' is not known to the audit")
+
+
+def _is_free_text(key: AttributeKey) -> bool:
+    """Whether the descriptor check reads this attribute: a public one of a free-text VR."""
+    if key.is_private:
+        return False
+    try:
+        return dictionary_VR(key.tag) in FREE_TEXT_VRS
+    except KeyError:
+        return False
 
 
 def _meaning(basic: str) -> str:

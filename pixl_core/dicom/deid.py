@@ -19,7 +19,7 @@ import datetime as dt
 import re
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 
 from pydicom.datadict import dictionary_VR
@@ -33,6 +33,7 @@ from pydicom.uid import UID
 
 from pixl_core.config.allowlist import Action, AllowList, AttributeKey, Rule, canonical_group
 from pixl_core.config.projects import BASIC_PROFILE_CODE, PS315_OPTIONS, Project
+from pixl_core.dicom.descriptors import DescriptorCounts, clean_descriptors
 from pixl_core.dicom.header import (
     PIXEL_DATA_TAG,
     ParsedHeader,
@@ -88,13 +89,15 @@ _PARSE_ERRORS = (
 
 @dataclass(frozen=True)
 class Deidentified:
-    """The de-identified file and the pseudonymised UIDs it is named and grouped by."""
+    """The de-identified file and the pseudonymised UIDs it is named and grouped by; what the
+    descriptor check cleaned (counts only)."""
 
     data: bytes
     study_uid: str
     series_uid: str
     sop_instance_uid: str
     pixel_text: dict[str, int] | None = None  # burned-in text regions by kind (never the text)
+    descriptors: DescriptorCounts = field(default_factory=DescriptorCounts)
 
 
 @dataclass
@@ -135,7 +138,8 @@ def deidentify_parsed(
             raise Refused(REFUSED_UNREADABLE)  # an image whose Pixel Data never came: truncated
         if parsed.pixel_element and not _pixel_element_fits(source, parsed.pixel_element):
             raise Refused(REFUSED_UNREADABLE)  # the raw bytes copied are not this image's pixels
-        result = deidentify_dataset(source, project, hasher)
+        descriptors = DescriptorCounts()
+        result = deidentify_dataset(source, project, hasher, descriptors)
     except _PARSE_ERRORS:  # elements are decoded lazily: a corrupt one fails only here
         raise Refused(REFUSED_UNREADABLE) from None
     pixel_rule = _rule_for(project.allowlist_for(*_device(source)), PIXEL_DATA_TAG)
@@ -149,6 +153,7 @@ def deidentify_parsed(
         study_uid=result.StudyInstanceUID,
         series_uid=result.SeriesInstanceUID,
         sop_instance_uid=result.SOPInstanceUID,
+        descriptors=descriptors,
     )
 
 
@@ -205,12 +210,22 @@ def check_policy(ds: Dataset, project: Project) -> None:
             raise Refused(REFUSED_MISSING_UID)
 
 
-def deidentify_dataset(source: Dataset, project: Project, hasher: ProjectHasher) -> Dataset:
-    """Build the de-identified dataset (with new file meta) from ``source``."""
+def deidentify_dataset(
+    source: Dataset,
+    project: Project,
+    hasher: ProjectHasher,
+    descriptors: DescriptorCounts | None = None,
+) -> Dataset:
+    """Build the de-identified dataset (with new file meta) from ``source``; what the
+    descriptor check cleans is added to ``descriptors``."""
     check_policy(source, project)
     context = _Context(hasher=hasher, project=project, patient_key=str(source.get("PatientID", "")))
     allowlist = project.allowlist_for(*_device(source))
     result = _filter(source, allowlist, context)
+    # Kept free text checked against this instance's identifiers (pixl_core/dicom/descriptors.py).
+    clean_descriptors(
+        result, source, allowlist, project.descriptors, descriptors or DescriptorCounts()
+    )
     _mark_deidentified(result, project, context)
     result.file_meta = _file_meta(result, source.file_meta.TransferSyntaxUID)
     return result

@@ -25,7 +25,9 @@ can name them; every other study is an ordinary CR or DX chest radiograph):
   ``second_project_only``); the VNA must be asked for it once per project;
 - ``scout_series``: a good study with an extra series described as "SCOUT", which the
   project's series filter drops (the study is still exported, without that series);
-- ``no_report``: a good study with no report in EMAP (absent from ``reports.jsonl``).
+- ``no_report``: a good study with no report in EMAP (absent from ``reports.jsonl``);
+- ``name_in_description``: a good study whose StudyDescription carries the patient's surname
+  ("XR CHEST SMITH", as a radiographer types it): it must arrive with the description empty.
 
 Every identity is fake: names come from small built-in lists, phone numbers from Ofcom's ranges
 reserved for drama, NHS numbers are random but carry a valid modulus-11 check digit (so the
@@ -105,6 +107,7 @@ SHARED = "shared"
 SCOUT_SERIES = "scout_series"
 NO_REPORT = "no_report"
 SECOND_PROJECT_ONLY = "second_project_only"
+NAME_IN_DESCRIPTION = "name_in_description"
 SPECIAL_ROLES = {
     1: MISSING_FROM_VNA,
     2: WRONG_MODALITY,
@@ -112,6 +115,7 @@ SPECIAL_ROLES = {
     4: SHARED,
     5: SCOUT_SERIES,
     6: NO_REPORT,
+    7: NAME_IN_DESCRIPTION,
 }
 MIN_STUDIES = max(SPECIAL_ROLES) + 1
 
@@ -907,7 +911,8 @@ def _build_study(plan: _Plan, seed: int) -> SyntheticStudy:
         study_datetime=plan.study_datetime,
         modality=device.modality,
         sop_class_uid=str(SOP_CLASS_BY_MODALITY[device.modality]),
-        study_description=_study_description(device),
+        study_description=_study_description(device)
+        + (f" {patient.family_name.upper()}" if plan.role == NAME_IN_DESCRIPTION else ""),
         manufacturer=device.manufacturer,
         model=device.model,
         series=series,
@@ -1008,11 +1013,13 @@ def _report(study: SyntheticStudy, plan: _Plan) -> dict[str, object]:
     dob_uk = study.dob.strftime("%d/%m/%Y")
     dob_long = f"{study.dob.day} {study.dob.strftime('%b %Y')}"
     when = study.study_datetime
+    # The report names the examination, never the surname a description was typed with.
+    base_description = study.study_description.removesuffix(f" {family.upper()}")
     exam = {
         "XR CHEST": "XR CHEST PA" if len(study.series) == 1 else "XR CHEST PA AND LATERAL",
         "XR CHEST PORTABLE": "XR CHEST (MOBILE AP)",
         "MR THORAX": "MRI THORAX",
-    }.get(study.study_description, study.study_description)
+    }.get(base_description, base_description)
 
     header: list[Sentence] = []
     findings: list[Sentence] = [[finding.findings]]

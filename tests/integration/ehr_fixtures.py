@@ -169,9 +169,14 @@ Identifiers = PatientIdentifiers
 
 
 def fake_check(text: str, identifiers: Identifiers) -> CheckResult:
-    """Flags the family name and the MRN where they occur (a stand-in for the real checker)."""
+    """Flags the family name, the MRN and the accession number where they occur (a stand-in for
+    the real checker, which has had an accession number field since issue 9)."""
     findings = []
-    for kind, value in (("family_name", identifiers.family_name), ("mrn", identifiers.mrn)):
+    for kind, value in (
+        ("family_name", identifiers.family_name),
+        ("mrn", identifiers.mrn),
+        ("accession_number", identifiers.accession_number),
+    ):
         if value and value in text:
             start = text.index(value)
             findings.append(Finding(kind, start, start + len(value)))

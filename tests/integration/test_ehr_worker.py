@@ -110,14 +110,15 @@ def test_checker_gets_emap_identifiers_and_the_work_items_mrn(db_url, conn, tmp_
     worker = make_worker(db_url, FakeCogstack())
     worker.checker = spy
     worker.run_once()
-    # First the patient's identifiers; then the accession number in the MRN's place.
-    ids, accession = seen
-    assert accession == Identifiers(mrn="ACC0001")
-    assert (ids.mrn, ids.family_name, ids.date_of_birth, ids.postcode) == (
+    # One call: the checker takes the accession number in a field of its own (issue 9), so the
+    # worker no longer runs it a second time with the accession number in the MRN's place.
+    (ids,) = seen
+    assert (ids.mrn, ids.family_name, ids.date_of_birth, ids.postcode, ids.accession_number) == (
         "MRN0001",
         "Quintrell",
         "1961-04-12",
         "EX4 6PL",
+        "ACC0001",
     )
 
 
@@ -273,7 +274,7 @@ def test_settings_from_env(monkeypatch):
 
 
 def test_accession_number_in_the_text_is_flagged(db_url, conn, tmp_path: Path):
-    """The checker has no accession field: the worker runs its MRN search on it."""
+    """The work item's accession number is passed to the checker, which flags it."""
     report = {"mrn": "MRN0001", "accession_number": "ACC0001", "narrative": "See ACC0001."}
     load_emap(db_url, tmp_path, reports=[report])
     _extract, (report_id,) = add_extract(conn, STUDIES[:1])

@@ -14,7 +14,13 @@ from pixl_core.db import study_records
 from pixl_core.dicom.handoff import HANDOFF_CREATOR, HANDOFF_GROUP, Handoff, mark
 from pixl_core.hashing import ProjectHasher, hash_accession_number
 from pixl_imaging.ingest import AnonIngest
-from stack.synthetic.cohort import NORMAL, WRONG_MODALITY, Cohort, SyntheticStudy
+from stack.synthetic.cohort import (
+    NAME_IN_DESCRIPTION,
+    NORMAL,
+    WRONG_MODALITY,
+    Cohort,
+    SyntheticStudy,
+)
 from tests.integration.imaging_fakes import SECRET, add_study, study_row
 
 PROJECT = "chest-xray"
@@ -65,6 +71,19 @@ def test_instance_from_orthanc_raw_is_deidentified(ingest, conn, cohort: Cohort)
     assert HANDOFF_CREATOR not in text
     assert ingest.counters["deidentified"] == 1
     assert refusals(conn) == []
+
+
+def test_description_with_the_surname_is_emptied_and_counted(ingest, conn, cohort: Cohort):
+    """Issue 9 §2 in orthanc-anon's step: the count by kind, never the value."""
+    study = cohort.by_role(NAME_IN_DESCRIPTION)
+    study_id = fetching(conn, add_study(conn, PROJECT, study.mrn, study.accession_number))
+    out = ingest.on_received(marked(study, study_id))
+    assert out is not None
+    assert pydicom.dcmread(io.BytesIO(out)).StudyDescription == ""
+    assert study.family_name.upper().encode() not in out
+    assert ingest.counters["descriptions_cleaned"] >= 1
+    assert ingest.counters["descriptions_cleaned_name"] == ingest.counters["descriptions_cleaned"]
+    assert not any(study.family_name.upper() in name for name in ingest.counters.snapshot())
 
 
 def test_instance_without_handoff_is_discarded(ingest, conn, cohort: Cohort):

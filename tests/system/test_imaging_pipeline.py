@@ -17,7 +17,7 @@ from pydicom import dcmread
 
 from pixl_core.hashing import ProjectHasher, hash_accession_number
 from stack.driver import Stack
-from stack.synthetic.cohort import Cohort
+from stack.synthetic.cohort import NAME_IN_DESCRIPTION, Cohort
 from tests.fixtures.stack import MAIN
 
 pytestmark = pytest.mark.system
@@ -65,6 +65,30 @@ def test_every_expected_study_arrives_deidentified(stack: Stack, cohort: Cohort,
                 )
                 assert ds.PatientIdentityRemoved == "YES"
                 assert "PatientName" not in ds or not ds.PatientName
+
+
+def test_a_description_with_the_patients_surname_arrives_empty(stack: Stack, cohort: Cohort):
+    """Issue 9 §2 through the real pipeline: orthanc-anon's engine checks kept descriptions
+    against each instance's identifiers; examination names of the other studies are kept."""
+    study = cohort.by_role(NAME_IN_DESCRIPTION)
+    assert study.family_name.upper() in study.study_description
+    arrived = zips(stack, MAIN)
+    project_hasher = hasher(stack, MAIN)
+    with zipfile.ZipFile(arrived[project_hasher.uid(study.study_uid)]) as archive:
+        for name in archive.namelist():
+            data = archive.read(name)
+            ds = dcmread(io.BytesIO(data))
+            assert ds.StudyDescription == ""
+            assert "113105" in [i.CodeValue for i in ds.DeidentificationMethodCodeSequence]
+            assert study.family_name.upper().encode() not in data
+    other = next(
+        s
+        for s in cohort.studies_for(MAIN)
+        if s.expected_outcome == "exported" and s.role != NAME_IN_DESCRIPTION
+    )
+    with zipfile.ZipFile(arrived[project_hasher.uid(other.study_uid)]) as archive:
+        first = dcmread(io.BytesIO(archive.read(archive.namelist()[0])))
+        assert first.StudyDescription == other.study_description
 
 
 def test_wrong_modality_is_refused_and_missing_study_is_not_found(

@@ -210,12 +210,25 @@ def test_unused_claims_are_reported(dirs: Path) -> None:
     assert report.unused_options == ("rtnDevIdOpt",)
 
 
-def test_clean_option_does_not_make_keep_fine(dirs: Path) -> None:
+def test_clean_descriptors_option_makes_kept_free_text_fine_and_nothing_else(
+    dirs: Path,
+) -> None:
+    # Issue 9: the engine checks every kept free-text value (SH/LO/ST/LT/UT/UC) for the
+    # instance's identifiers and empties a flagged one, so keeping a description under a claimed
+    # cleanDescOpt is what the option asks for. Before, nothing cleaned, and it was a finding.
     report = run_audit(
         dirs, [{"attribute": "StudyDescription", "action": "keep"}], ("cleanDescOpt",)
     )
-    assert labels(report) == ["StudyDescription"]
-    assert "cleanDescOpt asks to clean" in report.findings[0].problem
+    assert report.findings == ()
+    assert report.unused_options == ()
+    # A coded (CS) value the option asks to clean is not read by the descriptor check.
+    coded = run_audit(
+        dirs,
+        [{"attribute": "ReasonForTheAttributeModification", "action": "keep"}],
+        ("cleanDescOpt",),
+    )
+    assert labels(coded) == ["ReasonForTheAttributeModification"]
+    assert "cleanDescOpt asks to clean" in coded.findings[0].problem
 
 
 def test_attribute_outside_the_profile_may_be_kept(dirs: Path) -> None:
@@ -266,10 +279,10 @@ def test_nested_sequence_items_are_audited_with_their_path(dirs: Path) -> None:
     ]
     assert report.findings[1].source == "tag_allowlists/extra.yaml: entry 1.1"
     assert report.attributes == 6 + 3
-    # With cleanDescOpt the container may stay (its items are the cleaning), the uncleaned
-    # description is still a finding.
+    # With cleanDescOpt the container may stay (its items are the cleaning), and the kept
+    # description inside is cleaned by the descriptor check (issue 9), which reads kept items.
     claimed = run_audit(dirs, entries, ("cleanDescOpt",))
-    assert labels(claimed) == ["RequestAttributesSequence > RequestedProcedureDescription"]
+    assert labels(claimed) == []
 
 
 def test_sequence_the_profile_lets_stay_is_judged_by_its_items(dirs: Path) -> None:
@@ -340,7 +353,10 @@ def test_shipped_chest_xray_project_passes(monkeypatch: pytest.MonkeyPatch) -> N
     report = audit(load_project("chest-xray"))
     load_project.cache_clear()
     assert report.passed, [f.label for f in report.unjustified]
-    assert "StudyDescription" in labels(report)
+    # The project claims cleanDescOpt with the descriptor check on (issue 9): the kept
+    # descriptions are cleaned by the engine, no longer findings.
+    assert "cleanDescOpt" in report.options and report.unused_options == ()
+    assert "StudyDescription" not in labels(report)
     assert "PatientName" not in labels(report)
 
 

@@ -259,3 +259,24 @@ def test_the_same_instance_given_twice_is_written_once(tmp_path, monkeypatch):
     assert result.returncode == 0, result.stderr
     assert "de-identified 1, refused 1 (duplicate_instance 1)" in result.stdout
     assert len(list((tmp_path / "out").rglob("*.dcm"))) == 1
+
+
+def test_a_description_with_the_patients_name_leaves_empty(tmp_path: Path) -> None:
+    """Issue 9 §2: kept descriptions are checked against the instance's own identifiers."""
+    source = tmp_path / "in.dcm"
+    source.write_bytes(
+        instance(
+            7,
+            PatientName="OKAFOR^CHIDI",
+            StudyDescription="CXR PA OKAF0R",  # the surname, as OCR or a tired typist writes it
+            SeriesDescription="PA",
+        )
+    )
+    result = pixl("anonymise", "--project", "chest-xray", "--output", tmp_path / "out", source)
+    assert result.returncode == 0, result.stderr
+    assert summary(result) == "de-identified 1, refused 0, descriptions cleaned 1 (name 1)"
+    (output,) = written(tmp_path / "out")
+    ds = dcmread(output)
+    assert ds.StudyDescription == "" and ds.SeriesDescription == "PA"
+    assert b"OKAF" not in output.read_bytes()
+    assert "113105" in [item.CodeValue for item in ds.DeidentificationMethodCodeSequence]

@@ -278,7 +278,7 @@ def test_pixel_text_policy_errors_are_one_line(
     text = "\n".join(
         line
         for line in text.splitlines()
-        if not line.startswith(("pixel_text", "ps315_options", "  - rtn"))
+        if not line.startswith(("pixel_text", "ps315_options", "  - rtn", "  - clean"))
     )
     path = tmp_path / "p.yaml"
     path.write_text(text + "\n" + extra)
