@@ -18,6 +18,7 @@ import plugin_support
 from pixl_core.config.projects import load_project
 from pixl_core.env import env_number
 from pixl_core.transport.ftps import FtpsClient, FtpsSettings
+from pixl_imaging import operator_view
 from pixl_imaging.export import AnonExporter, ExportSettings
 from pixl_imaging.ingest import AnonIngest, OrphanSweeper
 
@@ -97,5 +98,13 @@ def on_change(change_type: int, level: int, resource_id: str) -> None:
 orthanc.RegisterReceivedInstanceCallback(on_received)
 orthanc.RegisterOnChangeCallback(on_change)
 plugin_support.register_status(
-    "orthanc-anon", lambda: {"running": exporter is not None, **_counters()}
+    "orthanc-anon",
+    plugin_support.with_database(
+        plugin_support.PageDatabase("anon-page"),
+        lambda: {"running": exporter is not None, **_counters()},
+        lambda conn, counters: operator_view.anon_status(
+            conn, counters, exporter.destinations_down() if exporter else ()
+        ),
+    ),
 )
+plugin_support.register_page()

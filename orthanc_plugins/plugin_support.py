@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import orthanc
+import psycopg2
 
+from pixl_core import db
+from pixl_core.errors import PixlConfigError
 from pixl_core.hashing import secret_from_env
 from pixl_core.transport.orthanc_rest import OrthancClient
+
+PAGE_DIR = Path(__file__).resolve().parent / "operator_page"
+logger = logging.getLogger("pixl.page")
 
 
 class OrthancLogHandler(logging.Handler):
@@ -59,13 +68,123 @@ def secret() -> bytes:
 
 
 def register_status(name: str, status: Callable[[], Mapping[str, Any]]) -> None:
+    """``GET /pixl/status``: JSON for tools and for the page (behind Orthanc's authentication).
+    When the database is away, the counters still answer, with ``"database": "unreachable"``."""
+
     def handler(output: Any, uri: str, **request: Any) -> None:
         if request.get("method") != "GET":
             output.SendMethodNotAllowed("GET")
             return
-        output.AnswerBuffer(json.dumps({"service": name, **status()}), "application/json")
+        output.AnswerBuffer(
+            json.dumps({"service": name, **status()}, default=str), "application/json"
+        )
 
     orthanc.RegisterRestCallback("/pixl/status", handler)
+
+
+class PageDatabase:
+    """The REST callbacks' connections to PIXL's Postgres (one per Orthanc HTTP thread)."""
+
+    def __init__(self, name: str) -> None:
+        self._connections = db.ThreadConnections(os.environ["PIXL_DB_URL"], name)
+
+    def run(self, action: Callable[[db.Connection], Any]) -> Any:
+        return self._connections.run(action, 3.0)
+
+
+def with_database(
+    database: PageDatabase,
+    counters: Callable[[], Mapping[str, Any]],
+    figures: Callable[[db.Connection, Mapping[str, Any]], Mapping[str, Any]],
+) -> Callable[[], Mapping[str, Any]]:
+    """A status function: the database's figures, or the counters alone if it is away."""
+
+    def status() -> Mapping[str, Any]:
+        values = counters()
+        try:
+            return database.run(lambda conn: figures(conn, values))
+        except (*db.DATABASE_ERRORS, psycopg2.Error) as exc:  # away, or not yet migrated
+            logger.warning("/pixl/status: database away (%s)", type(exc).__name__)
+            return {**values, "database": "unreachable"}
+
+    return status
+
+
+def register_page() -> None:
+    """The operator's page at ``/pixl/ui/`` (plain HTML and one small script, no build step,
+    nothing from the internet) and the "PIXL" button in Orthanc Explorer's top bar."""
+    html = (PAGE_DIR / "index.html").read_bytes()
+    script = (PAGE_DIR / "page.js").read_bytes()
+
+    def page(output: Any, uri: str, **request: Any) -> None:
+        if request.get("method") != "GET":
+            output.SendMethodNotAllowed("GET")
+        elif uri.endswith("/page.js"):
+            output.AnswerBuffer(script, "text/javascript; charset=utf-8")
+        else:
+            output.AnswerBuffer(html, "text/html; charset=utf-8")
+
+    # Orthanc matches the path without its trailing slash; the browser keeps it, so the page's
+    # relative "page.js" and "../status" resolve under /pixl/ui/.
+    orthanc.RegisterRestCallback("/pixl/ui/?", page)
+    orthanc.RegisterRestCallback("/pixl/ui/page\\.js", page)
+    orthanc.ExtendOrthancExplorer((PAGE_DIR / "explorer_button.js").read_text())
+
+
+def _username(headers: Mapping[str, str]) -> str:
+    """The Basic-auth user name of the request (never the password), for ``paused_by``."""
+    value = headers.get("authorization", "")
+    if not value.lower().startswith("basic "):
+        return "page"
+    try:
+        user = base64.b64decode(value[6:], validate=True).decode("utf-8").split(":", 1)[0]
+    except (binascii.Error, UnicodeDecodeError):
+        return "page"
+    return f"page:{user}"[:64]
+
+
+def register_control(
+    database: PageDatabase, apply: Callable[[db.Connection, object, str], Mapping[str, Any]]
+) -> None:
+    """``POST /pixl/control`` (JSON only, so a cross-site form cannot send one): the page's
+    pause, resume, rate and hours controls. Orthanc's authentication applies; the read-only
+    user ``operator`` is refused by ``operator-read-only.lua``."""
+
+    def handler(output: Any, uri: str, **request: Any) -> None:
+        if request.get("method") != "POST":
+            output.SendMethodNotAllowed("POST")
+            return
+        headers = {k.lower(): v for k, v in (request.get("headers") or {}).items()}
+        if not headers.get("content-type", "").startswith("application/json"):
+            _answer(output, 400, {"error": "send the control as application/json"})
+            return
+        try:
+            body = json.loads(request.get("body") or b"")
+        except ValueError:
+            _answer(output, 400, {"error": "the body is not JSON"})
+            return
+        who = _username(headers)
+        try:
+            result = database.run(lambda conn: apply(conn, body, who))
+        except PixlConfigError as exc:
+            _answer(output, 400, {"error": str(exc)})
+            return
+        except db.DATABASE_ERRORS as exc:
+            _answer(output, 503, {"error": f"the PIXL database is away ({type(exc).__name__})"})
+            return
+        logger.warning("control from the page: %s %s", body.get("action"), result.get("project"))
+        _answer(output, 200, result)
+
+    orthanc.RegisterRestCallback("/pixl/control", handler)
+
+
+def _answer(output: Any, status: int, body: Mapping[str, Any]) -> None:
+    data = json.dumps(body, default=str)
+    if status == 200:
+        output.AnswerBuffer(data, "application/json")
+    else:
+        # Python plugin 4.0 takes (status, body as str, its length in bytes).
+        output.SendHttpStatus(status, data, len(data.encode()))
 
 
 def publish_metrics(prefix: str, values: Mapping[str, int | float]) -> None:

@@ -21,6 +21,7 @@ import plugin_support
 
 from pixl_core.dicom.screening import ScreeningLimits
 from pixl_core.env import env_number
+from pixl_imaging import operator_view
 from pixl_imaging.fetch_worker import RawWorker, RawWorkerSettings
 from pixl_imaging.vna_fetch import FetchSettings
 
@@ -80,6 +81,14 @@ def on_change(change_type: int, level: int, resource_id: str) -> None:
 
 
 orthanc.RegisterOnChangeCallback(on_change)
+page_database = plugin_support.PageDatabase("raw-page")
 plugin_support.register_status(
-    "orthanc-raw", lambda: {"running": worker is not None, **_counters()}
+    "orthanc-raw",
+    plugin_support.with_database(
+        page_database,
+        lambda: {"running": worker is not None, **_counters()},
+        operator_view.raw_status,
+    ),
 )
+plugin_support.register_control(page_database, operator_view.apply_control)
+plugin_support.register_page()

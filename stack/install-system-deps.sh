@@ -2,9 +2,11 @@
 # Install the Debian 12 packages PIXL's local stack and tests need, only if missing.
 # Safe to run repeatedly; needs root (or sudo) only when something is missing.
 set -euo pipefail
-# tesseract-ocr: reads burned-in text (pixl_core.dicom.pixels); fonts-*: the synthetic burned-in corpus.
+# tesseract-ocr: reads burned-in text (pixl_core.dicom.pixels); fonts-*: the synthetic burned-in corpus;
+# chromium + chromium-driver: the browser test of the operator's page (/pixl/ui/), headless.
 packages=(orthanc orthanc-python postgresql python3.11 python3.11-venv python3-pip vsftpd openssl dcmtk
-  tesseract-ocr tesseract-ocr-eng libtesseract-dev libleptonica-dev fonts-dejavu-core fonts-liberation2)
+  tesseract-ocr tesseract-ocr-eng libtesseract-dev libleptonica-dev fonts-dejavu-core fonts-liberation2
+  chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

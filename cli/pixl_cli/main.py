@@ -6,6 +6,7 @@ import typer
 
 from pixl_cli.allowlist_cmd import allowlist_app
 from pixl_cli.anonymise_cmd import anonymise
+from pixl_cli.control_cmds import hours, pause, resume
 from pixl_cli.export_cmd import export_patient_data
 from pixl_cli.pixels_cmd import pixels_app
 from pixl_cli.reports_cmd import reports_app
@@ -30,6 +31,9 @@ app.add_typer(allowlist_app, name="allowlist")
 app.command("populate")(populate)
 app.command("status")(status)
 app.command("rate")(rate)
+app.command("pause")(pause)
+app.command("resume")(resume)
+app.command("hours")(hours)
 app.command("export-patient-data")(export_patient_data)
 app.command("retry")(retry)
 app.add_typer(reports_app, name="reports")

@@ -20,8 +20,14 @@ def populate(
     extract: Extract,
     staging_dir: Path,
     on_progress: ProgressCallback | None = None,
+    *,
+    priority: int = 0,
+    reprioritise: bool = False,
 ) -> PopulateResult:
-    """Check and stage the public parquet files, then record the extract and its work items."""
+    """Check and stage the public parquet files, then record the extract and its work items
+    (at ``priority``; with ``reprioritise``, the cohort's items still queued take it too)."""
     allowed = load_project(extract.project).allow_omop_columns if extract.public_files else {}
     staging_path = stage_public_files(extract, staging_dir, allowed)
-    return record_extract(conn, extract, staging_path, on_progress)
+    return record_extract(
+        conn, extract, staging_path, on_progress, priority=priority, reprioritise=reprioritise
+    )

@@ -1,28 +1,35 @@
-"""``pixl populate``, ``pixl status`` and ``pixl rate``: the work queue from the operator's side."""
+"""``pixl populate``, ``pixl status``, ``pixl rate`` and ``pixl retry``: the work queue from the
+operator's side. (Pausing and the VNA's hours: ``control_cmds``.)"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
+from rich.text import Text
 
 from pixl_cli.database import connect
 from pixl_cli.extract_reader import read_csv_cohort, read_extract
 from pixl_cli.output import console, err_console, operator_errors
 from pixl_cli.populate import populate as populate_extract
-from pixl_core.config.projects import SLUG_RULE, is_valid_slug, load_project
-from pixl_core.db import work_queue
-from pixl_core.db.states import STUDY_STATES
+from pixl_cli.status_view import render
+from pixl_core import db
+from pixl_core.config.projects import SLUG_RULE, is_valid_slug, list_projects, load_project
+from pixl_core.db import fetch_control, overview, work_queue
 from pixl_core.errors import PixlConfigError
 
 # Bounds of `pixl rate`: far above what a VNA should be asked for, well inside what is stored.
 MAX_STUDIES_PER_SECOND = 100.0
 MAX_IN_FLIGHT = 100
+# Bounds of `pixl populate --priority` (the schema's CHECK).
+MAX_PRIORITY = 1000
 
 
 def _staging_dir() -> Path:
@@ -34,18 +41,35 @@ def populate(
     project: str | None = typer.Option(
         None, "--project", "-p", help="Project slug; required for a CSV cohort."
     ),
+    priority: int | None = typer.Option(
+        None,
+        "--priority",
+        help="Claimed before queued work of lower priority (-1000 to 1000; default: the "
+        "project's `priority:`, else 0). Given, it also applies to the cohort's studies and "
+        "reports still queued.",
+    ),
 ) -> None:
     """Record one imaging and one report work item per study of the cohort (idempotent)."""
     with operator_errors():
         if project is not None and not is_valid_slug(project):
             raise PixlConfigError(f"--project must be a project slug ({SLUG_RULE})")
+        if priority is not None and not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+            raise PixlConfigError(
+                f"--priority must be a whole number from -{MAX_PRIORITY} to {MAX_PRIORITY}"
+            )
         try:
+            exists = source.exists()
             is_file, is_dir = source.is_file(), source.is_dir()
         except OSError as exc:  # e.g. a name too long for the file system: not echoed
             raise PixlConfigError(
                 f"SOURCE cannot be read ({exc.strerror}): give an OMOP ES extract folder or a "
                 ".csv cohort file"
             ) from None
+        if not exists:
+            raise PixlConfigError(
+                f"{source} does not exist: give the path of an OMOP ES extract folder or of a "
+                ".csv cohort file"
+            )
         if is_file and source.suffix.lower() == ".csv":
             if not project:
                 raise PixlConfigError("a CSV cohort needs --project SLUG")
@@ -60,7 +84,7 @@ def populate(
             raise PixlConfigError(
                 f"the extract is for project '{extract.project}', not '{project}'; drop --project"
             )
-        load_project(extract.project)
+        project_priority = load_project(extract.project).priority
         conn = connect()
         with Progress(
             TextColumn("recording work items"),
@@ -74,7 +98,14 @@ def populate(
             def on_progress(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total)
 
-            result = populate_extract(conn, extract, _staging_dir(), on_progress)
+            result = populate_extract(
+                conn,
+                extract,
+                _staging_dir(),
+                on_progress,
+                priority=priority if priority is not None else project_priority,
+                reprioritise=priority is not None,
+            )
     console.print(
         f"{result.project}: {result.added_studies} studies added, "
         f"{result.existing_studies} already recorded; {result.added_reports} reports added; "
@@ -85,25 +116,110 @@ def populate(
 
 
 def status(
+    project_arg: str | None = typer.Argument(
+        None, metavar="[PROJECT]", help="Only this project.", show_default=False
+    ),
     project: str | None = typer.Option(None, "--project", "-p", help="Only this project."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object: project → state → count."),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="One JSON object: project → state → count, and under `_details` the reasons, "
+        "reports, reviews and the fetch hold.",
+    ),
+    watch: bool = typer.Option(False, "--watch", "-w", help="Refresh in place (Ctrl-C stops)."),
+    interval: float = typer.Option(2.0, "--interval", help="Seconds between --watch refreshes."),
 ) -> None:
-    """Count the studies of each project in each state."""
+    """Count each project's studies and reports in each state, and say why work is refused,
+    failed or waiting (reason codes with counts), and whether orthanc-raw is paused or outside
+    its VNA hours."""
     with operator_errors():
+        if project_arg is not None and project is not None and project_arg != project:
+            raise PixlConfigError("give the project once: `pixl status PROJECT`")
+        project = project_arg or project
         if project is not None and not is_valid_slug(project):
-            raise PixlConfigError(f"--project must be a project slug ({SLUG_RULE})")
+            raise PixlConfigError(f"PROJECT must be a project slug ({SLUG_RULE})")
+        if not (0.2 <= interval <= 3600 and math.isfinite(interval)):
+            raise PixlConfigError("--interval must be a number of seconds from 0.2 to 3600")
         conn = connect()
-        counts = work_queue.counts_by_state(conn, project)
-    if as_json:
-        typer.echo(json.dumps(counts, sort_keys=True))
+        if project is not None:
+            _check_known(conn, project)
+        if as_json:
+            typer.echo(json.dumps(_status_json(conn, project), sort_keys=True))
+            return
+        if not watch:
+            for line in _status_lines(conn, project):
+                console.print(line, highlight=False, markup=False, soft_wrap=True)
+            return
+        with Live(console=console, auto_refresh=False, transient=False) as live:
+            try:
+                while True:
+                    stamp = time.strftime("%H:%M:%S")
+                    lines = [
+                        f"pixl status at {stamp} (Ctrl-C stops)",
+                        *_status_lines(conn, project),
+                    ]
+                    live.update(Text("\n".join(lines)), refresh=True)
+                    time.sleep(interval)
+            except KeyboardInterrupt:
+                pass
+
+
+def _check_known(conn: db.Connection, project: str) -> None:
+    """A project with a file or with work is known; anything else is a typo, said in one line
+    rather than a row of zeros."""
+    if project in list_projects() or project in overview.projects_with_work(conn):
         return
-    table = Table(title="studies by state")
-    table.add_column("project")
-    for state in STUDY_STATES:
-        table.add_column(state, justify="right")
-    for name, states in sorted(counts.items()):
-        table.add_row(name, *(str(states.get(state, 0)) for state in STUDY_STATES))
-    console.print(table)
+    known = ", ".join(sorted(set(list_projects()) | set(overview.projects_with_work(conn))))
+    raise PixlConfigError(
+        f"unknown project '{project}': no projects/{project}.yaml and no work recorded; "
+        f"use one of: {known or 'none'}"
+    )
+
+
+def _status_lines(conn: db.Connection, project: str | None) -> list[str]:
+    projects = overview.project_overview(conn, project)
+    controls = fetch_control.controls(conn)
+    gate = fetch_control.gate(controls, fetch_control.now_local())
+    rates = work_queue.fetch_rates(conn)
+    return render(projects, rates, controls, gate, width=console.width)
+
+
+def _status_json(conn: db.Connection, project: str | None) -> dict[str, Any]:
+    """The fixed interface (project → state → count) plus ``_details``, a key no project slug
+    can be: per project its reports, reasons, reviews and hold, and the global fetch state."""
+    projects = overview.project_overview(conn, project)
+    controls = fetch_control.controls(conn)
+    now = fetch_control.now_local()
+    rates = work_queue.fetch_rates(conn)
+    result: dict[str, Any] = {name: info["studies"] for name, info in projects.items()}
+    details: dict[str, Any] = {"*": _fetch_json(fetch_control.ALL, rates, controls, now)}
+    for name, info in projects.items():
+        details[name] = {
+            "reports": info["reports"],
+            "reasons": info["reasons"],
+            "review": info["review"],
+            **_fetch_json(name, rates, controls, now),
+        }
+    result["_details"] = details
+    return result
+
+
+def _fetch_json(
+    scope: str,
+    rates: dict[str, work_queue.FetchRate],
+    controls: dict[str, fetch_control.Control],
+    now: Any,
+) -> dict[str, Any]:
+    rate = rates.get(scope)
+    control = controls.get(scope, fetch_control.Control(scope))
+    return {
+        "rate": (
+            {"studies_per_second": rate.studies_per_second, "max_in_flight": rate.max_in_flight}
+            if rate
+            else None
+        ),
+        "fetch": control.as_json(now),
+    }
 
 
 def rate(
@@ -125,9 +241,17 @@ def rate(
 
     The rate is a number of studies per second above 0 and at most 100 (``nan`` and ``inf``
     are refused: stored, either would switch the limit off); ``--in-flight`` a whole number
-    from 1 to 100.
+    from 1 to 100. ``pixl rate 0`` pauses (as ``pixl pause``): the stored rate is kept for
+    ``pixl resume``.
     """
     with operator_errors():
+        if studies_per_second == 0 and in_flight is None:
+            if project != "*":
+                load_project(project)
+            from pixl_cli.control_cmds import pause_now
+
+            pause_now(project)
+            return
         _check_rate(studies_per_second, in_flight)
         if project != "*":
             load_project(project)
@@ -153,7 +277,8 @@ def _check_rate(studies_per_second: float | None, in_flight: int | None) -> None
     ):
         raise PixlConfigError(
             f"the rate must be a number of studies per second above 0 and at most "
-            f"{MAX_STUDIES_PER_SECOND:g}, e.g. `pixl rate 0.5`"
+            f"{MAX_STUDIES_PER_SECOND:g}, e.g. `pixl rate 0.5` (to stop asking: `pixl pause` "
+            "or `pixl rate 0`)"
         )
     if in_flight is not None and not 1 <= in_flight <= MAX_IN_FLIGHT:
         raise PixlConfigError(f"--in-flight must be a whole number from 1 to {MAX_IN_FLIGHT}")

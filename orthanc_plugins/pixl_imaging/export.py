@@ -64,7 +64,7 @@ COUNTERS = (
     "already_uploaded",
     "refused",
     "requeued",
-    "export_retries",
+    "retries",
     "destinations_down",
 )
 # FTPS steps whose transient failure means the destination is away (pause it), not that it
@@ -168,6 +168,11 @@ class AnonExporter:
             self.export(item)
 
     # --- destinations that are down ------------------------------------------------------------
+
+    def destinations_down(self) -> list[str]:
+        """The projects whose destination is paused now (for ``/pixl/status`` and the page).
+        Not under the probe lock: a probe holds it for as long as a connection takes."""
+        return sorted(list(self._down))
 
     def _destination_down(self, project: str) -> None:
         with self._probe_lock:
@@ -337,7 +342,7 @@ class AnonExporter:
             self.settings.backoff_base_seconds,
             max_backoff_seconds=self.settings.max_backoff_seconds,
         )
-        self.counters.add("export_retries")
+        self.counters.add("retries")
         logger.warning(
             "export of study item %s failed (%s); retry in %.0fs", item.id, code, delay or 0
         )

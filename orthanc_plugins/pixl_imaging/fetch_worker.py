@@ -18,6 +18,12 @@ Every C-MOVE is audited before it is sent and after (``vna_fetch.MoveAudit``, fa
 write that meets a Postgres restart is retried on a fresh connection for up to
 ``db_retry_seconds``, so an outcome the worker reached is not lost to the restart.
 
+The operator's hold: ``pixl pause`` / ``pixl resume`` (or the page ``/pixl/ui/``) and the VNA's
+hours are rows of ``fetch_control`` (``pixl_core.db.fetch_control``), read on every round like
+the rates. While all asking is held back, nothing is claimed; a project held back on its own
+is left out of the claim. Either way its queued studies stay queued, losing no try (counters
+``paused`` and ``outside_hours`` say which, 1 or 0, for ``/pixl/status``).
+
 The loop is ``pixl_core.db.polling.run_loop``, shared with the exporter and the report worker;
 what is the fetch worker's own is ``_ready``: one claim per due rate slot, while fewer than the
 in-flight limit are being fetched. A failure is recorded as the error's ``code`` (a broken
@@ -51,7 +57,7 @@ import urllib3
 
 from pixl_core import db
 from pixl_core.config.projects import load_project
-from pixl_core.db import study_records, work_queue
+from pixl_core.db import fetch_control, study_records, work_queue
 from pixl_core.db.leases import DEFAULT_LEASE_SECONDS, Heartbeat
 from pixl_core.db.polling import Counters, run_loop
 from pixl_core.db.work_queue import FetchRate, WorkItem
@@ -112,6 +118,8 @@ COUNTERS = (
     "in_flight",
     "vna_unreachable",
     "vna_reachable",
+    "paused",
+    "outside_hours",
 )
 
 
@@ -139,6 +147,7 @@ class RawWorker:
         self._rate = DEFAULT_RATE
         self._project_rates: dict[str, FetchRate] = {}
         self._project_next_start: dict[str, float] = {}
+        self._held_projects: list[str] = []  # paused or outside their hours (fetch_control)
         self._futures: dict[Future[None], str] = {}  # what is in flight → its project
         self._pool: ThreadPoolExecutor | None = None
         self._vna_paused = False
@@ -178,6 +187,8 @@ class RawWorker:
         rates = work_queue.fetch_rates(self._conn())
         self._rate = rates.pop("*", DEFAULT_RATE)
         self._project_rates = rates
+        if not self._gate_open(stop):
+            return False
         limit = min(self._rate.max_in_flight, MAX_IN_FLIGHT_CAP)
         if len(self._futures) >= limit:
             wait(self._futures, timeout=self.settings.poll_seconds, return_when=FIRST_COMPLETED)
@@ -185,6 +196,19 @@ class RawWorker:
         delay = self._next_start - time.monotonic()
         if delay > 0:
             stop.wait(delay)
+            return False
+        return True
+
+    def _gate_open(self, stop: threading.Event) -> bool:
+        """Whether anything may be claimed now (``fetch_control``); remember the projects held
+        back on their own. While everything is held, wait a poll interval."""
+        gate = fetch_control.current_gate(self._conn())
+        hold = gate.everything
+        self.counters.set("paused", int(hold is not None and hold.reason == "paused"))
+        self.counters.set("outside_hours", int(hold is not None and hold.reason != "paused"))
+        self._held_projects = sorted(gate.projects)
+        if hold is not None:
+            stop.wait(max(self.settings.poll_seconds, 1.0))
             return False
         return True
 
@@ -202,13 +226,14 @@ class RawWorker:
             self._futures[self._pool.submit(self.process, item)] = item.project
 
     def _projects_at_their_limit(self) -> list[str]:
-        """Projects with a rate of their own whose next slot has not come, or with as many
-        studies in flight as they may have."""
+        """Projects held back by the operator (paused, outside their hours), with a rate of
+        their own whose next slot has not come, or with as many studies in flight as they may
+        have."""
         now = time.monotonic()
         in_flight: dict[str, int] = {}
         for project in self._futures.values():
             in_flight[project] = in_flight.get(project, 0) + 1
-        return [
+        return self._held_projects + [
             project
             for project, rate in self._project_rates.items()
             if self._project_next_start.get(project, 0.0) > now

@@ -61,6 +61,7 @@ PROJECT_KEYS = frozenset(
         "pixel_text_justification",
         "pixel_text_benign",
         "descriptors",
+        "priority",
     }
 )
 DESCRIPTOR_KEYS = frozenset({"check", "replacement", "justification"})
@@ -157,6 +158,9 @@ class Project:
     pixel_text_justification: str | None = None
     benign_markers: BenignMarkers | None = field(default=None, compare=False)
     descriptors: DescriptorPolicy = field(default_factory=DescriptorPolicy)
+    # Queued work of this project is claimed before work of lower priority (pixl populate
+    # --priority overrides it per cohort).
+    priority: int = 0
     _cache: dict[tuple[str, str], AllowList] = field(default_factory=dict, compare=False)
 
     @property
@@ -246,6 +250,9 @@ def load_project_file(path: Path) -> Project:
     max_days = raw.get("date_shift_max_days", 365)
     if not isinstance(max_days, int) or not 1 <= max_days <= 3650:
         raise InvalidProjectError(f"{name}: 'date_shift_max_days:' must be a whole number 1-3650")
+    priority = raw.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 1000:
+        raise InvalidProjectError(f"{name}: 'priority:' must be a whole number from -1000 to 1000")
     return Project(
         slug=path.stem,
         name=str(raw.get("name", path.stem)),
@@ -264,6 +271,7 @@ def load_project_file(path: Path) -> Project:
         pixel_text_justification=justification,
         benign_markers=benign,
         descriptors=descriptors,
+        priority=priority,
     )
 
 

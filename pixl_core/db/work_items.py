@@ -69,8 +69,15 @@ def record_extract(
     extract: ExtractRecord,
     staging_path: Path | None,
     on_progress: ProgressCallback | None = None,
+    *,
+    priority: int = 0,
+    reprioritise: bool = False,
 ) -> PopulateResult:
     """Record the extract and its imaging and report work items; stage its public files.
+
+    New items get ``priority`` (claimed before queued items of lower priority). With
+    ``reprioritise``, the cohort's items already recorded and still ``queued`` take it too, so
+    ``pixl populate EXTRACT --priority 10`` run again moves a waiting cohort ahead.
 
     Everything in the database happens in one transaction: a failure leaves nothing behind.
     Work items that already exist for the project (from this or an earlier extract) are left
@@ -120,32 +127,42 @@ def record_extract(
         cur.execute(
             """
             INSERT INTO study (project, extract_id, procedure_occurrence_id, mrn,
-                               accession_number, study_datetime)
+                               accession_number, study_datetime, priority)
             SELECT DISTINCT ON (mrn, accession_number)
                    %(project)s, %(extract_id)s, procedure_occurrence_id, mrn, accession_number,
-                   study_datetime
+                   study_datetime, %(priority)s
             FROM pixl_incoming
             ORDER BY mrn, accession_number, procedure_occurrence_id NULLS LAST, study_datetime
             ON CONFLICT (project, mrn, accession_number) DO NOTHING
             """,
-            {"project": extract.project, "extract_id": extract_id},
+            {"project": extract.project, "extract_id": extract_id, "priority": priority},
         )
         added_studies = cur.rowcount
         cur.execute(
             """
             INSERT INTO report (project, extract_id, study_id, procedure_occurrence_id, mrn,
-                                accession_number, study_datetime)
+                                accession_number, study_datetime, priority)
             SELECT s.project, %(extract_id)s, s.id, s.procedure_occurrence_id, s.mrn,
-                   s.accession_number, s.study_datetime
+                   s.accession_number, s.study_datetime, %(priority)s
             FROM study s
             JOIN (SELECT DISTINCT mrn, accession_number FROM pixl_incoming) i
               ON s.mrn = i.mrn AND s.accession_number = i.accession_number
             WHERE s.project = %(project)s
             ON CONFLICT (project, mrn, accession_number) DO NOTHING
             """,
-            {"project": extract.project, "extract_id": extract_id},
+            {"project": extract.project, "extract_id": extract_id, "priority": priority},
         )
         added_reports = cur.rowcount
+        if reprioritise:
+            for table in ("study", "report"):
+                cur.execute(
+                    f"UPDATE {table} t SET priority = %(priority)s "
+                    "FROM (SELECT DISTINCT mrn, accession_number FROM pixl_incoming) i "
+                    "WHERE t.project = %(project)s AND t.state = 'queued' "
+                    "AND t.mrn = i.mrn AND t.accession_number = i.accession_number "
+                    "AND t.priority <> %(priority)s",
+                    {"project": extract.project, "priority": priority},
+                )
     return PopulateResult(
         extract_id=extract_id,
         project=extract.project,

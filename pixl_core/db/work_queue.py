@@ -269,7 +269,8 @@ def claim(
     held: Collection[int] = (),
     exclude_projects: Collection[str] = (),
 ) -> list[WorkItem]:
-    """Claim up to ``limit`` items for ``worker_id``, oldest due first, and move them to the
+    """Claim up to ``limit`` items for ``worker_id``, highest ``priority`` first and then oldest
+    due, and move them to the
     claimed state with a lease of ``lease_seconds``.
 
     Claimable: ``queued`` items whose ``next_attempt_at`` has come, and in-progress items whose
@@ -320,7 +321,8 @@ def claim(
                 "AND NOT (project = ANY(%(excluded)s)) "
                 "AND (%(project)s::text IS NULL OR project = %(project)s)"
             ),
-            order=sql.SQL("next_attempt_at, id"),
+            # Higher priority first (pixl populate --priority), then the oldest due.
+            order=sql.SQL("priority DESC, next_attempt_at, id"),
             changes=sql.SQL("state = %(claimed_state)s, attempts = w.attempts + 1,"),
             params={
                 "in_progress": in_progress,

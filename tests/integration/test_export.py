@@ -205,7 +205,7 @@ def test_dsh_down_backs_off_and_keeps_state(pipeline, conn, cohort):
     pipeline.dsh.down = False
     assert pipeline.export_next() == "exported"
     assert study_row(conn, study_id)["last_error_code"] is None
-    assert pipeline.exporter.counters["export_retries"] == 3
+    assert pipeline.exporter.counters["retries"] == 3
 
 
 def test_an_unreachable_destination_pauses_its_project_and_resumes_at_once(pipeline, conn, cohort):
