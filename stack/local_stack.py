@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime
 import os
 import pwd
+import re
 import shutil
 import socket
 import string
@@ -464,10 +465,19 @@ def up(settings: StackSettings, timeout: float = 90.0) -> None:
 
 
 def down(settings: StackSettings) -> None:
-    """Stop exactly the processes this stack's supervisord started."""
+    """Stop exactly the processes this stack's supervisord started: the workers first, then
+    the stand-ins, Postgres last, so no worker logs a lost database while shutting down
+    (supervisord alone would stop them in reverse name order, Postgres among the first)."""
     if not is_up(settings):
         return
     pid = int((settings.run_dir / "supervisord.pid").read_text().strip())
+    conf = (settings.run_dir / "supervisord.conf").read_text()
+    programs = re.findall(r"^\[program:([^\]]+)\]", conf, re.MULTILINE)
+    workers = [name for name in ("orthanc-raw", "orthanc-anon", "ehr") if name in programs]
+    others = [name for name in programs if name not in workers and name != "postgres"]
+    for group in (workers, others):
+        if group:
+            supervisorctl(settings, "stop", *group)
     supervisorctl(settings, "shutdown")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

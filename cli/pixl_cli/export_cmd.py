@@ -85,6 +85,14 @@ def request_export(project: str, extract_id: int | None = None) -> dict[str, Any
         )
     if response.status_code == 404:
         raise PixlConfigError(_detail(response))
+    if response.status_code == 503:
+        # The service could not reach the project's DSH server (it answers with the FTPS
+        # step that failed: host:port and the reason, never data).
+        raise PixlError(
+            f"the DSH did not take the export ({_detail(response)}): check that the server "
+            f"named under destination: in projects/{project}.yaml is up and reachable from "
+            "the EHR service, then run the command again (nothing is sent twice)"
+        )
     if response.status_code != 200:
         raise PixlError(_detail(response))
     try:

@@ -316,10 +316,21 @@ def show(report_id: int = typer.Argument(..., metavar="ID", help="Report id.")) 
         conn = connect()
         try:
             report = review.load(conn, report_id)
+            state = work_queue.state_of(conn, "report", report_id) if report is None else None
         finally:
             conn.close()
     if report is None:
-        err_console.print(f"[red]error:[/red] report {report_id} has no checked text yet")
+        if state is None:
+            message = (
+                f"no report {report_id}: `pixl reports flagged PROJECT` lists the ids of the "
+                "reports to review"
+            )
+        else:
+            message = (
+                f"report {report_id} has no checked text yet (it is {state}): see "
+                "`pixl status` for why"
+            )
+        err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_DATA_ERROR)
     rendered = Text(report.text)
     for finding in report.findings:

@@ -23,42 +23,66 @@ def _items(counts: Mapping[str, int], *, zeros: bool = True) -> list[str]:
     return [f"{name} {count}" for name, count in counts.items() if zeros or count]
 
 
+def _pack(first: str, items: list[str], sep: str, width: int, indent: int) -> list[str]:
+    """``first`` then the items joined by ``sep``, a line broken only between items (so a
+    command such as `pixl resume P` is never cut), an item longer than a line wrapped alone
+    (a command excepted: it may only be moved to a line of its own)."""
+    lines: list[str] = []
+    line = first
+    for n, item in enumerate(items):
+        piece = item + (sep.rstrip() if n < len(items) - 1 else "")
+        gap = "" if line == first else " "
+        if len(line) + len(gap) + len(piece) > width and line.strip():
+            lines.append(line.rstrip())
+            line = " " * indent
+            gap = ""
+        if "`" in piece and len(line) + len(gap) + len(piece) > width:
+            # A command is never broken (pasted, a broken one runs as two): on a line of its
+            # own, indented less if that makes it fit, over the width only if nothing can.
+            if line.strip():
+                lines.append(line)
+            line = " " * (indent if indent + len(piece) <= width else 2) + piece
+            continue
+        if len(line) + len(gap) + len(piece) > width and len(piece) > width - indent:
+            wrapped = textwrap.wrap(
+                piece,
+                width=width,
+                initial_indent=line + gap,
+                subsequent_indent=" " * indent,
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+            lines += wrapped[:-1]
+            line = wrapped[-1]
+        else:
+            line += gap + piece
+    lines.append(line)
+    return lines
+
+
 def _wrapped(label: str, items: list[str], width: int) -> list[str]:
-    """``label`` then the items joined by commas, wrapped at ``width`` under the first item."""
-    text = ", ".join(items) if items else "-"
+    """``label`` then the items, comma-separated, wrapped at ``width`` under the first item."""
     first = f"  {label}".ljust(LABEL_WIDTH) + " "
-    return textwrap.wrap(
-        text,
-        width=max(width, len(first) + 20),
-        initial_indent=first,
-        subsequent_indent=" " * len(first),
-        break_long_words=False,
-        break_on_hyphens=False,
-    )
+    return _pack(first, items or ["-"], ", ", max(width, len(first) + 20), len(first))
 
 
 def _fetch_line(
     scope: str, rate: FetchRate | None, control: Control | None, gate_hold: Any, width: int
 ) -> list[str]:
-    parts = []
+    parts: list[str] = []
     if gate_hold is not None:
-        parts.append(gate_hold.describe())
+        parts += gate_hold.describe().split(", ")
     else:
         parts.append("asking the VNA")
     if rate is not None:
-        parts.append(f"{rate.studies_per_second:g} studies/s, {rate.max_in_flight} in flight")
+        parts.append(f"{rate.studies_per_second:g} studies/s")
+        parts.append(f"{rate.max_in_flight} in flight")
     if control is not None and control.hours is not None:
         parts.append(f"VNA hours {control.hours.describe()}")
     elif scope == ALL:
         parts.append("VNA hours: any time")
     name = "all projects" if scope == ALL else scope
-    return textwrap.wrap(
-        f"{name}: " + "; ".join(parts),
-        width=width,
-        subsequent_indent="  ",
-        break_long_words=False,
-        break_on_hyphens=False,
-    )
+    return _pack(f"{name}: ", parts, ", ", width, 2)
 
 
 def render(
@@ -99,7 +123,11 @@ def render(
             decided = _items(review)
             lines += _wrapped(
                 "review",
-                [f"{flagged} flagged awaiting review (`pixl reports flagged {project}`)", *decided],
+                [
+                    f"{flagged} flagged awaiting review",
+                    f"see `pixl reports flagged {project}`",
+                    *decided,
+                ],
                 width,
             )
     return lines

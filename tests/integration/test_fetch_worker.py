@@ -6,10 +6,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 
-from pixl_core.db import work_queue
+from pixl_core.db import fetch_control, work_queue
 from pixl_core.dicom.handoff import Handoff, read_bytes
 from pixl_imaging.fetch_worker import RawWorker, RawWorkerSettings
 from stack.synthetic.cohort import (
@@ -325,3 +326,67 @@ def test_a_project_rate_holds_that_project_to_it(imaging, conn, cohort):
         thread.join(timeout=10)
     assert abs(claimed_at[slow[1]] - claimed_at[slow[0]]) >= 1.5
     assert max(claimed_at[i] for i in fast) - min(claimed_at[i] for i in fast) < 1.0
+
+
+def _run_worker(imaging: Imaging, seconds: float) -> None:
+    stop = threading.Event()
+    thread = threading.Thread(target=imaging.worker.run, args=(stop,), daemon=True)
+    thread.start()
+    time.sleep(seconds)
+    stop.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_a_pause_of_all_asking_claims_nothing_and_the_queue_stays_queued(imaging, conn, cohort):
+    """`pixl pause`: the worker claims nothing, asks the VNA nothing, and the studies stay
+    queued with no try used; `pixl resume` lets them through."""
+    work_queue.set_fetch_rate(conn, "*", 100.0, 4)
+    ids = [queue(conn, cohort.by_role(role)) for role in (NORMAL, SHARED)]
+    fetch_control.set_paused(conn, "*", True, "alice")
+    _run_worker(imaging, 1.5)
+    assert _states(conn) == ["queued", "queued"]
+    assert [study_row(conn, i)["attempts"] for i in ids] == [0, 0]
+    assert vna_moves(conn) == [] and imaging.raw.moves == []
+    assert imaging.worker.counters["paused"] == 1
+    fetch_control.set_paused(conn, "*", False, "alice")
+    _run_worker(imaging, 3)
+    assert _states(conn) == ["anonymising", "anonymising"]
+    assert imaging.worker.counters["paused"] == 0
+
+
+def test_a_paused_project_is_held_while_the_others_are_fetched(imaging, conn, cohort):
+    work_queue.set_fetch_rate(conn, "*", 100.0, 4)
+    held = add_study(conn, "other-project", cohort.by_role(NORMAL).mrn, "OTHERACC")
+    fetched = queue(conn, cohort.by_role(SHARED))
+    fetch_control.set_paused(conn, "other-project", True, "alice")
+    _run_worker(imaging, 2)
+    assert study_row(conn, held)["state"] == "queued"
+    assert study_row(conn, held)["attempts"] == 0
+    assert study_row(conn, fetched)["state"] == "anonymising"
+
+
+def test_outside_the_vna_hours_nothing_is_claimed(imaging, conn, cohort, monkeypatch):
+    work_queue.set_fetch_rate(conn, "*", 100.0, 4)
+    queue(conn, cohort.by_role(NORMAL))
+    now = fetch_control.now_local()
+    # A one-minute window that opened two hours ago: closed now, whatever the time.
+    start = (now - timedelta(hours=2)).strftime("%H:%M")
+    end = (now - timedelta(hours=2) + timedelta(minutes=1)).strftime("%H:%M")
+    fetch_control.set_hours(conn, "*", fetch_control.HoursWindow.parse(f"{start}-{end}"))
+    _run_worker(imaging, 1.5)
+    assert _states(conn) == ["queued"]
+    assert imaging.worker.counters["outside_hours"] == 1
+    fetch_control.set_hours(conn, "*", None)
+    _run_worker(imaging, 2)
+    assert _states(conn) == ["anonymising"]
+
+
+def test_higher_priority_is_claimed_first(conn, cohort):
+    low = queue(conn, cohort.by_role(NORMAL))
+    high = queue(conn, cohort.by_role(SHARED))
+    with conn, conn.cursor() as cur:
+        cur.execute("UPDATE study SET priority = 5 WHERE id = %s", (high,))
+    (first,) = work_queue.claim(conn, "study", "raw:test", 1, 60)
+    (second,) = work_queue.claim(conn, "study", "raw:test", 1, 60)
+    assert (first.id, second.id) == (high, low)
