@@ -181,9 +181,21 @@ def explore(settings: StackSettings) -> None:
     )
     console.print(f"  DSH folder     {settings.dsh_dir}")
     console.print(f"  logs           {settings.logs_dir}")
+    console.print(f"  CLI            set -a; . {_shown(settings.cli_env_file)}; set +a")
+    console.print("                 .venv/bin/pixl status")
     console.print(
-        f"  CLI            set -a; . {settings.cli_env_file}; set +a; .venv/bin/pixl status"
+        f"  operator page  {settings.url('raw')}/pixl/ui/ and {settings.url('anon')}/pixl/ui/ "
+        "(or the PIXL button in Orthanc Explorer)"
     )
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working folder when it is under it (``.demo/env``): short
+    enough that the printed set-up line never wraps."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def main(argv: list[str] | None = None) -> int:

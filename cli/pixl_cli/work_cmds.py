@@ -135,9 +135,10 @@ def status(
     with operator_errors():
         if project_arg is not None and project is not None and project_arg != project:
             raise PixlConfigError("give the project once: `pixl status PROJECT`")
+        given = "PROJECT" if project_arg is not None else "--project"
         project = project_arg or project
         if project is not None and not is_valid_slug(project):
-            raise PixlConfigError(f"PROJECT must be a project slug ({SLUG_RULE})")
+            raise PixlConfigError(f"{given} must be a project slug ({SLUG_RULE})")
         if not (0.2 <= interval <= 3600 and math.isfinite(interval)):
             raise PixlConfigError("--interval must be a number of seconds from 0.2 to 3600")
         conn = connect()

@@ -26,7 +26,9 @@ LONG = "a" * 100_000
         (["rate", "nan"], "the rate must be a number of studies per second above 0"),
         (["rate", "inf"], "the rate must be a number of studies per second above 0"),
         (["rate", "--", "-1"], "the rate must be a number of studies per second above 0"),
-        (["rate", "0"], "the rate must be a number of studies per second above 0"),
+        # `pixl rate 0` pauses (tests/integration/test_operator_cli.py); with --in-flight it
+        # is refused, never a silent no-op.
+        (["rate", "0", "--in-flight", "2"], "to stop asking: `pixl pause` or `pixl rate 0`"),
         (["rate", "1000"], "and at most 100"),
         (["rate", "1", "--in-flight", "0"], "--in-flight must be a whole number from 1 to 100"),
         (["rate", "--in-flight", "99999999999"], "--in-flight must be a whole number from 1"),
