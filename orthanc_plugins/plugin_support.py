@@ -87,9 +87,23 @@ class PageDatabase:
 
     def __init__(self, name: str) -> None:
         self._connections = db.ThreadConnections(os.environ["PIXL_DB_URL"], name)
+        self._migrated = False
 
     def run(self, action: Callable[[db.Connection], Any]) -> Any:
         return self._connections.run(action, 3.0)
+
+    def migrated(self) -> bool:
+        """Whether the schema has what the page reads (checked until it has: no query on a
+        table that is not there yet, so Postgres logs no error while the stack starts)."""
+        if not self._migrated:
+            self._migrated = self.run(_has_fetch_control)
+        return self._migrated
+
+
+def _has_fetch_control(conn: db.Connection) -> bool:
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('fetch_control') IS NOT NULL")
+        return bool(cur.fetchone()[0])
 
 
 def with_database(
@@ -102,6 +116,8 @@ def with_database(
     def status() -> Mapping[str, Any]:
         values = counters()
         try:
+            if not database.migrated():  # Orthanc answers before its worker has migrated
+                return {**values, "database": "not migrated yet"}
             return database.run(lambda conn: figures(conn, values))
         except (*db.DATABASE_ERRORS, psycopg2.Error) as exc:  # away, or not yet migrated
             logger.warning("/pixl/status: database away (%s)", type(exc).__name__)

@@ -206,3 +206,20 @@ def test_export_while_the_dsh_is_down_says_what_to_check(monkeypatch):
     assert len(lines) == 1
     assert "connect failed" in lines[0]
     assert "projects/chest-xray.yaml" in lines[0] and "run the command again" in lines[0]
+
+
+def test_status_watch_redraws_until_interrupted(work, monkeypatch):
+    import pixl_cli.work_cmds as work_cmds
+
+    rounds = []
+
+    def sleep(seconds: float) -> None:
+        rounds.append(seconds)
+        if len(rounds) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(work_cmds.time, "sleep", sleep)
+    result = pixl("status", "--watch", "--interval", "0.5")
+    assert result.exit_code == 0, result.output
+    assert rounds == [0.5, 0.5]
+    assert "pixl status at" in result.output and "vna_unreachable 4" in result.output

@@ -58,7 +58,7 @@ def test_the_operator_user_can_look_but_not_change(stack: Stack):
     operator = ("operator", _password(stack, "PIXL_ORTHANC_OPERATOR_PASSWORD"))
     for name in ("raw", "anon"):
         base = stack.settings.url(name)
-        for path in ("/pixl/status", "/system", "/studies", "/app/explorer.html"):
+        for path in ("/pixl/status", "/pixl/ui/", "/system", "/studies", "/app/explorer.html"):
             assert requests.get(base + path, auth=operator, timeout=10).status_code == 200, path
         find = requests.post(
             base + "/tools/find", json={"Level": "Study", "Query": {}}, auth=operator, timeout=10
@@ -71,6 +71,8 @@ def test_the_operator_user_can_look_but_not_change(stack: Stack):
             ("PUT", "/modalities/evil"): b'{"AET": "EVIL", "Host": "10.0.0.1", "Port": 104}',
             ("DELETE", "/studies/0"): b"",
             ("POST", "/modalities/vna/query"): b'{"Level": "Study", "Query": {}}',
+            # the operator's page shows the controls; pressing them needs a user with rights
+            ("POST", "/pixl/control"): b'{"action": "pause", "project": "*"}',
         }
         for (method, path), body in refused.items():
             response = requests.request(method, base + path, data=body, auth=operator, timeout=10)
