@@ -76,7 +76,7 @@ def resume(
         conn = connect()
         was = fetch_control.is_paused(conn, scope)
         fetch_control.set_paused(conn, scope, False, _who())
-        still = fetch_control.current_gate(conn).hold_for(scope if scope != ALL else "")
+        still = fetch_control.current_gate(conn).hold_for(scope)
     if not was:
         message = f"{_name(scope)}: was not paused; nothing changed"
     else:
@@ -111,7 +111,7 @@ def hours(
             else:
                 fetch_control.set_hours(conn, scope, HoursWindow.parse(window, weekends))
         control = fetch_control.controls(conn).get(scope)
-        hold = fetch_control.current_gate(conn).hold_for(scope if scope != ALL else "")
+        hold = fetch_control.current_gate(conn).hold_for(scope)
     if control is None or control.hours is None:
         message = f"{_name(scope)}: VNA hours: any time"
     else:

@@ -146,8 +146,9 @@ class Gate:
     everything: Hold | None
     projects: dict[str, Hold]
 
-    def hold_for(self, project: str) -> Hold | None:
-        return self.everything or self.projects.get(project)
+    def hold_for(self, scope: str) -> Hold | None:
+        """What holds ``scope`` back: a project (by ``'*'`` or its own row), or ``'*'``."""
+        return self.everything or (None if scope == ALL else self.projects.get(scope))
 
 
 def now_local() -> datetime:

@@ -78,3 +78,36 @@ def test_wait_with_a_hint_asks_only_when_the_hint_is_set():
     hint.set()
     assert stack.wait_until_settled(["p"], 1, poll_s=0.01, hint=hint) is done
     assert stack.checks == 1
+
+
+def test_down_stops_the_workers_then_the_stand_ins_and_postgres_last(tmp_path, monkeypatch):
+    """`make down`: nothing that writes to Postgres is still running when Postgres stops, so
+    the shutdown logs no lost-database errors (supervisord alone stops in reverse name order,
+    Postgres among the first)."""
+    import os
+
+    from stack import local_stack
+
+    settings = StackSettings.for_tests(tmp_path)
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    (settings.run_dir / "supervisord.pid").write_text(str(os.getpid()))
+    (settings.run_dir / "supervisord.conf").write_text(
+        "".join(
+            f"[program:{name}]\ncommand=x\n"
+            for name in ("postgres", "vna", "orthanc-raw", "orthanc-anon", "dsh", "ehr")
+        )
+    )
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(local_stack, "supervisorctl", lambda s, *args: calls.append(args))
+    monkeypatch.setattr(local_stack, "is_up", lambda s: True)
+    monkeypatch.setattr(local_stack.os, "kill", _gone)
+    local_stack.down(settings)
+    assert calls == [
+        ("stop", "orthanc-raw", "orthanc-anon", "ehr"),
+        ("stop", "vna", "dsh"),
+        ("shutdown",),
+    ]
+
+
+def _gone(pid: int, signal: int) -> None:
+    raise ProcessLookupError
