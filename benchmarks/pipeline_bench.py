@@ -241,6 +241,8 @@ class WhatIf:
     )
     poll_s: float | None = None  # the fetch and export workers' poll (defaults 0.25 and 0.2 s)
     in_flight: int = IN_FLIGHT  # `pixl rate --in-flight` (the floor stays at FLOOR_CONCURRENCY)
+    # The project's `pixel_text: off` (burned-in text not looked for): what the pixel check costs
+    pixel_text_off: bool = False
 
     def label(self) -> str:
         parts = []
@@ -250,6 +252,8 @@ class WhatIf:
             parts.append(f"poll {self.poll_s:g} s")
         if self.in_flight != IN_FLIGHT:
             parts.append(f"in flight {self.in_flight}")
+        if self.pixel_text_off:
+            parts.append("pixel check off")
         return ", ".join(parts)
 
 
@@ -280,6 +284,10 @@ def imaging_stack(root: Path, raw_cache_mb: int, what_if: WhatIf = AS_IS) -> Ite
                 path.write_text(json.dumps(config, indent=2))
             stack.supervisor("restart", "orthanc-raw", "orthanc-anon")
             stack.wait_healthy(120)
+        if what_if.pixel_text_off:
+            _pixel_text_off(settings.projects_dir / "chest-xray.yaml")
+            stack.supervisor("restart", "orthanc-anon")  # projects are read once per process
+            stack.wait_healthy(120)
         yield stack
     finally:
         try:
@@ -288,6 +296,17 @@ def imaging_stack(root: Path, raw_cache_mb: int, what_if: WhatIf = AS_IS) -> Ite
             if settings.logs_dir.exists():
                 shutil.rmtree(LOGS_COPY, ignore_errors=True)
                 shutil.copytree(settings.logs_dir, LOGS_COPY)
+
+
+def _pixel_text_off(path: Path) -> None:
+    """Turn the rendered project's pixel check off (with the justification the loader wants)."""
+    import yaml
+
+    raw = yaml.safe_load(path.read_text())
+    raw["pixel_text"] = "off"
+    raw["pixel_text_justification"] = "benchmark: the pipeline measured without the pixel check"
+    raw["ps315_options"] = [o for o in raw.get("ps315_options", []) if o != "cleanPixelDataOpt"]
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 def _http_ok(url: str, auth: tuple[str, str] | None = None) -> dict[str, Any] | None:
@@ -852,10 +871,15 @@ def main(argv: list[str] | None = None) -> int:
         "(PIXL_FETCH_POLL_SECONDS, PIXL_EXPORT_POLL_SECONDS)",
     )
     what_if.add_argument("--in-flight", type=int, default=IN_FLIGHT, help="pixl rate --in-flight")
+    what_if.add_argument(
+        "--pixel-text-off",
+        action="store_true",
+        help="the project's pixel_text: off (what the burned-in text check costs)",
+    )
     args = parser.parse_args(argv)
     from benchmarks.common import render_table
 
-    knobs = WhatIf(args.http_compression, args.poll, args.in_flight)
+    knobs = WhatIf(args.http_compression, args.poll, args.in_flight, args.pixel_text_off)
     rows = run_guarded(args.studies, args.image_size, args.budget, args.keep, knobs)
     print()
     print(render_table(rows))

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 
 from pixl_core.config.pixel_policy import BenignMarkers
+from pixl_core.dicom.descriptors import identifiers_of as header_identifiers
 from pixl_core.text import checker
 from pixl_core.text.checker import PatientIdentifiers
 
@@ -55,6 +56,9 @@ _CHECKER_KINDS = {
     checker.POSTCODE_PATTERN: "other_text",
     checker.PHONE_PATTERN: "other_text",
     checker.EMAIL: "other_text",
+    checker.ACCESSION_NUMBER: "accession",
+    checker.OTHER_ID: "mrn",
+    checker.INSTITUTION: "institution",
 }
 _PUNCTUATION = ".,:;'\"()[]{}|_`~!*"
 _MONTH = r"(?:JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC)[A-Z]*"
@@ -82,42 +86,18 @@ class InstanceIdentifiers:
 
 
 def identifiers_of(ds: Dataset) -> InstanceIdentifiers:
-    """Collect what the header says about the patient; values the checker cannot use are left
-    out (a malformed birth date must not stop the pixel check)."""
-    name = str(ds.get("PatientName", "") or "")
-    family, _, rest = name.partition("^")
-    given = rest.split("^")[0]
+    """Collect what the header says about the patient: the checker's identifiers are the ones
+    the descriptor check uses (one reading of a header for both), plus the squeezed forms OCR
+    text is also compared with."""
     other_ids = [str(ds.get("PatientID", "") or "").strip()]
-    nhs = None
     for item in ds.get("OtherPatientIDsSequence", None) or []:
-        value = str(item.get("PatientID", "") or "").strip()
-        other_ids.append(value)
-        digits = re.sub(r"\D", "", value)
-        if len(digits) == 10 and checker.nhs_number_is_valid(digits):
-            nhs = digits
+        other_ids.append(str(item.get("PatientID", "") or "").strip())
     for value in ds.get("OtherPatientIDs", None) or []:
         other_ids.append(str(value).strip())
-    birth = str(ds.get("PatientBirthDate", "") or "").strip()
-    dob = f"{birth[:4]}-{birth[4:6]}-{birth[6:8]}" if re.fullmatch(r"\d{8}", birth) else None
-    patient = PatientIdentifiers(
-        name=" ".join(p for p in (given, family) if p) or None,
-        given_name=given or None,
-        family_name=family or None,
-        mrn=other_ids[0] or None,
-        nhs_number=nhs,
-        date_of_birth=dob,
-    )
-    try:
-        checker.validate_identifiers(patient)
-    except ValueError:
-        patient = PatientIdentifiers(
-            name=patient.name, given_name=given or None, family_name=family or None,
-            mrn=patient.mrn,
-        )  # fmt: skip
     institution = str(ds.get("InstitutionName", "") or "").upper()
     words = tuple(w for w in re.findall(r"[A-Z]{4,}", institution) if w not in _GENERIC_INSTITUTION)
     return InstanceIdentifiers(
-        patient=patient,
+        patient=header_identifiers(ds),
         accession=_alnum(str(ds.get("AccessionNumber", "") or "")),
         other_ids=tuple(_alnum(i) for i in other_ids if len(_alnum(i)) >= 4),
         institution_words=words,

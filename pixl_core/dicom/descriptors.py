@@ -36,7 +36,12 @@ from pydicom.multival import MultiValue
 
 from pixl_core.config.allowlist import Action, AllowList, AttributeKey, canonical_group
 from pixl_core.config.projects import DescriptorPolicy
-from pixl_core.text.checker import PatientIdentifiers, check_report, validate_identifiers
+from pixl_core.text.checker import (
+    PatientIdentifiers,
+    check_report,
+    nhs_number_is_valid,
+    validate_identifiers,
+)
 
 FREE_TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC"})
 # Between two values in the one text the checker reads: a blank line, which no name or number
@@ -167,9 +172,19 @@ def identifiers_of(ds: Dataset) -> PatientIdentifiers:
         except ValueError:
             birth = None
     phones = text("PatientTelephoneNumbers")
+    # An other ID that is an NHS number (it passes modulus 11) is looked for as one.
+    nhs = next(
+        (
+            digits
+            for digits in ("".join(c for c in o if c.isdigit()) for o in other_ids)
+            if len(digits) == 10 and nhs_number_is_valid(digits)
+        ),
+        None,
+    )
     ids = PatientIdentifiers(
         name=text("PatientName"),
         mrn=text("PatientID"),
+        nhs_number=nhs,
         other_ids="\\".join(o for o in other_ids if o) or None,
         accession_number=text("AccessionNumber"),
         date_of_birth=birth,

@@ -6,10 +6,11 @@ Orthanc saves its jobs (``SaveJobs``, on by default) and, on restart, reloads an
 C-MOVE twice, outside PIXL's rate limit and audit. orthanc-raw now runs with ``SaveJobs: false``.
 
 The stack (tests/faults/conftest.py, shared with the fault drills) runs with the production
-lease (600 s), so nothing of PIXL's asks the VNA again while the test watches the restarted
-orthanc-raw: every C-MOVE the VNA's own log shows in that window is Orthanc's doing. Then the
-lease is let run out, and PIXL's worker takes the study over and asks for what is missing, which
-the VNA's log shows as one more move.
+lease (30 s, renewed every 10 s while the study is worked on), so the dead worker's lease still
+holds for at least 20 s after the kill: nothing of PIXL's asks the VNA again while the test
+watches the restarted orthanc-raw (about 15 s), and every C-MOVE the VNA's own log shows in that
+window is Orthanc's doing. Then the lease is made to run out, and PIXL's worker takes the study
+over and asks for what is missing, which the VNA's log shows as one more move.
 """
 
 from __future__ import annotations

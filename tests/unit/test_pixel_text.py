@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
+from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless
 
 from pixl_core.config.pixel_policy import PixelText
@@ -136,7 +138,8 @@ def test_a_masked_film_is_uncompressed_and_says_what_was_done(
         out = dcmread(BytesIO(anonymised[image.name]))
         assert out.BurnedInAnnotation == "NO", image.name
         assert "113101" in [i.CodeValue for i in out.DeidentificationMethodCodeSequence]
-        assert "OverlayData" not in out and "IconImageSequence" not in out
+        assert "IconImageSequence" not in out
+        assert not any(0x6000 <= element.tag.group <= 0x60FF for element in out)
         if image.category != PHI:
             continue
         assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian, image.name
@@ -225,6 +228,30 @@ def test_bits_above_high_bit_never_leave(chest: Project, hasher: ProjectHasher) 
     ds.PixelData = pixels.tobytes()
     out = dcmread(BytesIO(deidentify_bytes(to_bytes(ds), chest, hasher).data))
     assert int(np.frombuffer(out.PixelData, "<u2").max()) < 4096
+
+
+def test_overlays_and_icon_images_never_leave(chest: Project, hasher: ProjectHasher) -> None:
+    """An overlay plane (60xx) and an icon image can carry text of their own: neither is in the
+    output, whatever the allow-list."""
+    ds = dcmread(BytesIO(build_image(9, CLEAN, rows=256, columns=256, seed=6).data))
+    for group in (0x6000, 0x6002):
+        ds.add_new((group, 0x0010), "US", 256)
+        ds.add_new((group, 0x0011), "US", 256)
+        ds.add_new((group, 0x0040), "CS", "G")
+        ds.add_new((group, 0x0100), "US", 1)
+        ds.add_new((group, 0x3000), "OW", b"\xff" * (256 * 256 // 8))
+    icon = Dataset()
+    icon.Rows = icon.Columns = 8
+    icon.BitsAllocated = icon.BitsStored = 8
+    icon.HighBit = 7
+    icon.SamplesPerPixel = 1
+    icon.PhotometricInterpretation = "MONOCHROME2"
+    icon.PixelRepresentation = 0
+    icon.PixelData = b"\x80" * 64
+    ds.IconImageSequence = Sequence([icon])
+    out = dcmread(BytesIO(deidentify_bytes(to_bytes(ds), chest, hasher).data))
+    assert not any(0x6000 <= element.tag.group <= 0x60FF for element in out)
+    assert "IconImageSequence" not in out
 
 
 def test_preview_draws_the_regions_and_prints_only_counts(tmp_path: Path) -> None:
