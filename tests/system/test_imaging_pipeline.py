@@ -67,14 +67,18 @@ def test_every_expected_study_arrives_deidentified(stack: Stack, cohort: Cohort,
                 assert "PatientName" not in ds or not ds.PatientName
 
 
-def test_a_description_with_the_patients_surname_arrives_empty(stack: Stack, cohort: Cohort):
+def test_a_description_with_the_patients_surname_arrives_empty(
+    stack: Stack, cohort: Cohort, first_run
+):
     """Issue 9 §2 through the real pipeline: orthanc-anon's engine checks kept descriptions
     against each instance's identifiers; examination names of the other studies are kept."""
     study = cohort.by_role(NAME_IN_DESCRIPTION)
     assert study.family_name.upper() in study.study_description
     arrived = zips(stack, MAIN)
-    project_hasher = hasher(stack, MAIN)
-    with zipfile.ZipFile(arrived[project_hasher.uid(study.study_uid)]) as archive:
+    pseudo_uid = hasher(stack, MAIN).uid(study.study_uid)
+    state = study_state(stack, MAIN, study.accession_number)
+    assert pseudo_uid in arrived, f"the study's zip is not in the DSH (study {state})"
+    with zipfile.ZipFile(arrived[pseudo_uid]) as archive:
         for name in archive.namelist():
             data = archive.read(name)
             ds = dcmread(io.BytesIO(data))
@@ -86,7 +90,7 @@ def test_a_description_with_the_patients_surname_arrives_empty(stack: Stack, coh
         for s in cohort.studies_for(MAIN)
         if s.expected_outcome == "exported" and s.role != NAME_IN_DESCRIPTION
     )
-    with zipfile.ZipFile(arrived[project_hasher.uid(other.study_uid)]) as archive:
+    with zipfile.ZipFile(arrived[hasher(stack, MAIN).uid(other.study_uid)]) as archive:
         first = dcmread(io.BytesIO(archive.read(archive.namelist()[0])))
         assert first.StudyDescription == other.study_description
 
