@@ -26,6 +26,7 @@ from collections import Counter
 from pixl_core.db.connection import Connection
 from pixl_core.db.states import STUDY_BUSY
 from pixl_core.db.work_queue import check_error_code
+from pixl_core.dicom.burned_in_text import KINDS as BURNED_IN_TEXT_KINDS
 
 MOVE_LEVELS = ("study", "series", "instance")
 MOVE_OUTCOMES = ("completed", "failed")
@@ -80,18 +81,8 @@ def record_refusal(conn: Connection, study_id: int, instance_key: str, reason: s
         )
 
 
-PIXEL_TEXT_KINDS = (
-    "patient_name",
-    "mrn",
-    "nhs_number",
-    "dob",
-    "accession",
-    "institution",
-    "date",
-    "digits",
-    "other_text",
-    "benign",
-)
+# The kinds burned-in text is counted by, as the pixel check names them.
+PIXEL_TEXT_KINDS = BURNED_IN_TEXT_KINDS
 
 
 def record_pixel_text(
