@@ -35,8 +35,12 @@ DRILL_PROJECTS = (
 )
 
 
+# Where the stack's logs are kept when a drill failed (the stack's own folder is removed).
+KEPT_LOGS = Path(tempfile.gettempdir()) / "pixl-faults-logs"
+
+
 @pytest.fixture(scope="package")
-def stack() -> Iterator[Stack]:
+def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     if shutil.which("Orthanc") is None:
         pytest.fail("Orthanc is not installed: run `make system-deps` (make test does)")
     root = Path(tempfile.mkdtemp(prefix="pixl-faults-"))
@@ -50,4 +54,9 @@ def stack() -> Iterator[Stack]:
         yield stack
     finally:
         stack.down()
+        if request.session.testsfailed and settings.logs_dir.exists():
+            # A drill failed: keep what each process logged (synthetic data only) for the
+            # next look, since a fault that does not reproduce is otherwise lost with the folder.
+            shutil.rmtree(KEPT_LOGS, ignore_errors=True)
+            shutil.copytree(settings.logs_dir, KEPT_LOGS)
         shutil.rmtree(root, ignore_errors=True)
