@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from pixl_core import db
 from pixl_core.errors import PixlConfigError
 
@@ -19,3 +22,13 @@ def connect() -> db.Connection:
             f"cannot reach the PIXL database ({type(exc).__name__}): check PIXL_DB_URL and that "
             "Postgres is running (`make demo` starts one)"
         ) from None
+
+
+@contextmanager
+def connection() -> Iterator[db.Connection]:
+    """``connect()`` for the length of a ``with`` block, closed at its end whatever happens."""
+    conn = connect()
+    try:
+        yield conn
+    finally:
+        conn.close()

@@ -26,7 +26,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from pixl_cli.database import connect
+from pixl_cli.database import connect, connection
 from pixl_cli.output import EXIT_DATA_ERROR, console, err_console, operator_errors
 from pixl_core import db
 from pixl_core.config.projects import load_project
@@ -46,11 +46,8 @@ def flagged(
     """List the project's flagged reports: ids, and the kinds and offsets of the findings."""
     with operator_errors():
         load_project(project)
-        conn = connect()
-        try:
+        with connection() as conn:
             reports = review.list_flagged(conn, project)
-        finally:
-            conn.close()
     if json_output:
         console.print_json(
             json.dumps([{"report_id": rid, "findings": findings} for rid, findings in reports])
@@ -280,11 +277,8 @@ def history(
     """
     with operator_errors():
         load_project(project)
-        conn = connect()
-        try:
+        with connection() as conn:
             decisions = review.history(conn, project)
-        finally:
-            conn.close()
     if json_output:
         console.print_json(json.dumps([d.as_json() for d in decisions]))
         return
@@ -313,12 +307,9 @@ def show(report_id: int = typer.Argument(..., metavar="ID", help="Report id.")) 
     """
     with operator_errors():
         _check_id(report_id)
-        conn = connect()
-        try:
+        with connection() as conn:
             report = review.load(conn, report_id)
             state = work_queue.state_of(conn, "report", report_id) if report is None else None
-        finally:
-            conn.close()
     if report is None:
         if state is None:
             message = (
