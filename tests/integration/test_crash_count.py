@@ -3,17 +3,7 @@
 
 from __future__ import annotations
 
-import pytest
-
 from pixl_core.db import work_queue
-from pixl_core.db.connection import connect
-
-
-@pytest.fixture
-def conn(db_url):
-    connection = connect(db_url)
-    yield connection
-    connection.close()
 
 
 def add_study(conn, mrn: str = "mrn1") -> int:

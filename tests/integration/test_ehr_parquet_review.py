@@ -9,17 +9,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pixl_core.db.connection import connect
 from pixl_core.hashing import ProjectHasher, hash_accession_number
 from pixl_ehr import radiology_parquet, review
 from tests.integration.ehr_fixtures import PROJECT, SECRET, add_extract, row, set_state
-
-
-@pytest.fixture
-def conn(db_url):
-    connection = connect(db_url)
-    yield connection
-    connection.close()
 
 
 @pytest.fixture

@@ -27,13 +27,6 @@ TEXT = (
 
 
 @pytest.fixture
-def conn(db_url):
-    connection = connect(db_url)
-    yield connection
-    connection.close()
-
-
-@pytest.fixture
 def hasher() -> ProjectHasher:
     return ProjectHasher.for_project(PROJECT, SECRET)
 

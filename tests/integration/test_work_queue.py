@@ -15,13 +15,6 @@ from pixl_core.errors import PixlConfigError
 from tests.fixtures.postgres import with_database
 
 
-@pytest.fixture
-def conn(db_url):
-    connection = connect(db_url)
-    yield connection
-    connection.close()
-
-
 def add_studies(conn, count: int, project: str = "chest-xray") -> list[int]:
     with conn, conn.cursor() as cur:
         cur.executemany(
