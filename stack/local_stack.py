@@ -32,11 +32,9 @@ import pwd
 import re
 import shutil
 import socket
-import stat
 import string
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -435,31 +433,12 @@ def check_service_user_access(settings: StackSettings) -> None:
     from stack.settings import _venv_site_packages
 
     for path in (REPO_DIR / "orthanc_plugins" / "raw.py", Path(_venv_site_packages())):
-        if not _readable_by(user, path):
-            _let_through_private_temp_folders(path)
-        if not _readable_by(user, path):
+        check = subprocess.run(["runuser", "-u", user, "--", "test", "-r", str(path)], check=False)
+        if check.returncode != 0:
             raise StackError(
                 f"the {user} user cannot read {path}: make every folder above it readable and "
                 "traversable by others (chmod o+rx), or run the stack as a non-root user"
             )
-
-
-def _readable_by(user: str, path: Path) -> bool:
-    check = subprocess.run(["runuser", "-u", user, "--", "test", "-r", str(path)], check=False)
-    return check.returncode == 0
-
-
-def _let_through_private_temp_folders(path: Path) -> None:
-    """A clone in a private temporary folder (``mktemp -d`` makes it mode 700): let other users
-    traverse (not list) the folders of ours above ``path`` inside the system temp folder, so the
-    service user can reach the plugins. Nothing outside the temp folder is ever changed."""
-    temp = Path(tempfile.gettempdir()).resolve()
-    for folder in path.resolve().parents:
-        if folder == temp or temp not in folder.parents:
-            continue
-        info = folder.stat()
-        if info.st_uid == os.getuid() and not info.st_mode & stat.S_IXOTH:
-            folder.chmod(stat.S_IMODE(info.st_mode) | stat.S_IXOTH)
 
 
 def up(settings: StackSettings, timeout: float = 90.0) -> None:
