@@ -132,7 +132,11 @@ class StackSettings:
         (``data/<name>/``) and log (``logs/<name>.log``) ``name``, DICOM port
         ``ports["<name>_dicom"]`` (a free port unless one is set already: put
         ``<name>_dicom`` in PORT_NAMES for a fixed demo port). It knows orthanc-raw as its
-        C-MOVE destination and as a caller, like the VNA. Call before the stack starts."""
+        C-MOVE destination and as a caller, like the VNA. Call before the stack starts.
+
+        For orthanc-raw to query it and accept what it moves, orthanc-raw's config must list it
+        as a modality: its AE title, 127.0.0.1 and ``${<NAME>_DICOM_PORT}`` (every port of
+        ``ports`` is filled into the Orthanc config templates by that name)."""
         if not _ARCHIVE_NAME.fullmatch(name) or name in _TAKEN_NAMES:
             raise StackSettingsError(
                 f"archive name {name!r}: use lowercase letters, digits and '-', not one of "
