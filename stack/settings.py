@@ -60,7 +60,8 @@ VNA_KINDS = ("orthanc", "dcmqrscp")
 # orthanc-raw's AE title (orthanc-config/raw.json): the C-MOVE destination every archive knows.
 RAW_AET = "PIXLRAW"
 VNA_AET = "VNA"
-_ARCHIVE_NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
+# An archive's name is also its port's name in the Orthanc config templates (${NAME_DICOM_PORT}).
+_ARCHIVE_NAME = re.compile(r"[a-z][a-z0-9]{0,30}")
 _AE_TITLE = re.compile(r"[A-Z0-9_]{1,16}")
 _TAKEN_NAMES = ("postgres", "vna", "orthanc-raw", "orthanc-anon", "dsh", "ehr", "cogstack")
 
@@ -139,7 +140,7 @@ class StackSettings:
         ``ports`` is filled into the Orthanc config templates by that name)."""
         if not _ARCHIVE_NAME.fullmatch(name) or name in _TAKEN_NAMES:
             raise StackSettingsError(
-                f"archive name {name!r}: use lowercase letters, digits and '-', not one of "
+                f"archive name {name!r}: use lowercase letters and digits, not one of "
                 f"{', '.join(_TAKEN_NAMES)}"
             )
         if not _AE_TITLE.fullmatch(aet) or aet in (RAW_AET, VNA_AET):

@@ -122,7 +122,13 @@ def test_add_archive_gives_it_a_port_and_refuses_names_it_cannot_take(tmp_path: 
     assert settings.ports["pacs_dicom"] > 0
     settings.vna_kind = "dcmqrscp"
     assert list(settings.dcmqrscp_archives()) == ["vna", "pacs"]
-    for name, aet in (("vna", "X"), ("orthanc-raw", "X"), ("Pacs", "X"), ("b", "PIXLRAW")):
+    for name, aet in (
+        ("vna", "X"),
+        ("orthanc-raw", "X"),
+        ("Pacs", "X"),
+        ("pacs-2", "X"),
+        ("b", "PIXLRAW"),
+    ):
         with pytest.raises(StackSettingsError):
             settings.add_archive(name, aet)
     with pytest.raises(StackSettingsError, match="capital letters"):
