@@ -249,7 +249,7 @@ def _program(
         f"environment={env_line}",
         "autorestart=true",
         "startsecs=2",
-        "startretries=5",
+        "startretries=10",
         "stopasgroup=true",
         "killasgroup=true",
         "stopwaitsecs=15",
@@ -531,9 +531,20 @@ def wait_healthy(settings: StackSettings, timeout: float = 90.0) -> None:
         if time.monotonic() > deadline:
             names = ", ".join(sorted(pending))
             raise StackError(
-                f"not healthy after {timeout:.0f}s: {names}; see {settings.logs_dir}/<name>.log"
+                f"not healthy after {timeout:.0f}s: {names} ({_supervisor_states(settings)}); "
+                f"see {settings.logs_dir}/<name>.log"
             )
         time.sleep(0.5)
+
+
+def _supervisor_states(settings: StackSettings) -> str:
+    """supervisord's view of every program (RUNNING, BACKOFF, FATAL...), so a part that is
+    not healthy says whether it is down, crash-looping or running but not answering."""
+    try:
+        lines = supervisorctl(settings, "status").stdout.splitlines()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"supervisord not asked: {type(exc).__name__}"
+    return "; ".join(" ".join(line.split()[:2]) for line in lines if line.strip())
 
 
 def _auth(settings: StackSettings, name: str) -> tuple[str, str]:
