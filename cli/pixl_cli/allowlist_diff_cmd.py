@@ -75,17 +75,31 @@ def diff_cmd(
             base_tree = write_out(root, base, Path(folder) / "base")
             head_tree = write_out(root, head, Path(folder) / "head") if head else work_tree(root)
             report = compare_trees(base_tree, head_tree)
-    samples = _samples(report, sample_files) if sample_files is not None else None
+    samples: list[Sample | None] | None = None
+    sample_note = ""
+    if sample_files is not None:
+        sample_set = SampleSet.read(sample_files)
+        samples = [
+            sample_change(change, report.head_projects.get(change.project), sample_set)
+            for change in report.changes
+        ]
+        sample_note = (
+            f"sample: DICOM files read {len(sample_set.files)}, unreadable {sample_set.unreadable}"
+        )
     if as_json_output:
         document = as_json(report)
         if samples is not None:
+            document["sample"] = {
+                "files": len(sample_set.files),
+                "unreadable": sample_set.unreadable,
+            }
             for row, found in zip(document["changes"], samples, strict=True):
                 row["sample"] = None if found is None else dataclasses.asdict(found)
         print(json.dumps(document, indent=2, ensure_ascii=False))
     elif markdown:
-        print(to_markdown(report, samples))
+        print(to_markdown(report, samples, sample_note))
     else:
-        _print_terminal(report, samples)
+        _print_terminal(report, samples, sample_note)
     if not report.passed:
         err_console.print(
             f"[red]allow-list diff failed:[/red] {len(report.failing)} newly let out beyond "
@@ -95,14 +109,6 @@ def diff_cmd(
             soft_wrap=True,
         )
     raise typer.Exit(EXIT_OK if report.passed else EXIT_DATA_ERROR)
-
-
-def _samples(report: DiffReport, files: list[Path]) -> list[Sample | None]:
-    sample = SampleSet.read(files)
-    return [
-        sample_change(change, report.head_projects.get(change.project), sample)
-        for change in report.changes
-    ]
 
 
 def _summary(report: DiffReport) -> str:
@@ -122,8 +128,12 @@ def _summary(report: DiffReport) -> str:
     )
 
 
-def _print_terminal(report: DiffReport, samples: list[Sample | None] | None) -> None:
+def _print_terminal(
+    report: DiffReport, samples: list[Sample | None] | None, sample_note: str = ""
+) -> None:
     console.print(Text(f"What leaves: {report.base} → {report.head}", style="bold"), soft_wrap=True)
+    if sample_note:
+        console.print(sample_note, highlight=False, soft_wrap=True)
     for note in report.notes:
         console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
     indexed = list(enumerate(report.changes))
@@ -173,9 +183,13 @@ def _cell(text: str | None) -> str:
     return " ".join(text.split()).replace("\\", "\\\\").replace("|", "\\|")
 
 
-def to_markdown(report: DiffReport, samples: list[Sample | None] | None = None) -> str:
+def to_markdown(
+    report: DiffReport, samples: list[Sample | None] | None = None, sample_note: str = ""
+) -> str:
     """Headed tables, one per project, for a pull-request comment or ``$GITHUB_STEP_SUMMARY``."""
     lines = [f"## What leaves: `{report.base}` → `{report.head}`", ""]
+    if sample_note:
+        lines += [sample_note, ""]
     lines.extend(f"> note: {_cell(note)}" for note in report.notes)
     if report.notes:
         lines.append("")

@@ -37,6 +37,7 @@ from pixl_core.dicom.preview import REMOVED, show
 from pixl_core.hashing import ProjectHasher
 
 SHOWN = frozenset({Status.ALLOWED, Status.OPTION})
+REFUSED_INTERNAL = "internal_error"
 _REPEATING = {0x5000: 0x50FF, 0x6000: 0x60FF}
 
 
@@ -73,7 +74,7 @@ class SampleSet:
         for path in paths:
             try:
                 parsed = parse_header(path.read_bytes())
-            except (OSError, UnreadableDicom):
+            except (OSError, UnreadableDicom):  # counted: not every file of a folder is DICOM
                 unreadable += 1
                 continue
             files.append(_File(path, parsed.dataset, bool(parsed.pixel_element)))
@@ -91,6 +92,8 @@ class SampleSet:
                 self._outputs[key] = (dcmread(BytesIO(data)), None)
             except Refused as refusal:
                 self._outputs[key] = (None, refusal.reason)
+            except Exception:  # an engine error on one file must not stop the report
+                self._outputs[key] = (None, REFUSED_INTERNAL)
         return self._outputs[key]
 
 

@@ -346,6 +346,25 @@ def test_broken_head_is_one_line_naming_the_file(repo: Path) -> None:
     assert "InstitutionNam" in line
 
 
+def test_broken_base_is_compared_as_letting_nothing_out(repo: Path) -> None:
+    """A pull request that repairs a broken list can still be reviewed: all it lets out shows."""
+    good = (repo / "tag_allowlists/xray.yaml").read_text()
+    (repo / "tag_allowlists/xray.yaml").write_text(
+        good.replace("attribute: KVP,", "attribute: KVPP,")
+    )
+    commit(repo, "a typo")
+    (repo / "tag_allowlists/xray.yaml").write_text(good)
+    code, report = diff(repo, "HEAD")
+    assert code == 0
+    assert len(report["notes"]) == 2  # both projects compose xray.yaml
+    assert "tag_allowlists/xray.yaml: entry 15" in report["notes"][0]
+    assert report["notes"][0].endswith("(compared as if it let nothing out)")
+    kvp = [c for c in rows(report, "chest-xray") if c["attribute"] == "KVP"]
+    assert [(c["kind"], c["before"], c["after"]) for c in kvp] == [
+        ("newly leaves", "not listed", "keep")
+    ]
+
+
 # --- --sample ----------------------------------------------------------------------------------
 
 
@@ -362,6 +381,7 @@ def sample_files(folder: Path) -> None:
         ds.InstitutionName = "ST ELSEWHERE GENERAL"
         ds.OperatorsName = "RADIOGRAPHER^JANE"
         write_file(ds, folder / f"sample{number}.dcm")
+    (folder / "notes.txt").write_text("not DICOM")
 
 
 def test_sample_counts_files_and_shows_vr_length_and_engine_output_only(
@@ -388,6 +408,7 @@ def test_sample_counts_files_and_shows_vr_length_and_engine_output_only(
     )
     assert result.exit_code == 1, result.stderr
     report = json.loads(result.stdout)
+    assert report["sample"] == {"files": 2, "unreadable": 1}
     by_row = {(c["project"], c["attribute"]): c["sample"] for c in report["changes"]}
     # The override applies to the ACME file only; its output year is shown (allowed by option).
     assert by_row["chest-xray", "StudyDate"] == {
