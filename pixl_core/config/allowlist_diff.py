@@ -14,8 +14,12 @@ allow-lists compared:
   attributes by creator included;
 - as one of: newly leaves, stops leaving, action changed, justification changed, or verdict
   changed (same entry, but the claimed options changed what PS3.15 says of it); and project
-  settings that change what leaves: ``ps315_options``, ``modalities``, ``pixel_text`` and the
-  benign-marker words that may stay burned in.
+  settings that change what leaves: ``ps315_options``, ``modalities``, ``series_filters``,
+  ``allow_burned_in_annotation``, ``descriptors``, ``pixel_text`` and the benign-marker words
+  that may stay burned in.
+
+Two overrides with different matches that both match one device are compared one at a time,
+each on top of the base (as ``pixl allowlist check`` audits each override file whole).
 
 Every row that lets something out carries the audit's own verdict (``ps315_audit.assess``: the
 same judgement as ``pixl allowlist check``). A row *fails* when it lets something out that is
@@ -409,14 +413,40 @@ def _listed(values: object) -> str:
     return ", ".join(str(v) for v in items) if items else "none"
 
 
+# Project settings that decide which images or values leave, besides the allow-lists: how each
+# is shown (order-free, so a reordered list is no change) and what it means for the reviewer.
+_IMAGE_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("modalities", "images of other modalities are refused"),
+    ("series_filters", "series whose description matches one of these are refused"),
+    (
+        "allow_burned_in_annotation",
+        "whether images marked BurnedInAnnotation YES may leave when pixel_text is not mask",
+    ),
+    ("descriptors", "whether kept free text is checked for the instance's identifiers"),
+)
+
+
+def _setting_text(project: Project | None, name: str) -> str:
+    if project is None:
+        return "none"
+    if name == "modalities":
+        return _listed(sorted(project.modalities))
+    if name == "series_filters":
+        return _listed(sorted(p.pattern for p in project.series_filters))
+    if name == "allow_burned_in_annotation":
+        return "yes" if project.allow_burned_in_annotation else "no"
+    policy = project.descriptors
+    return f"check clean, replacement '{policy.replacement}'" if policy.clean else "check off"
+
+
 def _setting_changes(slug: str, base: Project | None, head: Project) -> list[Change]:
     changes: list[Change] = []
     if base is None:
         changes.append(_setting(slug, "project", "none", "added", "a new project: every row new"))
     old_options = base.ps315_options if base is not None else ()
-    if old_options != head.ps315_options:
-        claimed = [o for o in head.ps315_options if o not in old_options]
-        dropped = [o for o in old_options if o not in head.ps315_options]
+    claimed = [o for o in head.ps315_options if o not in old_options]
+    dropped = [o for o in old_options if o not in head.ps315_options]
+    if claimed or dropped:
         verdict = "; ".join(
             part
             for part in (
@@ -431,21 +461,14 @@ def _setting_changes(slug: str, base: Project | None, head: Project) -> list[Cha
                 "ps315_options",
                 _listed(old_options),
                 _listed(head.ps315_options),
-                verdict or "same options, new order",
+                verdict,
                 profile="PS3.15 options recorded in DeidentificationMethodCodeSequence",
             )
         )
-    old_modalities = sorted(base.modalities) if base is not None else []
-    if old_modalities != sorted(head.modalities):
-        changes.append(
-            _setting(
-                slug,
-                "modalities",
-                _listed(old_modalities),
-                _listed(sorted(head.modalities)),
-                "images of other modalities are refused",
-            )
-        )
+    for name, meaning in _IMAGE_SETTINGS:
+        before, after = _setting_text(base, name), _setting_text(head, name)
+        if before != after:
+            changes.append(_setting(slug, name, before, after, meaning))
     changes.extend(_pixel_changes(slug, base, head))
     return changes
 

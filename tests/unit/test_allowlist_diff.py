@@ -262,6 +262,8 @@ def test_reordering_reformatting_and_moving_entries_reports_nothing(repo: Path) 
     (lists / "base.yaml").write_text(yaml.safe_dump(base, default_flow_style=False))
     project = load(repo / "projects/chest-xray.yaml")
     project["modalities"].reverse()
+    project["ps315_options"].reverse()
+    project["series_filters"].reverse()
     save(repo / "projects/chest-xray.yaml", dict(reversed(list(project.items()))))
     commit(repo, "tidy")
     assert git(repo, "diff", "--stat", "HEAD~1", "HEAD").count("|") == 3  # the files did change
@@ -344,6 +346,40 @@ def test_broken_head_is_one_line_naming_the_file(repo: Path) -> None:
     assert len(line.splitlines()) == 1
     assert line.startswith("error: work tree: tag_allowlists/xray.yaml: entry")
     assert "InstitutionNam" in line
+
+
+def test_new_project_shows_every_row_and_a_removed_project_one(repo: Path) -> None:
+    project = load(repo / "projects/chest-xray.yaml")
+    project["allowlists"] = ["base.yaml"]
+    del project["overrides"]
+    save(repo / "projects/new-study.yaml", project)
+    (repo / "projects/chest-xray-research.yaml").unlink()
+    commit(repo)
+    code, report = diff(repo, "HEAD~1", "HEAD")
+    assert code == 0
+    assert rows(report, "chest-xray-research") == [
+        {
+            "project": "chest-xray-research",
+            "scope": "project",
+            "attribute": "project",
+            "kind": "setting changed",
+            "before": "exists",
+            "after": "removed",
+            "ps315": "",
+            "status": "setting",
+            "verdict": "the project file was removed",
+            "justification": None,
+            "fails": False,
+        }
+    ]
+    new = rows(report, "new-study")
+    assert [c["attribute"] for c in new[:2]] == ["project", "ps315_options"]
+    leaving = {c["attribute"] for c in new if c["kind"] == "newly leaves"}
+    base_entries = load(repo / "tag_allowlists/base.yaml")["attributes"]
+    listed = {e["attribute"] for e in base_entries}  # base.yaml removes nothing
+    assert leaving == listed | {"pixel_text (burned-in text in PixelData)"}
+    accession = next(c for c in new if c["attribute"] == "AccessionNumber")
+    assert accession["after"] == "hash" and accession["status"] == "allowed"
 
 
 def test_broken_base_is_compared_as_letting_nothing_out(repo: Path) -> None:
