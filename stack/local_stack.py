@@ -30,6 +30,7 @@ What the stack writes is private to the user running it (issue 8, finding 7):
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import pwd
 import re
@@ -102,9 +103,40 @@ def render_orthanc_config(settings: StackSettings, name: str) -> Path:
     return target
 
 
+@functools.cache
 def orthanc_user() -> str | None:
-    """The user the Orthancs run as: Debian's ``orthanc`` when we are root, else ourselves."""
-    return ORTHANC_USER if _is_root() and _user_exists(ORTHANC_USER) else None
+    """The user the Orthancs run as: Debian's ``orthanc`` when we are root, else ourselves.
+
+    A clone in a private folder (``d=$(mktemp -d); git clone . $d`` as root: mode 700) is out of
+    that user's reach, and Orthanc's Python cannot import from a folder it cannot list. Rather
+    than change the permissions of the user's folders, the Orthancs then run as the invoking
+    user, and one line says so and how to get the separate user back."""
+    if not (_is_root() and _user_exists(ORTHANC_USER)):
+        return None
+    blocked = _unreadable_for(ORTHANC_USER)
+    if blocked is not None:
+        print(
+            f"stack: the {ORTHANC_USER} user cannot read {blocked}, so the Orthancs run as root; "
+            f"make every folder above it readable and traversable by others (chmod o+rx) to run "
+            f"them as {ORTHANC_USER}",
+            file=sys.stderr,
+        )
+        return None
+    return ORTHANC_USER
+
+
+def _unreadable_for(user: str) -> Path | None:
+    """The first of the paths Orthanc's Python needs (the repository root it imports from, the
+    plugin, the packages) that ``user`` cannot read, or None."""
+    from stack.settings import _venv_site_packages
+
+    needed = [REPO_DIR, REPO_DIR / "orthanc_plugins" / "raw.py", Path(_venv_site_packages())]
+    for path in needed:
+        flags = ["-r", str(path)] + (["-a", "-x", str(path)] if path.is_dir() else [])
+        check = subprocess.run(["runuser", "-u", user, "--", "test", *flags], check=False)
+        if check.returncode != 0:
+            return path
+    return None
 
 
 def _is_root() -> bool:
@@ -143,10 +175,24 @@ def _own(folder: Path, owner: str | None, mode: int) -> None:
     folder.chmod(mode)
 
 
-def archive_user() -> str | None:
-    """The user the dcmqrscp archives run as: Debian's ``dcmtk`` when we are root."""
+@functools.cache
+def archive_user(run_dir: Path) -> str | None:
+    """The user the dcmqrscp archives run as: Debian's ``dcmtk`` when we are root and it can
+    reach the stack's run folder (its config is there), else the invoking user, with one line
+    saying why (a stack in a private folder, as ``orthanc_user`` does for the Orthancs)."""
     user = dcmqrscp_archive.DCMTK_USER
-    return user if _is_root() and _user_exists(user) else None
+    if not (_is_root() and _user_exists(user)):
+        return None
+    reach = subprocess.run(["runuser", "-u", user, "--", "test", "-x", str(run_dir)], check=False)
+    if reach.returncode != 0:
+        print(
+            f"stack: the {user} user cannot reach {run_dir}, so the dcmqrscp archives run as "
+            f"root; make every folder above it traversable by others (chmod o+x) to run them "
+            f"as {user}",
+            file=sys.stderr,
+        )
+        return None
+    return user
 
 
 def archive_spec(settings: StackSettings, name: str) -> DcmqrscpArchive:
@@ -168,7 +214,7 @@ def archive_spec(settings: StackSettings, name: str) -> DcmqrscpArchive:
 def render_archive(archive: DcmqrscpArchive) -> None:
     """Write the archive's configuration and logger files (mode 600) and make its storage
     folder (mode 700), all its user's."""
-    user = archive_user()
+    user = archive_user(archive.run_dir)
     archive.storage_dir.mkdir(parents=True, exist_ok=True)
     _own(archive.storage_dir, user, 0o700)
     _write_private(archive.config_path, dcmqrscp_archive.config_text(archive), owner=user)
@@ -255,7 +301,7 @@ def _program(
         f"environment={env_line}",
         "autorestart=true",
         "startsecs=2",
-        "startretries=5",
+        "startretries=10",
         "stopasgroup=true",
         "killasgroup=true",
         "stopwaitsecs=15",
@@ -343,7 +389,13 @@ def supervisor_config(settings: StackSettings) -> str:
         render_archive(archive)
         # An archive holds no PIXL secret; its log is what the tests count its work from.
         sections.append(
-            _program(name, archive.command(), settings, user=archive_user(), with_secrets=False)
+            _program(
+                name,
+                archive.command(),
+                settings,
+                user=archive_user(settings.run_dir),
+                with_secrets=False,
+            )
         )
     low, high = settings.passive_ports
     sections.append(
@@ -471,23 +523,6 @@ def prepare_folders(settings: StackSettings) -> None:
             log.chmod(0o600)
 
 
-def check_service_user_access(settings: StackSettings) -> None:
-    """Refuse to start when the ``orthanc`` user could not read the plugins and packages it
-    runs (a repository under a private home folder), with one line naming the fix."""
-    user = orthanc_user()
-    if user is None:
-        return
-    from stack.settings import _venv_site_packages
-
-    for path in (REPO_DIR / "orthanc_plugins" / "raw.py", Path(_venv_site_packages())):
-        check = subprocess.run(["runuser", "-u", user, "--", "test", "-r", str(path)], check=False)
-        if check.returncode != 0:
-            raise StackError(
-                f"the {user} user cannot read {path}: make every folder above it readable and "
-                "traversable by others (chmod o+rx), or run the stack as a non-root user"
-            )
-
-
 def up(settings: StackSettings, timeout: float = 90.0) -> None:
     """Start every process (if not already running) and wait until each answers."""
     prepare_folders(settings)
@@ -506,7 +541,6 @@ def up(settings: StackSettings, timeout: float = 90.0) -> None:
             )
     else:
         _write_private(kind_file, settings.vna_kind + "\n")
-        check_service_user_access(settings)
         if settings.with_reports:
             generate_cogstack_certificate(settings)
         conf = settings.run_dir / "supervisord.conf"
@@ -576,9 +610,20 @@ def wait_healthy(settings: StackSettings, timeout: float = 90.0) -> None:
         if time.monotonic() > deadline:
             names = ", ".join(sorted(pending))
             raise StackError(
-                f"not healthy after {timeout:.0f}s: {names}; see {settings.logs_dir}/<name>.log"
+                f"not healthy after {timeout:.0f}s: {names} ({_supervisor_states(settings)}); "
+                f"see {settings.logs_dir}/<name>.log"
             )
         time.sleep(0.5)
+
+
+def _supervisor_states(settings: StackSettings) -> str:
+    """supervisord's view of every program (RUNNING, BACKOFF, FATAL...), so a part that is
+    not healthy says whether it is down, crash-looping or running but not answering."""
+    try:
+        lines = supervisorctl(settings, "status").stdout.splitlines()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"supervisord not asked: {type(exc).__name__}"
+    return "; ".join(" ".join(line.split()[:2]) for line in lines if line.strip())
 
 
 def _auth(settings: StackSettings, name: str) -> tuple[str, str]:
