@@ -290,7 +290,11 @@ class Stack:
         writes as it starts sending: "Sending resource <Orthanc id> to modality ...", naming
         the study, series or instance the request matched. Map ids to studies with the VNA's
         REST API (``/instances`` answers each upload with its ``ParentStudy``/``ParentSeries``).
+        The Orthanc VNA only: a dcmqrscp VNA's log names the UIDs of each request
+        (``archive().log().requests()``).
         """
+        if self.settings.vna_kind != "orthanc":
+            raise StackError("vna_sent_resources reads the Orthanc VNA's log: use archive().log()")
         log = (self.settings.logs_dir / "vna.log").read_text(errors="replace")
         return Counter(_SENDING_RESOURCE.findall(log))
 
