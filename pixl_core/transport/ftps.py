@@ -714,6 +714,10 @@ class FtpsClient:
                     raise
                 self._step = "NLST"
                 names = [posixpath.basename(entry.rstrip("/")) for entry in ftp.nlst(path)]
+            # ftplib lists in ASCII mode (TYPE A) and leaves the connection there, where SIZE
+            # is refused (550): back to binary, as every other step of this client expects.
+            self._step = "TYPE I"
+            ftp.voidcmd("TYPE I")
             return sorted(name for name in names if name not in ("", ".", ".."))
 
         return self._with_retries(listing)

@@ -387,6 +387,9 @@ def test_sha256_is_read_as_a_stream_and_delete_removes_only_the_file(
     with FtpsClient(server.settings()) as client:
         client.upload_bytes("project/dicom/2.25.1.zip", PAYLOAD)
         client.upload_bytes("project/dicom/2.25.2.zip", b"other")
+        # Listing first: ftplib lists in ASCII mode, where SIZE (and so these reads) failed.
+        assert client.list_dir("project/dicom") == ["2.25.1.zip", "2.25.2.zip"]
+        assert client.read_bytes("project/dicom/2.25.2.zip") == b"other"
         assert client.sha256("project/dicom/2.25.1.zip", blocks.append) == (
             hashlib.sha256(PAYLOAD).hexdigest(),
             len(PAYLOAD),
