@@ -101,7 +101,7 @@ def test_the_manifest_lists_exactly_the_zips_present_with_their_digests(stack: S
     assert recorded == {e["file"]: e["sha256"] for e in document["zips"]}
 
     code, report = verify(stack)
-    assert code == 0, report
+    assert code == 0, json.dumps(report)
     assert (report["expected"], report["found"], report["ok"]) == (4, 4, 4)
     assert report["missing"] == report["corrupt"] == report["extra"] == []
     assert report["manifest"] == {"problem": None, "listed": 4}
@@ -150,5 +150,5 @@ def test_verify_names_the_corrupt_missing_and_extra_zips_and_requeue_repairs(
     (folder(stack) / "notes by someone.txt").unlink()
     wait_for_manifest_listing(stack, set(exported))
     code, report = verify(stack)
-    assert code == 0, report
+    assert code == 0, json.dumps(report)
     assert report["ok"] == 4
