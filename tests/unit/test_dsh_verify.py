@@ -240,4 +240,3 @@ def test_a_kind_that_counts_instances_finds_a_study_with_too_few():
         "chest-xray", "dicomweb", expected, holding, has_manifest=False, name_ok=lambda n: True
     )
     assert (result.ok, result.corrupt, result.manifest) == (1, ["2.25.903"], None)
-
