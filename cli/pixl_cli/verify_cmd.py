@@ -26,11 +26,15 @@ from pixl_core.config.projects import SLUG_RULE, Project, is_valid_slug, load_pr
 from pixl_core.db import exported_studies
 from pixl_core.dsh import kinds, manifest_writer
 from pixl_core.dsh.verify import KINDS, DestinationKind, compare, expected_items
-from pixl_core.errors import PixlConfigError
-from pixl_core.transport.ftps import FtpsClient, FtpsSettings
+from pixl_core.errors import PixlConfigError, PixlError
+from pixl_core.transport.ftps import FtpsClient, FtpsError, FtpsSettings
 
 WRITER_ID = "pixl-cli"
 LOCK_WAIT_SECONDS = 60.0
+
+
+class FtpsUnreadable(PixlError):
+    """The destination could not be read: exit 1 (data, not usage), one line with the fix."""
 
 
 def _paragraphs(*paragraphs: str) -> str:
@@ -121,7 +125,13 @@ def verify(
                 console=err_console,
                 transient=True,
             ) as progress:
-                holding = kind.read(target, _Bar(progress))
+                try:
+                    holding = kind.read(target, _Bar(progress))
+                except FtpsError as exc:
+                    raise FtpsUnreadable(
+                        f"{exc}; check that the DSH answers and projects/{project}.yaml names "
+                        f"it, then run `pixl verify {project}` again"
+                    ) from None
             result = compare(
                 project,
                 kind_name,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,3 +134,12 @@ def test_bad_arguments_are_one_line_errors(dsh, monkeypatch):
     one_line(pixl("manifest", "no-destination"), 2, "has no 'destination:'")
     monkeypatch.delenv("PIXL_DSH_PASSWORD")
     one_line(pixl("verify", PROJECT), 2, "PIXL_DSH_PASSWORD")
+
+
+def test_a_dsh_that_does_not_answer_is_one_line_naming_the_fix(dsh, unused_tcp_port):
+    projects = Path(os.environ["PIXL_PROJECTS_DIR"])
+    raw = yaml.safe_load((projects / f"{PROJECT}.yaml").read_text())
+    raw["destination"]["ftps"]["port"] = unused_tcp_port
+    (projects / f"{PROJECT}.yaml").write_text(yaml.safe_dump(raw))
+    load_project.cache_clear()
+    one_line(pixl("verify", PROJECT), 1, "connect failed", "check that the DSH answers")
