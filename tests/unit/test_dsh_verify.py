@@ -240,3 +240,9 @@ def test_a_kind_that_counts_instances_finds_a_study_with_too_few():
         "chest-xray", "dicomweb", expected, holding, has_manifest=False, name_ok=lambda n: True
     )
     assert (result.ok, result.corrupt, result.manifest) == (1, ["2.25.903"], None)
+
+
+def test_a_project_with_nothing_exported_needs_no_manifest():
+    result = compare("chest-xray", "ftps", {}, Holding({}), has_manifest=True)
+    assert not result.problems
+    assert result.manifest is not None and result.manifest.problem is None
