@@ -288,7 +288,8 @@ class FakeDsh:
         stores the file and then fails, as a connection lost before the exporter could record it."""
 
     files: dict[str, bytes] = field(default_factory=dict)
-    uploads: list[str] = field(default_factory=list)
+    uploads: list[str] = field(default_factory=list)  # zips (upload_file)
+    manifest_writes: list[str] = field(default_factory=list)  # upload_bytes: the manifests
     clients_for: list[str] = field(default_factory=list)
     down: bool = False
     crash_after_upload: bool = False
@@ -324,6 +325,10 @@ class FakeFtpsClient:
             return False
         self.dsh.files[remote_path] = self.dsh.files.pop(f"{folder}/.{name}.part")
         return True
+
+    def upload_bytes(self, remote_path: str, data: bytes) -> None:
+        self.dsh.files[remote_path] = bytes(data)
+        self.dsh.manifest_writes.append(remote_path)
 
     def upload_file(self, remote_path: str, local_path: str | Path) -> None:
         self.dsh.files[remote_path] = Path(local_path).read_bytes()
