@@ -263,7 +263,6 @@ class DicomwebClient:
         self.settings = settings
         self.session = session if session is not None else requests.Session()
         self.sleep = sleep
-        self.session.verify = settings.ca_file or True  # never off
         if settings.auth == "basic":
             self.session.auth = (settings.user or "", settings.password or "")
         elif settings.auth == "bearer":
@@ -383,8 +382,14 @@ class DicomwebClient:
         tries = 1 + (settings.retries if retries is None else retries)
         for attempt in range(1, tries + 1):
             try:
+                # verify on every request: requests lets REQUESTS_CA_BUNDLE override a
+                # session's verify, and the CA file must win. Never off.
                 response = self.session.request(
-                    method, settings.url + path, timeout=settings.timeout, **kwargs
+                    method,
+                    settings.url + path,
+                    timeout=settings.timeout,
+                    verify=settings.ca_file or True,
+                    **kwargs,
                 )
             except requests.RequestException as exc:
                 error = _connection_error(settings.where, exc, settings.timeout)

@@ -134,14 +134,14 @@ def test_stow_posts_to_studies_with_auth_and_verified_tls() -> None:
     assert request["method"] == "POST"
     assert request["url"] == "https://dw.example:8443/dicom-web/studies"
     assert request["headers"]["Accept"] == "application/dicom+json"
-    assert session.auth == ("pixl", "pw") and session.verify == "/etc/ca.pem"
+    assert session.auth == ("pixl", "pw") and request["verify"] == "/etc/ca.pem"
 
 
 def test_bearer_auth_sends_the_token_and_tls_is_never_off() -> None:
-    made, session, _ = client([], auth="bearer", user=None, password=None, token="tok")
+    made, session, _ = client(["echo"], auth="bearer", user=None, password=None, token="tok")
+    made.stow([part("1")])
     assert session.headers["Authorization"] == "Bearer tok"
-    assert session.verify is True and session.auth is None
-    made.close()
+    assert session.requests[0]["verify"] is True and session.auth is None
 
 
 def test_batches_of_batch_size_each_recorded_as_confirmed() -> None:
