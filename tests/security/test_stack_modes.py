@@ -70,11 +70,12 @@ def _readable_by_others(path: Path) -> bool:
 
 def test_no_secret_is_readable_by_other_users(stack: Stack):
     """Nothing under the data, log, run, DSH and staging folders can be read by another local
-    user, except the two stand-ins' public certificates (the CA files the clients load)."""
+    user, except the three stand-ins' public certificates (the CA files the clients load)."""
     settings = stack.settings
     public = {
         settings.run_dir / "dsh-cert" / "dsh-ftps-cert.pem",
         settings.cogstack_ca_file,
+        settings.dicomweb_ca_file,
     }
     for top in (
         settings.data_dir,
