@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup system-deps demo down test test-unit lint check-allowlists bench clean
+.PHONY: setup system-deps demo down test test-unit lint check-allowlists bench bench-destinations clean
 
 setup: $(VENV)/.installed
 
@@ -46,6 +46,10 @@ check-allowlists: setup
 
 bench: system-deps setup
 	$(BIN)/python -m benchmarks
+
+# Export throughput to DICOMweb vs FTPS and against a bare STOW-RS (also part of `make bench`).
+bench-destinations: system-deps setup
+	$(BIN)/python -m benchmarks --only destination
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .ruff_cache

@@ -4,7 +4,9 @@ Starts the local stack under supervisord (``.demo/``), generates a synthetic che
 as an OMOP ES extract (``.demo/extract/``), loads its images into the VNA stand-in and its
 reports into the EMAP schema, runs ``pixl populate``, waits for every study to settle, exports
 the reports and public parquet (``pixl export-patient-data``), and checks that everything
-expected arrived in ``.demo/dsh/`` and nothing that should not. Exits 0 only then. The stack
+expected arrived and nothing that should not: ``chest-xray``'s images as zips in
+``.demo/dsh/``, ``chest-xray-research``'s at the DICOMweb server, counted there by QIDO-RS
+(studies, and instances per study against the cohort's own count), never from PIXL's records. Exits 0 only then. The stack
 stays up for exploring; ``make down`` stops it. ``.demo/env`` (mode 600) holds every variable
 the ``pixl`` CLI needs for it (``set -a; . .demo/env; set +a``).
 """
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -70,7 +73,9 @@ def run(stack: Stack, n_studies: int, timeout: float) -> int:
     console.rule("[bold]PIXL demo")
     settings = stack.settings
     vna = "VNA" if settings.vna_kind == "orthanc" else f"VNA ({settings.vna_kind})"
-    console.print(f"starting the local stack (Postgres, {vna}, orthanc-raw, orthanc-anon, DSH)…")
+    console.print(
+        f"starting the local stack (Postgres, {vna}, orthanc-raw, orthanc-anon, DSH, DICOMweb)…"
+    )
     stack.up()
     console.print(f"generating a synthetic cohort of {n_studies} studies…")
     cohort = generate_cohort(settings.root, n_studies=n_studies)
@@ -110,15 +115,52 @@ def _project_of(extract: Path) -> str:
     return project_slug(summary.get("project_name") or summary["settings"]["cdm_source_name"])
 
 
-def summarise(stack: Stack, cohort: Any, counts: Counts, projects: list[str]) -> bool:
-    """Compare what arrived in the DSH with what the cohort says should arrive."""
+def image_destination(settings: StackSettings, project: str) -> str:
+    """``dicomweb`` or ``ftps``: where the stack's copy of the project file sends images."""
+    raw = yaml.safe_load((settings.projects_dir / f"{project}.yaml").read_text())
+    return "dicomweb" if "dicomweb" in (raw.get("destination") or {}) else "ftps"
+
+
+def arrived(stack: Stack, cohort: Any, project: str) -> tuple[str, str, bool]:
+    """What reached the project's image destination, counted on the destination's side:
+    ``(destination, what arrived, whether it is all that was expected)``. FTPS: the zips in the
+    DSH folder. DICOMweb: QIDO-RS per expected study, its instances against the cohort's."""
+    from pixl_core.hashing import ProjectHasher
+    from pixl_core.transport.dicomweb import DicomwebError, study_counts
+
     settings = stack.settings
-    table = Table(title="PIXL demo: what reached the DSH")
-    columns = ["project", "studies expected", "exported", "zips in DSH", "not_found", "refused"]
+    expected = [s for s in cohort.studies_for(project) if s.expected_outcome == "exported"]
+    if image_destination(settings, project) == "ftps":
+        zips = len(list((settings.dsh_dir / project / "dicom").glob("*.zip")))
+        return "ftps", f"{zips} zips", zips == len(expected)
+    secret = settings.secrets["PIXL_HASH_KEY"].encode()
+    hasher = ProjectHasher.for_project(project, secret)
+    uids = {hasher.uid(s.study_uid): s.expected_instances for s in expected}
+    try:
+        with stack.dicomweb() as client:
+            held = study_counts(client, uids)
+    except DicomwebError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return "dicomweb", "unreachable", False
+    studies = sum(held[uid]["studies"] for uid in uids)
+    instances = sum(held[uid]["instances"] for uid in uids)
+    complete = all(held[uid]["instances"] == n for uid, n in uids.items())
+    what = f"{studies} st., {instances}/{sum(uids.values())} inst."
+    return "dicomweb", what, studies == len(expected) and complete
+
+
+def summarise(stack: Stack, cohort: Any, counts: Counts, projects: list[str]) -> bool:
+    """Compare what arrived at each project's destination with what the cohort says should."""
+    settings = stack.settings
+    table = Table(title="PIXL demo: what reached each destination")
+    columns = ["project", "destination", "studies expected", "exported", "arrived there"]
+    columns += ["not_found", "refused"]
     columns += ["failed", "reports in parquet", "awaiting review", "public parquet"]
     for column in columns:
-        if column == "project":
+        if column in ("project", "destination"):
             table.add_column(column, no_wrap=True)
+        elif column == "arrived there":
+            table.add_column(column, justify="right", no_wrap=True)
         else:
             table.add_column(column, justify="right")
     report_states = stack.report_status()
@@ -127,17 +169,19 @@ def summarise(stack: Stack, cohort: Any, counts: Counts, projects: list[str]) ->
     for project in projects:
         expected = cohort.expected_counts(project)
         states = counts.studies.get(project, {})
-        zips = len(list((settings.dsh_dir / project / "dicom").glob("*.zip")))
+        destination, there, all_there = arrived(stack, cohort, project)
         row_ok = (
-            states.get("exported", 0) == expected["exported"] == zips
+            all_there
+            and states.get("exported", 0) == expected["exported"]
             and states.get("not_found", 0) == expected["not_found"]
             and states.get("refused", 0) == expected["refused"]
             and states.get("failed", 0) == 0
         )
         row = [
+            destination,
             str(expected["exported"]),
             str(states.get("exported", 0)),
-            str(zips),
+            there,
             f"{states.get('not_found', 0)}/{expected['not_found']}",
             f"{states.get('refused', 0)}/{expected['refused']}",
             str(states.get("failed", 0)),
@@ -154,6 +198,11 @@ def summarise(stack: Stack, cohort: Any, counts: Counts, projects: list[str]) ->
         colour = "green" if row_ok else "red"
         table.add_row(f"[{colour}]{project}[/{colour}]", *row)
     console.print(table)
+    console.print(
+        "arrived there: counted on the destination's side: zips in the DSH folder (ftps); "
+        "studies and instances (of those expected) by QIDO-RS on the server (dicomweb)",
+        highlight=False,
+    )
     if reports_out == 0:
         console.print("[red]no report reached any radiology parquet[/red]")
         ok = False
@@ -194,6 +243,10 @@ def explore(settings: StackSettings) -> None:
         f"  passwords      {secrets} (mode 600; operator: PIXL_ORTHANC_OPERATOR_PASSWORD)"
     )
     console.print(f"  DSH folder     {settings.dsh_dir}")
+    console.print(
+        f"  DICOMweb       {settings.dicomweb_url}  (user pixl: PIXL_DICOMWEB_PASSWORD; "
+        f"CA file {settings.dicomweb_ca_file})"
+    )
     console.print(f"  logs           {settings.logs_dir}")
     console.print(f"  CLI            set -a; . {_shown(settings.cli_env_file)}; set +a")
     console.print("                 .venv/bin/pixl status")

@@ -32,6 +32,7 @@ import requests.auth
 from supervisor.xmlrpc import SupervisorTransport
 
 from pixl_core.db.states import REPORT_BUSY, STUDY_BUSY
+from pixl_core.transport.dicomweb import DicomwebClient, DicomwebSettings
 from stack import local_stack
 from stack.local_stack import StackError
 from stack.settings import RAW_AET, REPO_DIR, StackSettings
@@ -325,6 +326,27 @@ class Stack:
             uploads[key] += 1
         return uploads
 
+    def dicomweb(self) -> DicomwebClient:
+        """A DICOMweb client for the stack's research platform (the DICOMweb Orthanc behind its
+        TLS proxy), as PIXL's exporter reaches it: HTTPS verified, user ``pixl``. For counting
+        what the server holds by QIDO-RS (``instances_of_study``, ``study_counts``)."""
+        return DicomwebClient(
+            DicomwebSettings(
+                url=self.settings.dicomweb_url,
+                user="pixl",
+                password=self.settings.secrets["PIXL_DICOMWEB_PASSWORD"],
+                ca_file=str(self.settings.dicomweb_ca_file),
+                retries=0,
+            )
+        )
+
+    def dicomweb_received(self) -> Counter[str]:
+        """How many times the DICOMweb server was sent each instance (SOP Instance UID), stored
+        or not, from its own log (``orthanc-config/dicomweb-received.lua``): the receiving
+        side's record that proves "exactly once", which its index (one copy per UID) cannot."""
+        log = (self.settings.logs_dir / "orthanc-dicomweb.log").read_text(errors="replace")
+        return Counter(_DICOMWEB_RECEIVED.findall(log))
+
 
 @dataclass(frozen=True)
 class Archive:
@@ -381,6 +403,7 @@ class Archive:
             time.sleep(0.2)
 
 
+_DICOMWEB_RECEIVED = re.compile(r"Lua says: pixl-received ([0-9.]+)")
 _SENDING_RESOURCE = re.compile(r"Sending resource ([0-9a-f-]+) to modality")
 _COMPLETED_STOR = re.compile(r"\] STOR (\S+) completed=1 bytes=(\d+)")
 

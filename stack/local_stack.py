@@ -53,7 +53,7 @@ from stack.standins import dcmqrscp_archive
 from stack.standins.dcmqrscp_archive import LOADER_AET, DcmqrscpArchive, Peer
 
 ORTHANC_BINARY = shutil.which("Orthanc") or "/usr/bin/Orthanc"
-ORTHANCS = ("vna", "raw", "anon")
+ORTHANCS = ("vna", "raw", "anon", "dicomweb")
 # Debian's orthanc package creates this system user; the Orthancs run as it when we are root.
 ORTHANC_USER = "orthanc"
 # The secrets each program gets (a name also matches its per-project forms, NAME__SLUG).
@@ -74,7 +74,10 @@ PROGRAM_SECRETS: dict[str, tuple[str, ...]] = {
         "PIXL_ORTHANC_PASSWORD",
         "PIXL_ORTHANC_OPERATOR_PASSWORD",
         "PIXL_DSH_PASSWORD",
+        "PIXL_DICOMWEB_PASSWORD",
     ),
+    "orthanc-dicomweb": ("PIXL_DICOMWEB_PASSWORD",),
+    "dicomweb-tls": (),
     "dsh": ("PIXL_DSH_PASSWORD",),
     "ehr": ("PIXL_HASH_KEY", "PIXL_DB_URL", "PIXL_DSH_PASSWORD", "PIXL_EHR_TOKEN"),
     "cogstack": (),
@@ -229,22 +232,38 @@ def render_projects(settings: StackSettings) -> list[Path]:
     sources.update(
         {slug: REPO_DIR / "projects" / "chest-xray.yaml" for slug in settings.test_projects}
     )
+    sources.update(
+        {
+            slug: REPO_DIR / "projects" / "chest-xray-research.yaml"
+            for slug in settings.test_dicomweb_projects
+        }
+    )
     return [
-        write_project(settings, slug, source, settings.local_destination())
+        write_project(
+            settings, slug, source, settings.local_destination(), settings.local_dicomweb()
+        )
         for slug, source in sources.items()
     ]
 
 
 def write_project(
-    settings: StackSettings, slug: str, source: Path, ftps: dict[str, object]
+    settings: StackSettings,
+    slug: str,
+    source: Path,
+    ftps: dict[str, object],
+    dicomweb: dict[str, object] | None = None,
 ) -> Path:
-    """Write ``<projects_dir>/<slug>.yaml``: ``source`` with ``destination: ftps:`` replaced.
+    """Write ``<projects_dir>/<slug>.yaml``: ``source`` with ``destination: ftps:`` replaced,
+    and its ``dicomweb:`` (if it has one) replaced by ``dicomweb``.
 
     Written to a temporary name and renamed, so a process reading it meanwhile (the demo run
     again on a running stack) never sees half a file.
     """
     raw = yaml.safe_load(source.read_text())
+    had_dicomweb = "dicomweb" in (raw.get("destination") or {})
     raw["destination"] = {"ftps": dict(ftps)}
+    if had_dicomweb and dicomweb is not None:
+        raw["destination"]["dicomweb"] = dict(dicomweb)
     header = f"# Rendered by the local stack from projects/{source.name}, destination replaced.\n"
     settings.projects_dir.mkdir(parents=True, exist_ok=True)
     # Read by the Orthancs (their own user) as well: a project file holds no secret.
@@ -425,6 +444,25 @@ def supervisor_config(settings: StackSettings) -> str:
             umask="022",
         )
     )
+    sections.append(
+        _program(
+            "dicomweb-tls",
+            [
+                python,
+                "-m",
+                "stack.standins.tls_proxy",
+                "--port",
+                str(settings.ports["dicomweb_https"]),
+                "--backend-port",
+                str(settings.ports["dicomweb_http"]),
+                "--certfile",
+                str(settings.dicomweb_ca_file),
+                "--keyfile",
+                str(settings.dicomweb_cert_dir / "dicomweb-key.pem"),
+            ],
+            settings,
+        )
+    )
     for name, command in python_programs(settings).items():
         sections.append(_program(name, command, settings))
     return "\n".join(sections)
@@ -468,6 +506,20 @@ def generate_cogstack_certificate(settings: StackSettings) -> None:
     key.replace(folder / "cogstack-key.pem")
     folder.chmod(0o755)
     settings.cogstack_ca_file.chmod(0o644)
+
+
+def generate_dicomweb_certificate(settings: StackSettings) -> None:
+    """A fresh self-signed certificate for the DICOMweb endpoint (the TLS proxy in front of the
+    DICOMweb Orthanc: see ``stack.standins.tls_proxy``), which is orthanc-anon's CA file for it
+    (``PIXL_DICOMWEB_CA_FILE``)."""
+    from stack.standins.dsh_ftps import generate_certificate
+
+    folder = settings.dicomweb_cert_dir
+    cert, key = generate_certificate(folder, valid_for=datetime.timedelta(days=30))
+    cert.replace(settings.dicomweb_ca_file)
+    key.replace(folder / "dicomweb-key.pem")
+    folder.chmod(0o755)
+    settings.dicomweb_ca_file.chmod(0o644)
 
 
 def supervisorctl(settings: StackSettings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -543,6 +595,7 @@ def up(settings: StackSettings, timeout: float = 90.0) -> None:
         _write_private(kind_file, settings.vna_kind + "\n")
         if settings.with_reports:
             generate_cogstack_certificate(settings)
+        generate_dicomweb_certificate(settings)
         conf = settings.run_dir / "supervisord.conf"
         _write_private(conf, supervisor_config(settings))
         subprocess.run(
@@ -591,6 +644,12 @@ def wait_healthy(settings: StackSettings, timeout: float = 90.0) -> None:
             settings.url("anon") + "/pixl/status", _auth(settings, "anon")
         ),
         "dsh": lambda: _tcp_ready(settings.ports["dsh_ftps"]),
+        # Through the TLS proxy, so both it and the DICOMweb Orthanc behind it must answer.
+        "orthanc-dicomweb": lambda: _http_ready(
+            settings.dicomweb_url + "/studies?limit=1",
+            ("pixl", settings.secrets["PIXL_DICOMWEB_PASSWORD"]),
+            verify=str(settings.dicomweb_ca_file),
+        ),
     }
     for name, aet in settings.dcmqrscp_archives().items():
         port = settings.ports[f"{name}_dicom"]

@@ -26,6 +26,8 @@ PORT_NAMES = (
     "dsh_ftps",
     "ehr_http",
     "cogstack_http",
+    "dicomweb_http",  # the DICOMweb stand-in (Orthanc), plain HTTP on 127.0.0.1
+    "dicomweb_https",  # the TLS proxy in front of it: the research platform's endpoint
 )
 # Generated per stack into secrets.env (mode 600). PIXL_ORTHANC_PASSWORD is orthanc-anon's
 # password for the user ``pixl`` (orthanc-raw sends it when it hands an instance off),
@@ -40,6 +42,7 @@ SECRET_NAMES = (
     "PIXL_DSH_PASSWORD",
     "PIXL_DB_PASSWORD",
     "PIXL_EHR_TOKEN",
+    "PIXL_DICOMWEB_PASSWORD",  # the DICOMweb stand-in's user pixl
 )
 # Variables that hold a secret: never written to supervisord.conf, only to the 600 env files.
 # Besides these, any variable whose name says it holds one (see is_secret_variable).
@@ -95,6 +98,8 @@ class StackSettings:
     extra_env: dict[str, str] = field(default_factory=dict)
     # Extra project slugs rendered as copies of chest-xray.yaml (fresh work items for tests).
     test_projects: tuple[str, ...] = ()
+    # Extra project slugs rendered as copies of chest-xray-research.yaml: images to DICOMweb.
+    test_dicomweb_projects: tuple[str, ...] = ()
     # Address-space limit of each Orthanc process (MB); see stack.launch.
     orthanc_memory_mb: int = field(
         default_factory=lambda: int(os.environ.get("PIXL_ORTHANC_MEMORY_MB", ORTHANC_MEMORY_MB))
@@ -203,6 +208,25 @@ class StackSettings:
         stack never sends to a server a committed file names."""
         return self.root / "projects"
 
+    @property
+    def dicomweb_cert_dir(self) -> Path:
+        """The DICOMweb endpoint's TLS certificate (its own trust anchor) and key."""
+        return self.run_dir / "dicomweb-cert"
+
+    @property
+    def dicomweb_ca_file(self) -> Path:
+        return self.dicomweb_cert_dir / "dicomweb-cert.pem"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb service root PIXL sends to: HTTPS, through the TLS proxy."""
+        return f"https://127.0.0.1:{self.ports['dicomweb_https']}/dicom-web"
+
+    def local_dicomweb(self) -> dict[str, object]:
+        """The ``destination: dicomweb:`` of this stack's research platform (its password and
+        CA file come from the environment)."""
+        return {"url": self.dicomweb_url, "auth": "basic", "user": "pixl", "batch_size": 20}
+
     def local_destination(self) -> dict[str, object]:
         """The ``destination: ftps:`` of this stack's DSH (its CA file comes from the env)."""
         return {"host": "127.0.0.1", "port": self.ports["dsh_ftps"], "user": "pixl", "root": "/"}
@@ -269,6 +293,7 @@ class StackSettings:
             "PIXL_EHR_URL": self.url("ehr"),
             "PIXL_COGSTACK_URL": self.url("cogstack"),
             "PIXL_COGSTACK_CA_FILE": str(self.cogstack_ca_file),
+            "PIXL_DICOMWEB_CA_FILE": str(self.dicomweb_ca_file),
             "PIXL_STAGING_DIR": str(self.staging_dir),
             **self.extra_env,
         }

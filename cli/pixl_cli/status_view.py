@@ -112,6 +112,10 @@ def render(
             codes = reasons["studies"].get(category, {})
             if codes:
                 lines += _wrapped(label, _items(codes), width)
+        error = info.get("destination_error")
+        if error:
+            at = str(error["at"])[:19].replace("T", " ")
+            lines += _wrapped("destination error", [f"{error['message']} (at {at})"], width)
         lines += _wrapped("reports", _items(info["reports"], zeros=False) or ["none"], width)
         for category, label in (("failed", "reports failed"), ("backing_off", "reports waiting")):
             codes = reasons["reports"].get(category, {})

@@ -27,6 +27,7 @@ from pixl_core.db import exported_studies
 from pixl_core.dsh import kinds, manifest_writer
 from pixl_core.dsh.verify import KINDS, DestinationKind, compare, expected_items
 from pixl_core.errors import PixlConfigError, PixlError
+from pixl_core.transport.dicomweb import DicomwebError
 from pixl_core.transport.ftps import FtpsClient, FtpsError, FtpsSettings
 
 WRITER_ID = "pixl-cli"
@@ -125,17 +126,18 @@ def verify(
                 console=err_console,
                 transient=True,
             ) as progress:
+                expected = expected_items(snapshot, kind)
                 try:
-                    holding = kind.read(target, _Bar(progress))
-                except FtpsError as exc:
+                    holding = kind.read(target, _Bar(progress), sorted(expected))
+                except (FtpsError, DicomwebError) as exc:
                     raise FtpsUnreadable(
-                        f"{exc}; check that the DSH answers and projects/{project}.yaml names "
-                        f"it, then run `pixl verify {project}` again"
+                        f"{exc}; check that the destination answers and projects/{project}.yaml "
+                        f"names it, then run `pixl verify {project}` again"
                     ) from None
             result = compare(
                 project,
                 kind_name,
-                expected_items(snapshot, kind),
+                expected,
                 holding,
                 has_manifest=kind.has_manifest,
                 busy=snapshot.busy,

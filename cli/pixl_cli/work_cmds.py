@@ -199,6 +199,7 @@ def _status_json(conn: db.Connection, project: str | None) -> dict[str, Any]:
             "reports": info["reports"],
             "reasons": info["reasons"],
             "review": info["review"],
+            "destination_error": info.get("destination_error"),
             **_fetch_json(name, rates, controls, now),
         }
     result["_details"] = details

@@ -146,12 +146,14 @@ function renderAnon(data) {
   for (const [project, a] of Object.entries(data.anon || {})) {
     const tr = el("tr");
     tr.dataset.project = project;
+    const destError = ((data.projects || {})[project] || {}).destination_error;
     const reachable = el("td", a.destination_reachable ? "reachable" : "UNREACHABLE (paused, probing)", a.destination_reachable ? "text ok" : "text bad");
+    if (destError) reachable.title = "last error: " + destError.message + " (" + destError.at + ")";
     tr.append(
       el("td", project), el("td", codes(a.instances_refused) || "-", "text"), el("td", codes(a.pixel_text) || "-", "text"),
       num(a.export_queue), num(a.export_deferred), reachable,
       el("td", a.last_export ? new Date(a.last_export).toLocaleString() : "-", "text"),
-      el("td", a.last_export_error || "-", a.last_export_error ? "text bad" : "text"));
+      el("td", destError ? destError.message : (a.last_export_error || "-"), (destError || a.last_export_error) ? "text bad" : "text"));
     body.append(tr);
   }
   document.getElementById("descriptors").textContent =

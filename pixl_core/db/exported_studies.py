@@ -177,6 +177,13 @@ def requeue_exported(
     if not pseudo_study_uids:
         return 0
     with conn, conn.cursor() as cur:
+        # A DICOMweb destination that lost instances: forget PIXL's record of storing them, so
+        # the export asks the destination (QIDO-RS) and sends what it no longer holds.
+        cur.execute(
+            "DELETE FROM dicomweb_instance WHERE study_id IN (SELECT id FROM study "
+            "WHERE project = %s AND state = 'exported' AND pseudo_study_uid = ANY(%s))",
+            (project, sorted(pseudo_study_uids)),
+        )
         cur.execute(
             "UPDATE study SET state = 'queued', attempts = 0, crash_count = 0, "
             "export_attempts = 0, next_attempt_at = now(), claimed_by = NULL, "

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from pixl_core.db import destination_records
 from pixl_core.db.connection import Connection
 from pixl_core.db.states import REPORT_STATES, STUDY_STATES
 
@@ -58,6 +59,9 @@ def _new_project() -> dict[str, Any]:
             "reports": {"failed": {}, "backing_off": {}},
         },
         "review": _empty(REVIEW_DECISIONS),
+        # The image destination's last failure (destination_records), None when it took the
+        # project's latest study: {"destination", "code", "message", "at"}.
+        "destination_error": None,
     }
 
 
@@ -97,6 +101,8 @@ def project_overview(conn: Connection, project: str | None = None) -> dict[str, 
         )
         for name, decision, count in cur.fetchall():
             result.setdefault(name, _new_project())["review"][decision] = count
+    for name, error in destination_records.errors(conn, project).items():
+        result.setdefault(name, _new_project())["destination_error"] = error
     for entry in result.values():
         for by_category in entry["reasons"].values():
             for category, codes in by_category.items():

@@ -8,6 +8,8 @@ item. Nothing is kept on disk.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from pixl_core.config.projects import Project
 from pixl_core.dsh import manifest
 from pixl_core.dsh.verify import Found, Holding, Progress
@@ -20,9 +22,10 @@ def _client(project: Project) -> FtpsClient:
     return FtpsClient(FtpsSettings.for_project(project))
 
 
-def read(project: Project, progress: Progress) -> Holding:
+def read(project: Project, progress: Progress, expected: Collection[str] = ()) -> Holding:
     """The zips (and anything else) in the project's images folder, each hashed, and the
-    manifest's bytes (None if there is none)."""
+    manifest's bytes (None if there is none). The whole folder is read whatever ``expected``
+    says: it is the project's own, so anything else there is extra."""
     folder = manifest.images_folder(project.slug)
     with _client(project) as client:
         names = client.list_dir(folder) if client.exists(folder) else []

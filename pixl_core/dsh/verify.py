@@ -6,11 +6,11 @@ there, read back from the destination itself rather than from anything PIXL reme
 
 - ``ftps`` (``pixl_core.dsh.ftps_reader``): the listing of ``<project>/dicom/``, and the SHA-256
   of every zip, downloaded as a stream; and the ``manifest.json`` found there;
-- ``dicomweb``: *not written here*. Its reader goes in ``KINDS`` below as
-  ``DestinationKind(read=<QIDO-RS reader>, key=lambda z: z.pseudo_study_uid, has_manifest=False,
-  remove=None)``: for each StudyInstanceUID it finds, a ``Found(name=<pseudonymised UID>,
-  instances=<QIDO-RS NumberOfStudyRelatedInstances>, sha256=None)``. ``compare`` already checks
-  instance counts where a reader gives them and digests where it gives those.
+- ``dicomweb`` (``pixl_core.dsh.dicomweb_reader``): for each study PIXL exported there, its
+  instances counted by QIDO-RS on the server. A research platform holds other projects' studies
+  too, so only the studies PIXL sent are asked for: nothing is ever "extra" there, a study the
+  server lacks is missing and one with another instance count is corrupt (incomplete).
+  ``compare`` checks instance counts where a reader gives them and digests where it gives those.
 
 ``compare`` is pure: expected items and what was found in, a ``Verification`` out, with
 missing, extra and corrupt items by name (pseudonymised names only: a file on the DSH whose
@@ -21,7 +21,7 @@ problem right.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -75,7 +75,8 @@ class Holding:
     manifest: bytes | None = None
 
 
-Reader = Callable[[Project, Progress], Holding]
+# (project, progress, the names PIXL's records expect there) -> what the destination holds
+Reader = Callable[[Project, Progress, Collection[str]], Holding]
 
 
 @dataclass(frozen=True)
@@ -104,9 +105,22 @@ def _ftps_kind() -> DestinationKind:
     )
 
 
-# One entry per destination kind (``pixl_core.dsh.kinds``). The DICOMweb reader (QIDO-RS
-# counts per StudyInstanceUID) plugs in here as ``kinds.DICOMWEB: _dicomweb_kind``.
-KINDS: dict[str, Callable[[], DestinationKind]] = {kinds.FTPS: _ftps_kind}
+def _dicomweb_kind() -> DestinationKind:
+    from pixl_core.dsh import dicomweb_reader
+
+    return DestinationKind(
+        read=dicomweb_reader.read,
+        key=lambda z: z.pseudo_study_uid,
+        has_manifest=False,
+        remove=None,  # the export asks the server which instances it holds and sends the rest
+    )
+
+
+# One entry per destination kind (``pixl_core.dsh.kinds``).
+KINDS: dict[str, Callable[[], DestinationKind]] = {
+    kinds.FTPS: _ftps_kind,
+    kinds.DICOMWEB: _dicomweb_kind,
+}
 
 
 @dataclass

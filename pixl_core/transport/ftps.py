@@ -165,6 +165,13 @@ class FtpsSettings:
         """
         env: Mapping[str, str] = os.environ if environ is None else environ
         slug, destination = project.slug, project.destination
+        if destination is None and project.dicomweb is not None:
+            raise PixlConfigError(
+                f"projects/{slug}.yaml sends images by 'destination: dicomweb:' but names no "
+                "server for its files (radiology parquet, OMOP public files); add "
+                "'ftps: {host, port, user, root}' beside 'dicomweb:'",
+                code="no_destination",
+            )
         if destination is None:
             raise PixlConfigError(
                 f"projects/{slug}.yaml has no 'destination:'; add "
