@@ -15,7 +15,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pixl_cli.output import EXIT_DATA_ERROR, EXIT_OK, console, err_console, operator_errors
 from pixl_core.config.projects import load_project
-from pixl_core.dicom.deid import REFUSED_UNREADABLE, Refused, deidentify_bytes
 from pixl_core.errors import PixlConfigError
 from pixl_core.hashing import ProjectHasher
 
@@ -53,6 +52,8 @@ def anonymise(
     Exit 0 when every input was de-identified or refused by policy, 1 when an input could not
     be read (the others are still done), 2 for bad usage or configuration.
     """
+    from pixl_core.dicom.deid import REFUSED_UNREADABLE, Refused, deidentify_bytes
+
     with operator_errors():
         config = load_project(project)
         hasher = ProjectHasher.for_project(config.slug)
