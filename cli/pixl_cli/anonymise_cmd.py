@@ -216,18 +216,26 @@ def run_parallel(
         try:
             nxt = position
             while position < len(files):
-                while nxt < len(files) and nxt < position + window:
-                    futures[nxt] = pool.submit(deidentify_file, nxt, files[nxt])
-                    nxt += 1
-                try:
-                    outcome = futures.pop(position).result()
+                try:  # a broken pool raises in submit() as well as in result()
+                    while nxt < len(files) and nxt < position + window:
+                        futures[nxt] = pool.submit(deidentify_file, nxt, files[nxt])
+                        nxt += 1
+                    outcome = futures[position].result()
                 except BrokenProcessPool:
                     crashed_at = position
                     break
+                del futures[position]
                 settle(outcome)
                 position += 1
-        finally:
+        except BaseException:  # Ctrl-C, a full disk: no temporary file is left behind
             pool.shutdown(wait=True, cancel_futures=True)
+            for future in futures.values():
+                if not future.cancelled() and future.done() and not future.exception():
+                    partial = future.result().partial
+                    if partial is not None:
+                        partial.unlink(missing_ok=True)
+            raise
+        pool.shutdown(wait=True, cancel_futures=True)
         if crashed_at is None:
             break
         # The worker that died was running one of the files in flight (at most `jobs` of
