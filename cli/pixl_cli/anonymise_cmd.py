@@ -28,6 +28,7 @@ project's key and the input.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections import Counter
@@ -178,6 +179,10 @@ def _fork_context() -> object | None:
 def _pool(
     workers: int, config: Project, hasher: ProjectHasher, output: Path
 ) -> ProcessPoolExecutor:
+    # Everything imported so far (pydicom, numpy, the engine: ~100 MB) is shared with the
+    # forked workers copy-on-write; a worker's garbage collector would write to every object's
+    # header and so copy every page. Frozen objects are left alone by the collector.
+    gc.freeze()
     return ProcessPoolExecutor(
         workers,
         mp_context=_fork_context(),  # type: ignore[arg-type]
