@@ -9,9 +9,9 @@ module level import only the standard library, typer and rich, ``pixl_cli.output
 pandas, pyarrow, psycopg2 (``pixl_core.db``), requests, ``pixl_core.text`` and ``pixl_ehr``
 inside the command (or helper) that needs them; a name used only in annotations goes under
 ``if TYPE_CHECKING:``. ``tests/unit/test_cli_startup.py`` enforces it and names the import
-chain of an offender. Measured when this was introduced (issue 12, min of 9 runs, CPU time):
-``pixl --help`` went from 0.97 to 0.21 CPU-s and ``pixl status`` from ~1.1 to 0.28, against
-0.35 for ``python -c "import pydicom"``.
+chain of an offender. Measured when this was introduced (issue 12, min of 11 runs, CPU time):
+``pixl --help`` went from 1.00 to 0.20 CPU-s and ``pixl status`` from 1.07 to 0.31, against
+0.34 for ``python -c "import pydicom"`` (``benchmarks/cli_bench.py``).
 """
 
 from __future__ import annotations
