@@ -33,8 +33,6 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +45,8 @@ from pixl_core.errors import PixlConfigError
 from pixl_core.hashing import ProjectHasher
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future, ProcessPoolExecutor
+
     from pixl_core.config.projects import Project
 
 REFUSED_INTERNAL = "internal_error"
@@ -199,6 +199,8 @@ def _pool(
     # Everything imported so far (pydicom, numpy, the engine: ~100 MB) is shared with the
     # forked workers copy-on-write; a worker's garbage collector would write to every object's
     # header and so copy every page. Frozen objects are left alone by the collector.
+    from concurrent.futures import ProcessPoolExecutor  # multiprocessing: only when forking
+
     gc.freeze()
     return ProcessPoolExecutor(
         workers,
@@ -212,6 +214,8 @@ def _run_alone(
     index: int, path: Path, config: Project, hasher: ProjectHasher, output: Path
 ) -> Outcome:
     """One file in a fresh worker of its own: a crash then says which file it was."""
+    from concurrent.futures.process import BrokenProcessPool
+
     with _pool(1, config, hasher, output) as pool:
         try:
             return pool.submit(deidentify_file, index, path).result()
@@ -228,6 +232,8 @@ def run_parallel(
     settle: Callable[[Outcome], None],
 ) -> None:
     """De-identify ``files`` on ``jobs`` worker processes, settling outcomes in input order."""
+    from concurrent.futures.process import BrokenProcessPool
+
     position = 0
     while position < len(files):
         pool = _pool(jobs, config, hasher, output)
