@@ -25,7 +25,7 @@ from rich.table import Table
 
 from stack.driver import Counts, NotSettledError, Stack
 from stack.local_stack import StackError
-from stack.settings import REPO_DIR, StackSettings
+from stack.settings import REPO_DIR, StackSettings, StackSettingsError
 
 DEMO_DIR = REPO_DIR / ".demo"
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -65,16 +65,17 @@ def wait_for_reports(stack: Stack, projects: list[str], timeout: float) -> None:
 
 def run(stack: Stack, n_studies: int, timeout: float) -> int:
     from stack.standins.emap_load import load_cohort_reports
-    from stack.synthetic.cohort import generate_cohort, load_into_vna
+    from stack.synthetic.cohort import generate_cohort
 
     console.rule("[bold]PIXL demo")
     settings = stack.settings
-    console.print("starting the local stack (Postgres, VNA, orthanc-raw, orthanc-anon, DSH)…")
+    vna = "VNA" if settings.vna_kind == "orthanc" else f"VNA ({settings.vna_kind})"
+    console.print(f"starting the local stack (Postgres, {vna}, orthanc-raw, orthanc-anon, DSH)…")
     stack.up()
     console.print(f"generating a synthetic cohort of {n_studies} studies…")
     cohort = generate_cohort(settings.root, n_studies=n_studies)
-    loaded = load_into_vna(cohort, settings.url("vna"))
-    console.print(f"loaded {loaded} instances into the VNA")
+    loaded = stack.load_vna(cohort)
+    console.print(f"loaded {loaded} instances into the {vna}")
     load_cohort_reports(settings.db_url, cohort)
     stack.pixl("rate", "5", "--in-flight", "4")
     projects = []
@@ -174,7 +175,13 @@ def _parquet_contents(settings: StackSettings, project: str) -> tuple[int, bool]
 def explore(settings: StackSettings) -> None:
     secrets = settings.root / "secrets.env"
     console.print("\nThe stack stays up for exploring (`make down` stops it):")
-    console.print(f"  VNA            {settings.url('vna')}/app/explorer.html")
+    if settings.vna_kind == "dcmqrscp":
+        console.print(
+            f"  VNA            dcmqrscp, AE title VNA at 127.0.0.1:{settings.ports['vna_dicom']} "
+            f"(DICOM only; its log: {settings.logs_dir / 'vna.log'})"
+        )
+    else:
+        console.print(f"  VNA            {settings.url('vna')}/app/explorer.html")
     console.print(
         f"  orthanc-raw    {settings.url('raw')}/app/explorer.html  "
         "(user pixl: PIXL_ORTHANC_RAW_PASSWORD; read-only user operator)"
@@ -214,7 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     # Everything the demo writes (extract with its link files, secrets, staged parquet) is
     # private to the user running it; the stack opens up only what its services must read.
     os.umask(0o077)
-    stack = Stack(StackSettings.for_demo(DEMO_DIR), pixl_timeout_s=600.0)
+    try:
+        settings = StackSettings.for_demo(DEMO_DIR)
+    except StackSettingsError as exc:
+        console.print(f"[red]demo: {exc}[/red]")
+        return 2
+    stack = Stack(settings, pixl_timeout_s=600.0)
     if args.down:
         stack.down()
         console.print("demo stack stopped")

@@ -3,7 +3,10 @@
 One supervisord per stack root owns every process (Postgres, the VNA, orthanc-raw,
 orthanc-anon, the DSH's FTPS server, and the EHR module with its Cogstack stand-in when present)
 and restarts any that crashes. ``down`` asks that supervisord to stop exactly what it started.
-Logs go to ``<root>/logs/``.
+Logs go to ``<root>/logs/``. The VNA is a third Orthanc, or DCMTK's ``dcmqrscp`` when
+``settings.vna_kind`` is ``dcmqrscp`` (``PIXL_STACK_VNA`` for the demo); more dcmqrscp archives
+run beside it when ``settings.add_archive`` asked for them (``stack.standins.dcmqrscp_archive``),
+as Debian's ``dcmtk`` user when started as root.
 
 What the stack writes is private to the user running it (issue 8, finding 7):
 
@@ -45,7 +48,9 @@ import requests
 import yaml
 
 from stack.launch import write_env_file
-from stack.settings import REPO_DIR, StackSettings
+from stack.settings import RAW_AET, REPO_DIR, StackSettings
+from stack.standins import dcmqrscp_archive
+from stack.standins.dcmqrscp_archive import LOADER_AET, DcmqrscpArchive, Peer
 
 ORTHANC_BINARY = shutil.which("Orthanc") or "/usr/bin/Orthanc"
 ORTHANCS = ("vna", "raw", "anon")
@@ -170,6 +175,52 @@ def _own(folder: Path, owner: str | None, mode: int) -> None:
     folder.chmod(mode)
 
 
+@functools.cache
+def archive_user(run_dir: Path) -> str | None:
+    """The user the dcmqrscp archives run as: Debian's ``dcmtk`` when we are root and it can
+    reach the stack's run folder (its config is there), else the invoking user, with one line
+    saying why (a stack in a private folder, as ``orthanc_user`` does for the Orthancs)."""
+    user = dcmqrscp_archive.DCMTK_USER
+    if not (_is_root() and _user_exists(user)):
+        return None
+    reach = subprocess.run(["runuser", "-u", user, "--", "test", "-x", str(run_dir)], check=False)
+    if reach.returncode != 0:
+        print(
+            f"stack: the {user} user cannot reach {run_dir}, so the dcmqrscp archives run as "
+            f"root; make every folder above it traversable by others (chmod o+x) to run them "
+            f"as {user}",
+            file=sys.stderr,
+        )
+        return None
+    return user
+
+
+def archive_spec(settings: StackSettings, name: str) -> DcmqrscpArchive:
+    """The dcmqrscp archive ``name`` of the stack (the VNA, or one added with
+    ``StackSettings.add_archive``): orthanc-raw is its one C-MOVE destination, and orthanc-raw
+    and the loader (``storescu``) may associate with it."""
+    return DcmqrscpArchive(
+        name=name,
+        aet=settings.dcmqrscp_archives()[name],
+        port=settings.ports[f"{name}_dicom"],
+        storage_dir=settings.data_dir / f"{name}-dcmqrscp",
+        run_dir=settings.run_dir,
+        logs_dir=settings.logs_dir,
+        destinations=(Peer(RAW_AET, settings.ports["raw_dicom"]),),
+        callers=(RAW_AET, LOADER_AET),
+    )
+
+
+def render_archive(archive: DcmqrscpArchive) -> None:
+    """Write the archive's configuration and logger files (mode 600) and make its storage
+    folder (mode 700), all its user's."""
+    user = archive_user(archive.run_dir)
+    archive.storage_dir.mkdir(parents=True, exist_ok=True)
+    _own(archive.storage_dir, user, 0o700)
+    _write_private(archive.config_path, dcmqrscp_archive.config_text(archive), owner=user)
+    _write_private(archive.log_config_path, dcmqrscp_archive.log_config_text(), owner=user)
+
+
 def render_projects(settings: StackSettings) -> list[Path]:
     """Write the stack's project files: every committed ``projects/*.yaml`` and each of
     ``settings.test_projects`` (a copy of chest-xray.yaml), their destination set to this
@@ -218,6 +269,7 @@ def _program(
     user: str | None = None,
     memory_mb: int | None = None,
     env: dict[str, str] | None = None,
+    with_secrets: bool = True,
     **extra: str,
 ) -> str:
     """One ``[program:NAME]`` section: no secret in it, see :mod:`stack.launch`.
@@ -229,7 +281,7 @@ def _program(
     """
     public = {**settings.public_environment(), "PIXL_PROCESS": name, **(env or {})}
     env_line = ",".join(f'{key}="{value}"' for key, value in public.items())
-    secrets = _secrets_for(name, settings)
+    secrets = _secrets_for(name, settings) if with_secrets else {}
     command = list(command)
     if secrets or memory_mb or user:
         launch = [sys.executable, "-m", "stack.launch"]
@@ -314,6 +366,8 @@ def supervisor_config(settings: StackSettings) -> str:
         ),
     ]
     for name in ORTHANCS:
+        if name == "vna" and settings.vna_kind != "orthanc":
+            continue
         config = render_orthanc_config(settings, name)
         process = name if name == "vna" else f"orthanc-{name}"
         # The VNA stand-in logs verbosely so tests can count the C-MOVEs it served
@@ -328,6 +382,19 @@ def supervisor_config(settings: StackSettings) -> str:
                 memory_mb=settings.orthanc_memory_mb,
                 # glibc's per-thread malloc arenas reserve address space the limit counts.
                 env={"MALLOC_ARENA_MAX": "4"},
+            )
+        )
+    for name in settings.dcmqrscp_archives():
+        archive = archive_spec(settings, name)
+        render_archive(archive)
+        # An archive holds no PIXL secret; its log is what the tests count its work from.
+        sections.append(
+            _program(
+                name,
+                archive.command(),
+                settings,
+                user=archive_user(settings.run_dir),
+                with_secrets=False,
             )
         )
     low, high = settings.passive_ports
@@ -464,7 +531,16 @@ def up(settings: StackSettings, timeout: float = 90.0) -> None:
 
     ensure_initialised(settings.data_dir / "pg", settings.secrets.get("PIXL_DB_PASSWORD"))
     write_env_file(settings.cli_env_file, settings.cli_environment())
-    if not is_up(settings):
+    kind_file = settings.run_dir / "vna-kind"
+    if is_up(settings):
+        running = kind_file.read_text().strip() if kind_file.exists() else "orthanc"
+        if running != settings.vna_kind:
+            raise StackError(
+                f"the stack in {settings.root} runs the {running} VNA, not {settings.vna_kind}: "
+                "stop it first (make down), then start it again"
+            )
+    else:
+        _write_private(kind_file, settings.vna_kind + "\n")
         if settings.with_reports:
             generate_cogstack_certificate(settings)
         conf = settings.run_dir / "supervisord.conf"
@@ -516,6 +592,9 @@ def wait_healthy(settings: StackSettings, timeout: float = 90.0) -> None:
         ),
         "dsh": lambda: _tcp_ready(settings.ports["dsh_ftps"]),
     }
+    for name, aet in settings.dcmqrscp_archives().items():
+        port = settings.ports[f"{name}_dicom"]
+        checks[name] = lambda aet=aet, port=port: dcmqrscp_archive.echo(aet, port)
     if settings.with_reports:
         checks["ehr"] = lambda: _http_ready(settings.url("ehr") + "/health", None)
         checks["cogstack"] = lambda: _http_ready(

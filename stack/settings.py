@@ -7,6 +7,7 @@ pick free ports and a temporary folder, so they never collide with a running dem
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,29 @@ def is_secret_variable(name: str) -> bool:
 
 # Address-space limit of each Orthanc of the stack (ulimit -v), unless PIXL_ORTHANC_MEMORY_MB.
 ORTHANC_MEMORY_MB = 4096
+# What can play the VNA: a third Orthanc, or DCMTK's dcmqrscp (an archive that is not Orthanc).
+VNA_KINDS = ("orthanc", "dcmqrscp")
+# orthanc-raw's AE title (orthanc-config/raw.json): the C-MOVE destination every archive knows.
+RAW_AET = "PIXLRAW"
+VNA_AET = "VNA"
+# An archive's name is also its port's name in the Orthanc config templates (${NAME_DICOM_PORT}).
+_ARCHIVE_NAME = re.compile(r"[a-z][a-z0-9]{0,30}")
+_AE_TITLE = re.compile(r"[A-Z0-9_]{1,16}")
+_TAKEN_NAMES = ("postgres", "vna", "orthanc-raw", "orthanc-anon", "dsh", "ehr", "cogstack")
+
+
+class StackSettingsError(ValueError):
+    """A stack setting that cannot work; the message names it and what it may be."""
+
+
+def vna_kind_from_env() -> str:
+    """``PIXL_STACK_VNA``: which archive the demo stack runs as its VNA (default orthanc)."""
+    kind = os.environ.get("PIXL_STACK_VNA", "").strip() or "orthanc"
+    if kind not in VNA_KINDS:
+        raise StackSettingsError(
+            f"PIXL_STACK_VNA must be one of {', '.join(VNA_KINDS)}: set it to one or unset it"
+        )
+    return kind
 
 
 @dataclass
@@ -75,12 +99,24 @@ class StackSettings:
     orthanc_memory_mb: int = field(
         default_factory=lambda: int(os.environ.get("PIXL_ORTHANC_MEMORY_MB", ORTHANC_MEMORY_MB))
     )
+    # What plays the VNA (AE title VNA, port ``vna_dicom``): "orthanc" or "dcmqrscp"; the demo
+    # reads it from PIXL_STACK_VNA.
+    vna_kind: str = "orthanc"
+    # More archives, each a dcmqrscp of its own: program name -> AE title (see add_archive).
+    archives: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.vna_kind not in VNA_KINDS:
+            raise StackSettingsError(
+                f"vna_kind must be one of {', '.join(VNA_KINDS)}, not {self.vna_kind!r}"
+            )
 
     @classmethod
     def for_demo(cls, root: Path) -> StackSettings:
         base = int(os.environ.get("PIXL_DEMO_PORT_BASE", "17100"))
         ports = {name: base + offset for offset, name in enumerate(PORT_NAMES)}
         settings = cls(root=root, ports=ports, passive_ports=(base + 50, base + 69))
+        settings.vna_kind = vna_kind_from_env()
         settings.secrets = settings.load_or_create_secrets()
         return settings
 
@@ -91,6 +127,35 @@ class StackSettings:
         settings = cls(root=root, ports=ports, raw_cache_mb=500, passive_ports=(passive, passive))
         settings.secrets = settings.load_or_create_secrets()
         return settings
+
+    def add_archive(self, name: str, aet: str) -> None:
+        """Run one more archive, a dcmqrscp with AE title ``aet``: supervisord program, folder
+        (``data/<name>/``) and log (``logs/<name>.log``) ``name``, DICOM port
+        ``ports["<name>_dicom"]`` (a free port unless one is set already: put
+        ``<name>_dicom`` in PORT_NAMES for a fixed demo port). It knows orthanc-raw as its
+        C-MOVE destination and as a caller, like the VNA. Call before the stack starts.
+
+        For orthanc-raw to query it and accept what it moves, orthanc-raw's config must list it
+        as a modality: its AE title, 127.0.0.1 and ``${<NAME>_DICOM_PORT}`` (every port of
+        ``ports`` is filled into the Orthanc config templates by that name)."""
+        if not _ARCHIVE_NAME.fullmatch(name) or name in _TAKEN_NAMES:
+            raise StackSettingsError(
+                f"archive name {name!r}: use lowercase letters and digits, not one of "
+                f"{', '.join(_TAKEN_NAMES)}"
+            )
+        if not _AE_TITLE.fullmatch(aet) or aet in (RAW_AET, VNA_AET):
+            raise StackSettingsError(
+                f"archive AE title {aet!r}: use 1-16 capital letters, digits or '_', "
+                f"not {RAW_AET} or {VNA_AET}"
+            )
+        self.archives[name] = aet
+        self.ports.setdefault(f"{name}_dicom", free_port())
+
+    def dcmqrscp_archives(self) -> dict[str, str]:
+        """Every archive of the stack that is a dcmqrscp: program name -> AE title (the VNA
+        first, when it is one)."""
+        own = {"vna": VNA_AET} if self.vna_kind == "dcmqrscp" else {}
+        return {**own, **self.archives}
 
     @property
     def data_dir(self) -> Path:

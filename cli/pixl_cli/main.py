@@ -24,6 +24,7 @@ from pixl_cli.control_cmds import hours, pause, resume
 from pixl_cli.export_cmd import export_patient_data
 from pixl_cli.pixels_cmd import pixels_app
 from pixl_cli.reports_cmd import reports_app
+from pixl_cli.verify_cmd import MANIFEST_HELP, VERIFY_HELP, verify, write_manifest
 from pixl_cli.work_cmds import populate, rate, retry, status
 
 app = typer.Typer(
@@ -50,6 +51,8 @@ app.command("resume")(resume)
 app.command("hours")(hours)
 app.command("export-patient-data")(export_patient_data)
 app.command("retry")(retry)
+app.command("verify", help=VERIFY_HELP)(verify)
+app.command("manifest", help=MANIFEST_HELP)(write_manifest)
 app.add_typer(reports_app, name="reports")
 app.add_typer(pixels_app, name="pixels")
 

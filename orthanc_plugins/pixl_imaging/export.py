@@ -28,6 +28,11 @@ orthanc-anon fails (the study stays ``anonymising``, ``export_attempts`` grows, 
 due after an exponentially growing pause); ``requeue`` sends a study whose instances went
 missing back to orthanc-raw. The loop is ``pixl_core.db.polling.run_loop``. Failures are
 recorded as the error's ``code`` (``ftps_login``, ``invalid_allowlist``…), never an identifier.
+
+The project's ``<project>/dicom/manifest.json`` (every zip with its SHA-256, instance count and
+size) is rebuilt from Postgres after exports and on a beat (``manifest_seconds``), one writer
+at a time across replicas: why it is written then and so, ``pixl_core.dsh.manifest_writer``.
+A manifest that cannot be written never fails a study.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ from pixl_core.db import study_records, work_queue
 from pixl_core.db.leases import DEFAULT_LEASE_SECONDS, Heartbeat
 from pixl_core.db.polling import Counters, run_loop
 from pixl_core.db.work_queue import WorkItem
+from pixl_core.dsh.kinds import images_over_ftps
+from pixl_core.dsh.manifest_writer import ManifestKeeper
 from pixl_core.errors import PixlConfigError
 from pixl_core.hashing import ProjectHasher
 from pixl_core.transport.ftps import FtpsClient, FtpsError
@@ -66,6 +73,8 @@ COUNTERS = (
     "requeued",
     "retries",
     "destinations_down",
+    "manifests_written",
+    "manifest_failures",
 )
 # FTPS steps whose transient failure means the destination is away (pause it), not that it
 # refused this study.
@@ -82,6 +91,8 @@ class ExportSettings:
     work_dir: Path | None = None
     # While a project's destination is down, one connection this often tells when it is back.
     probe_seconds: float = 10.0
+    # A project's manifest is rewritten at most this often, and stale ones caught up as often.
+    manifest_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,9 @@ class AnonExporter:
         )
         self._down: dict[str, float] = {}  # project whose destination is down → next probe
         self._probe_lock = threading.Lock()
+        self.manifests = ManifestKeeper(
+            ftps, settings.worker_id, images_over_ftps, settings.manifest_seconds
+        )
 
     def _conn(self) -> db.Connection:
         return self._connections.get()
@@ -151,6 +165,7 @@ class AnonExporter:
         """Take one handed-over study whose export is due (SKIP LOCKED, with a lease), from a
         project whose destination is not paused."""
         self._probe_destinations()
+        self._keep_manifests(None)
         items = work_queue.claim_stage(
             self._conn(),
             TABLE,
@@ -166,6 +181,16 @@ class AnonExporter:
     def _export_one(self, item: ExportItem) -> None:
         with self.heartbeat.hold(item.id):
             self.export(item)
+
+    def _keep_manifests(self, exported_project: str | None) -> None:
+        """After an export of ``exported_project``, and on the manifest beat: bring manifests
+        up to date with Postgres (``pixl_core.dsh.manifest_writer``)."""
+        if exported_project is not None:
+            self.manifests.after_export(self._conn(), exported_project)
+        else:
+            self.manifests.catch_up(self._conn(), skip=lambda project: project in self._down)
+        self.counters.set("manifests_written", self.manifests.writes)
+        self.counters.set("manifest_failures", self.manifests.failures)
 
     # --- destinations that are down ------------------------------------------------------------
 
@@ -289,12 +314,14 @@ class AnonExporter:
             pseudo_study_uid=pseudo_uid,
             instance_count=len(instances),
             sha256=digest,
+            zip_bytes=size,
             last_error_code=None,
         )
         if applied:
             self.counters.add("exported")
             self.anon.delete(f"/studies/{studies[0]}")
         logger.info("study item %s exported (%d instances)", item.id, len(instances))
+        self._keep_manifests(project.slug)
         return "exported"
 
     def _instances(self, orthanc_study_id: str) -> list[dict[str, Any]]:

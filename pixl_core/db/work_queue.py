@@ -110,7 +110,14 @@ QUEUES: dict[str, QueueSpec] = {
         # orthanc-raw only ever reclaims what it was fetching: 'anonymising' is a stage.
         in_progress_states=("fetching",),
         columns=_COMMON_COLUMNS
-        | {"study_uid", "pseudo_study_uid", "instances_sent", "instance_count", "sha256"},
+        | {
+            "study_uid",
+            "pseudo_study_uid",
+            "instances_sent",
+            "instance_count",
+            "sha256",
+            "zip_bytes",
+        },
         # orthanc-anon's exporter (pixl_imaging.export) takes a study over once orthanc-raw
         # has handed every instance on and recorded how many.
         stages=(

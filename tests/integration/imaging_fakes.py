@@ -5,8 +5,9 @@
 store of real DICOM files, indexed by their UIDs the way Orthanc indexes them. One class plays
 three parts:
 
-- the VNA (``FakeOrthanc("vna")`` loaded with files): answers C-FIND at study and instance
-  level through the Orthanc that queries it;
+- the VNA (``FakeOrthanc("vna")`` loaded with files): answers C-FIND at study, series and
+  instance level through the Orthanc that queries it, hierarchically as real archives do (a
+  series-level query must name one study, an instance-level one a study and a series);
 - orthanc-raw (``FakeOrthanc("raw", vna=vna)``): ``/modalities/vna/query``, ``/queries/…``,
   ``retrieve`` and ``/modalities/vna/move`` copy instances from the VNA, as a C-MOVE would;
 - orthanc-anon (``FakeOrthanc("anon", on_received=ingest.on_received)``): every posted
@@ -229,15 +230,23 @@ class FakeOrthanc:
             raise OrthancError(f"Orthanc {self.name} is not reachable", "http_500", 500)
         with self._lock:
             instances = list(self.instances.values())
-        if level == "Instance":
+        if level in ("Series", "Instance"):
+            study_uid = _single_value(query, "StudyInstanceUID")
+            in_study = [i for i in instances if i.study_uid == study_uid]
+            if level == "Series":
+                return [
+                    {"StudyInstanceUID": study_uid, "SeriesInstanceUID": uid, "Modality": modality}
+                    for uid, modality in sorted({(i.series_uid, i.modality) for i in in_study})
+                ]
+            series_uid = _single_value(query, "SeriesInstanceUID")
             return [
                 {
                     "StudyInstanceUID": i.study_uid,
                     "SeriesInstanceUID": i.series_uid,
                     "SOPInstanceUID": i.sop_uid,
                 }
-                for i in instances
-                if i.study_uid == query["StudyInstanceUID"]
+                for i in in_study
+                if i.series_uid == series_uid
             ]
         studies: dict[str, list[StoredInstance]] = {}
         for instance in instances:
@@ -262,6 +271,15 @@ class FakeOrthanc:
         ]
 
 
+def _single_value(query: dict[str, str], key: str) -> str:
+    """A unique key above the query level: one value, or the archive refuses the C-FIND (as
+    orthanc-raw reports it: HTTP 500)."""
+    value = query.get(key, "").strip()
+    if not value or any(c in value for c in "*?\\"):
+        raise OrthancError(f"C-FIND without one {key}: refused (0xA900)", "http_500", 500)
+    return value
+
+
 @dataclass
 class FakeDsh:
     """The DSH as the exporter sees it: ``client(project)`` gives an object with the
@@ -270,7 +288,8 @@ class FakeDsh:
         stores the file and then fails, as a connection lost before the exporter could record it."""
 
     files: dict[str, bytes] = field(default_factory=dict)
-    uploads: list[str] = field(default_factory=list)
+    uploads: list[str] = field(default_factory=list)  # zips (upload_file)
+    manifest_writes: list[str] = field(default_factory=list)  # upload_bytes: the manifests
     clients_for: list[str] = field(default_factory=list)
     down: bool = False
     crash_after_upload: bool = False
@@ -306,6 +325,10 @@ class FakeFtpsClient:
             return False
         self.dsh.files[remote_path] = self.dsh.files.pop(f"{folder}/.{name}.part")
         return True
+
+    def upload_bytes(self, remote_path: str, data: bytes) -> None:
+        self.dsh.files[remote_path] = bytes(data)
+        self.dsh.manifest_writes.append(remote_path)
 
     def upload_file(self, remote_path: str, local_path: str | Path) -> None:
         self.dsh.files[remote_path] = Path(local_path).read_bytes()
