@@ -16,6 +16,7 @@ import dataclasses
 import json
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -25,20 +26,11 @@ from rich.text import Text
 from pixl_cli.anonymise_cmd import iter_inputs
 from pixl_cli.git_revision import repository_root, work_tree, write_out
 from pixl_cli.output import EXIT_DATA_ERROR, EXIT_OK, console, err_console, operator_errors
-from pixl_core.config.allowlist_diff import (
-    DiffReport,
-    Status,
-    as_json,
-    compare_trees,
-)
-from pixl_core.dicom.change_sample import Sample, SampleSet, sample_change
 from pixl_core.errors import PixlConfigError
 
-_STYLES = {
-    Status.UNJUSTIFIED: "red",
-    Status.JUSTIFIED: "yellow",
-    Status.NOTHING: "dim",
-}
+if TYPE_CHECKING:  # the diff and the sample need pydicom: imported by the command (main.py)
+    from pixl_core.config.allowlist_diff import DiffReport
+    from pixl_core.dicom.change_sample import Sample
 
 
 def diff_cmd(
@@ -66,6 +58,9 @@ def diff_cmd(
     something newly leaves that PS3.15 and the claimed options do not allow and no
     justification covers.
     """
+    from pixl_core.config.allowlist_diff import as_json, compare_trees
+    from pixl_core.dicom.change_sample import SampleSet, sample_change
+
     with operator_errors():
         if markdown and as_json_output:
             raise PixlConfigError("choose one of --markdown and --json")
@@ -131,6 +126,9 @@ def _summary(report: DiffReport) -> str:
 def _print_terminal(
     report: DiffReport, samples: list[Sample | None] | None, sample_note: str = ""
 ) -> None:
+    from pixl_core.config.allowlist_diff import Status
+
+    styles = {Status.UNJUSTIFIED: "red", Status.JUSTIFIED: "yellow", Status.NOTHING: "dim"}
     console.print(Text(f"What leaves: {report.base} → {report.head}", style="bold"), soft_wrap=True)
     if sample_note:
         console.print(sample_note, highlight=False, soft_wrap=True)
@@ -157,7 +155,7 @@ def _print_terminal(
             ]
             if samples is not None:
                 cells.append(escape(_sample_text(samples[index])))
-            table.add_row(*cells, style=_STYLES.get(change.status))
+            table.add_row(*cells, style=styles.get(change.status))
         console.print(table)
     style = "green" if report.passed else "red"
     console.print(Text(_summary(report), style=style), soft_wrap=True)

@@ -16,8 +16,6 @@ import typer
 from pixl_cli.database import connect
 from pixl_cli.output import console, operator_errors
 from pixl_core.config.projects import load_project
-from pixl_core.db import fetch_control
-from pixl_core.db.fetch_control import ALL, HoursWindow
 
 OPERATOR_ENV = "PIXL_OPERATOR"
 
@@ -31,6 +29,8 @@ def _who() -> str:
 
 
 def _scope(project: str | None) -> str:
+    from pixl_core.db.fetch_control import ALL
+
     if project is None:
         return ALL
     load_project(project)  # one line naming the typo and the projects there are
@@ -38,15 +38,19 @@ def _scope(project: str | None) -> str:
 
 
 def _name(scope: str) -> str:
+    from pixl_core.db.fetch_control import ALL
+
     return "all projects" if scope == ALL else scope
 
 
 def pause_now(scope: str) -> None:
     """Pause asking the VNA for ``scope`` and say so (also ``pixl rate 0``)."""
+    from pixl_core.db import fetch_control
+
     conn = connect()
     was = fetch_control.is_paused(conn, scope)
     fetch_control.set_paused(conn, scope, True, _who())
-    resume = "pixl resume" + ("" if scope == ALL else f" {scope}")
+    resume = "pixl resume" + ("" if scope == fetch_control.ALL else f" {scope}")
     console.print(
         f"{_name(scope)}: {'already ' if was else ''}paused: orthanc-raw claims no new study "
         f"(queued studies stay queued; studies being fetched finish); `{resume}` resumes",
@@ -71,6 +75,8 @@ def resume(
     ),
 ) -> None:
     """Let orthanc-raw ask the VNA again (within its rate and VNA hours)."""
+    from pixl_core.db import fetch_control
+
     with operator_errors():
         scope = _scope(project)
         conn = connect()
@@ -102,6 +108,8 @@ def hours(
 ) -> None:
     """Show or set the hours in which orthanc-raw may ask the VNA; outside them it claims
     nothing until the window opens (`pixl status` says until when)."""
+    from pixl_core.db import fetch_control
+
     with operator_errors():
         scope = _scope(project)
         conn = connect()
@@ -109,7 +117,9 @@ def hours(
             if window.strip().lower() in {"off", "any", "always"}:
                 fetch_control.set_hours(conn, scope, None)
             else:
-                fetch_control.set_hours(conn, scope, HoursWindow.parse(window, weekends))
+                fetch_control.set_hours(
+                    conn, scope, fetch_control.HoursWindow.parse(window, weekends)
+                )
         control = fetch_control.controls(conn).get(scope)
         hold = fetch_control.current_gate(conn).hold_for(scope)
     if control is None or control.hours is None:

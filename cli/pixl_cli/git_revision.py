@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pixl_core.config.allowlist_diff import ConfigTree
 from pixl_core.errors import PixlConfigError
+
+if TYPE_CHECKING:
+    from pixl_core.config.allowlist_diff import ConfigTree  # pydicom: see pixl_cli.main
 
 CONFIG_FOLDERS = ("tag_allowlists", "projects")
 WORK_TREE = "work tree"
@@ -91,9 +94,13 @@ def write_out(repo: Path, revision: str, target: Path) -> ConfigTree:
         path.write_bytes(content.stdout)
     for folder in CONFIG_FOLDERS:
         (target / folder).mkdir(parents=True, exist_ok=True)
+    from pixl_core.config.allowlist_diff import ConfigTree
+
     return ConfigTree(label=f"{revision} ({commit[:10]})", root=target)
 
 
 def work_tree(repo: Path) -> ConfigTree:
     """The files as they are on disk now, committed or not."""
+    from pixl_core.config.allowlist_diff import ConfigTree
+
     return ConfigTree(label=WORK_TREE, root=repo)

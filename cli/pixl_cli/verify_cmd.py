@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import (
@@ -23,12 +24,11 @@ from rich.progress import (
 from pixl_cli.database import connection
 from pixl_cli.output import EXIT_DATA_ERROR, console, err_console, operator_errors
 from pixl_core.config.projects import SLUG_RULE, Project, is_valid_slug, load_project
-from pixl_core.db import exported_studies
-from pixl_core.dsh import kinds, manifest_writer
-from pixl_core.dsh.verify import KINDS, DestinationKind, compare, expected_items
 from pixl_core.errors import PixlConfigError, PixlError
-from pixl_core.transport.dicomweb import DicomwebError
-from pixl_core.transport.ftps import FtpsClient, FtpsError, FtpsSettings
+
+if TYPE_CHECKING:  # pixl_core.dsh reads PIXL's records (psycopg2): imported by the commands
+    from pixl_core.dsh import manifest_writer
+    from pixl_core.dsh.verify import DestinationKind
 
 WRITER_ID = "pixl-cli"
 LOCK_WAIT_SECONDS = 60.0
@@ -80,6 +80,8 @@ class _Bar:
 
 def _project(slug: str) -> tuple[Project, str]:
     """The project and its image destination kind; one-line errors for anything else."""
+    from pixl_core.dsh import kinds
+
     if not is_valid_slug(slug):
         raise PixlConfigError(f"PROJECT must be a project slug ({SLUG_RULE})")
     project = load_project(slug)
@@ -93,6 +95,8 @@ def _project(slug: str) -> tuple[Project, str]:
 
 
 def _kind(kind_name: str, slug: str) -> DestinationKind:
+    from pixl_core.dsh.verify import KINDS
+
     factory = KINDS.get(kind_name)
     if factory is None:
         raise PixlConfigError(
@@ -113,6 +117,11 @@ def verify(
     as_json: bool = typer.Option(False, "--json", help="One JSON object instead of lines."),
 ) -> None:
     """Re-read the project's destination; compare it with its manifest and PIXL's records."""
+    from pixl_core.db import exported_studies
+    from pixl_core.dsh.verify import compare, expected_items
+    from pixl_core.transport.dicomweb import DicomwebError
+    from pixl_core.transport.ftps import FtpsError
+
     with operator_errors():
         target, kind_name = _project(project)
         kind = _kind(kind_name, project)
@@ -167,6 +176,8 @@ def verify(
 def _requeue(conn, target, kind, snapshot, result) -> int:  # type: ignore[no-untyped-def]
     """Delete the corrupt items, queue the missing and corrupt studies again, and rewrite the
     manifest (which then no longer lists them); return how many studies were queued."""
+    from pixl_core.db import exported_studies
+
     by_key = {kind.key(z): z.pseudo_study_uid for z in snapshot.zips}
     if result.corrupt and kind.remove is not None:
         kind.remove(target, result.corrupt)
@@ -182,6 +193,9 @@ def _requeue(conn, target, kind, snapshot, result) -> int:  # type: ignore[no-un
 
 def _write_manifest(conn, target: Project) -> manifest_writer.Written:  # type: ignore[no-untyped-def]
     """Write the manifest now, waiting (a minute at most) for a writer that holds the lock."""
+    from pixl_core.dsh import manifest_writer
+    from pixl_core.transport.ftps import FtpsClient, FtpsSettings
+
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
     while True:
         written = manifest_writer.write_now(
@@ -201,6 +215,8 @@ def write_manifest(
     project: str = typer.Argument(..., help="Project whose images' manifest to rewrite."),
 ) -> None:
     """Rewrite the images' manifest.json on the DSH now, from PIXL's records."""
+    from pixl_core.dsh import kinds, manifest_writer
+
     with operator_errors():
         target, kind_name = _project(project)
         if kind_name != kinds.FTPS:

@@ -142,4 +142,4 @@ def test_a_dsh_that_does_not_answer_is_one_line_naming_the_fix(dsh, unused_tcp_p
     raw["destination"]["ftps"]["port"] = unused_tcp_port
     (projects / f"{PROJECT}.yaml").write_text(yaml.safe_dump(raw))
     load_project.cache_clear()
-    one_line(pixl("verify", PROJECT), 1, "connect failed", "check that the DSH answers")
+    one_line(pixl("verify", PROJECT), 1, "connect failed", "check that the destination answers")
