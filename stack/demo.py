@@ -6,8 +6,9 @@ reports into the EMAP schema, runs ``pixl populate``, waits for every study to s
 the reports and public parquet (``pixl export-patient-data``), and checks that everything
 expected arrived and nothing that should not: ``chest-xray``'s images as zips in
 ``.demo/dsh/``, ``chest-xray-research``'s at the DICOMweb server, counted there by QIDO-RS
-(studies, and instances per study against the cohort's own count), never from PIXL's records. Exits 0 only then. The stack
-stays up for exploring; ``make down`` stops it. ``.demo/env`` (mode 600) holds every variable
+(studies, and instances per study against the cohort's own count), never from PIXL's records,
+and ``pixl verify`` is clean for every project (zips hashed against the manifest, or QIDO-RS
+counts). Exits 0 only then. The stack stays up for exploring; ``make down`` stops it. ``.demo/env`` (mode 600) holds every variable
 the ``pixl`` CLI needs for it (``set -a; . .demo/env; set +a``).
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -149,20 +151,47 @@ def arrived(stack: Stack, cohort: Any, project: str) -> tuple[str, str, bool]:
     return "dicomweb", what, studies == len(expected) and complete
 
 
+def verify(stack: Stack, project: str, tries: int = 4) -> tuple[str, bool]:
+    """``pixl verify PROJECT`` as an operator would run it: the destination read back (zips
+    hashed against the manifest, or QIDO-RS counts). The manifest follows the last export by up
+    to a few seconds (``PIXL_EXPORT_MANIFEST_SECONDS``), so a stale one is asked again."""
+    for attempt in range(tries):
+        result = stack.pixl("verify", project, "--json", check=False)
+        if result.returncode == 0:
+            return "clean", True
+        if attempt + 1 < tries:
+            time.sleep(3)
+    try:
+        report = json.loads(result.stdout)
+    except ValueError:
+        return "failed", False
+    wrong = [f"{len(report[key])} {key}" for key in ("missing", "corrupt", "extra") if report[key]]
+    if (report.get("manifest") or {}).get("problem"):
+        wrong.append(f"manifest {report['manifest']['problem']}")
+    return ", ".join(wrong) or "failed", False
+
+
+def _table(title: str, left: list[str], right: list[str]) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in left:
+        table.add_column(column, no_wrap=True, justify="left" if column == "project" else "right")
+    for column in right:
+        table.add_column(column, justify="right")
+    return table
+
+
 def summarise(stack: Stack, cohort: Any, counts: Counts, projects: list[str]) -> bool:
     """Compare what arrived at each project's destination with what the cohort says should."""
     settings = stack.settings
-    table = Table(title="PIXL demo: what reached each destination")
-    columns = ["project", "destination", "studies expected", "exported", "arrived there"]
-    columns += ["not_found", "refused"]
-    columns += ["failed", "reports in parquet", "awaiting review", "public parquet"]
-    for column in columns:
-        if column in ("project", "destination"):
-            table.add_column(column, no_wrap=True)
-        elif column == "arrived there":
-            table.add_column(column, justify="right", no_wrap=True)
-        else:
-            table.add_column(column, justify="right")
+    # Two tables (images, then reports) so that each fits 100 columns without eliding a value.
+    images = _table(
+        "PIXL demo: images, counted where they arrived",
+        ["project", "destination", "expected", "exported", "arrived there", "pixl verify"],
+        ["not found", "refused", "failed"],
+    )
+    reports = _table(
+        "PIXL demo: reports", ["project", "in radiology parquet"], ["awaiting review", "public"]
+    )
     report_states = stack.report_status()
     ok = True
     reports_out = 0
@@ -170,8 +199,10 @@ def summarise(stack: Stack, cohort: Any, counts: Counts, projects: list[str]) ->
         expected = cohort.expected_counts(project)
         states = counts.studies.get(project, {})
         destination, there, all_there = arrived(stack, cohort, project)
+        verified, clean = verify(stack, project)
         row_ok = (
             all_there
+            and clean
             and states.get("exported", 0) == expected["exported"]
             and states.get("not_found", 0) == expected["not_found"]
             and states.get("refused", 0) == expected["refused"]
@@ -182,6 +213,7 @@ def summarise(stack: Stack, cohort: Any, counts: Counts, projects: list[str]) ->
             str(expected["exported"]),
             str(states.get("exported", 0)),
             there,
+            verified,
             f"{states.get('not_found', 0)}/{expected['not_found']}",
             f"{states.get('refused', 0)}/{expected['refused']}",
             str(states.get("failed", 0)),
@@ -193,16 +225,24 @@ def summarise(stack: Stack, cohort: Any, counts: Counts, projects: list[str]) ->
         busy = sum(report.get(state, 0) for state in ("queued", "fetching", "deidentifying"))
         row_ok = row_ok and public and in_parquet == report.get("exported", 0) and busy == 0
         reports_out += in_parquet
-        row += [str(in_parquet), str(report.get("flagged", 0)), "yes" if public else "NO"]
         ok = ok and row_ok
         colour = "green" if row_ok else "red"
-        table.add_row(f"[{colour}]{project}[/{colour}]", *row)
-    console.print(table)
+        images.add_row(f"[{colour}]{project}[/{colour}]", *row)
+        reports.add_row(
+            f"[{colour}]{project}[/{colour}]",
+            str(in_parquet),
+            str(report.get("flagged", 0)),
+            "yes" if public else "NO",
+        )
+    console.print(images)
     console.print(
         "arrived there: counted on the destination's side: zips in the DSH folder (ftps); "
-        "studies and instances (of those expected) by QIDO-RS on the server (dicomweb)",
+        "studies and instances (of those expected) by QIDO-RS on the server (dicomweb). "
+        "pixl verify: the destination read back against PIXL's records (and the manifest).",
         highlight=False,
     )
+    console.print(reports)
+    console.print("public: the extract's public OMOP parquet arrived at the DSH", highlight=False)
     if reports_out == 0:
         console.print("[red]no report reached any radiology parquet[/red]")
         ok = False
