@@ -185,3 +185,41 @@ def record_extract(
         duplicate_rows=extract.duplicate_rows,
         staging_path=staging_path,
     )
+
+
+def split_studies(
+    conn: Connection, item_id: int, study_uids: list[str], *, awaiting_archive: str | None = None
+) -> int:
+    """The archive holds several studies behind the accession number of work item ``item_id``:
+    keep the first UID (sorted, so every try picks the same) on the item itself and give each
+    other one a work item of its own (``split_from``), queued, with the same cohort facts
+    (MRN, accession number, procedure id, extract, priority). Return how many were added.
+
+    One transaction; idempotent (a retried split adds nothing twice). The report stays one per
+    accession number, on the item the cohort gave: every study's export carries the same
+    hashed accession number, which is what the radiology parquet links by.
+    ``awaiting_archive``: the archive that answered, when not the primary, so the new items
+    ask it directly.
+    """
+    first, *others = sorted(study_uids)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE study SET study_uid = %s WHERE id = %s AND split_from IS NULL",
+            (first, item_id),
+        )
+        if not others:
+            return 0
+        cur.execute(
+            """
+            INSERT INTO study (project, extract_id, procedure_occurrence_id, mrn,
+                               accession_number, study_datetime, priority, study_uid, split_from,
+                               awaiting_archive)
+            SELECT p.project, p.extract_id, p.procedure_occurrence_id, p.mrn,
+                   p.accession_number, p.study_datetime, p.priority, u.uid, p.id, %(awaiting)s
+            FROM study p, unnest(%(uids)s::text[]) AS u (uid)
+            WHERE p.id = %(id)s
+            ON CONFLICT (split_from, study_uid) WHERE split_from IS NOT NULL DO NOTHING
+            """,
+            {"awaiting": awaiting_archive, "uids": others, "id": item_id},
+        )
+        return cur.rowcount
