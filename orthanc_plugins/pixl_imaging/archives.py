@@ -27,6 +27,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pixl_core.db.fetch_control import DEFAULT_ARCHIVE_STUDIES_PER_SECOND
 from pixl_core.errors import PixlConfigError
 
 PRIMARY = "primary"
@@ -35,7 +36,7 @@ SECONDARY = "secondary"
 SECONDARY_MODALITY = "secondary"
 WAITING_FOR_SECONDARY = "waiting_for_secondary"
 SECONDARY_UNREACHABLE = "secondary_unreachable"
-DEFAULT_SECONDARY_STUDIES_PER_SECOND = 0.1
+DEFAULT_SECONDARY_STUDIES_PER_SECOND = DEFAULT_ARCHIVE_STUDIES_PER_SECOND
 # An AE title: 1-16 characters of the default repertoire, no backslash or control character.
 _AET = re.compile(r"[ -\[\]-~]{1,16}")
 _HOST = re.compile(r"[A-Za-z0-9.:-]{1,253}")

@@ -32,6 +32,8 @@ from pixl_core.errors import PixlConfigError
 
 ALL = "*"
 ARCHIVE_PREFIX = "archive:"
+# A secondary archive's rate until one is stored (orthanc-raw may be given another default).
+DEFAULT_ARCHIVE_STUDIES_PER_SECOND = 0.1
 _WINDOW = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]):([0-5][0-9])$")
 _WHO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}$")
 HOURS_RULE = 'a window "HH:MM-HH:MM" in 24-hour local time, e.g. "20:00-07:00"'
