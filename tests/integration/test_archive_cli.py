@@ -72,3 +72,14 @@ def test_status_counts_studies_by_source_archive_and_the_waiting(conn):  # noqa:
     text = pixl("status").output
     assert "from primary 2, from secondary 1, waiting for secondary 2" in text
     assert "secondary archive: " in text and "hours 20:00-07:00" in text
+
+
+def test_the_page_may_set_the_secondary_archives_hours(conn):  # noqa: F811
+    from pixl_imaging.operator_view import apply_control
+
+    answer = apply_control(
+        conn, {"action": "hours", "project": "archive:secondary", "hours": "20:00-07:00"}, "bob"
+    )
+    assert answer["project"] == "archive:secondary"
+    assert answer["fetch"]["vna_hours"] == "20:00-07:00"
+    assert fetch_control.controls(conn).get("*") is None, "the VNA's own hours are untouched"
