@@ -312,7 +312,13 @@ class RawWorker:
             max_crashes=self.settings.max_crashes,
             held=self.heartbeat.held(),
             exclude_projects=self._projects_at_their_limit(),
-            exclude_awaiting=() if self._secondary_may_be_asked() else (SECONDARY,),
+            # Studies waiting for the secondary archive stay queued while it may not be asked;
+            # with no secondary configured (any more) they are claimed and asked of the VNA.
+            exclude_awaiting=(
+                (SECONDARY,)
+                if self.settings.secondary_modality and not self._secondary_may_be_asked()
+                else ()
+            ),
         )
 
     # --- the secondary archive -----------------------------------------------------------------

@@ -216,3 +216,23 @@ def test_an_unreachable_secondary_keeps_the_study_waiting_without_a_try(archives
         "secondary_unreachable",
         0,
     )
+
+
+def test_without_a_secondary_any_more_a_waiting_study_is_asked_of_the_vna(db_url, conn, cohort):
+    study = cohort.by_role(NORMAL)
+    item = add_study(conn, PROJECT, study.mrn, study.accession_number)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE study SET awaiting_archive = 'secondary', "
+            "last_error_code = 'waiting_for_secondary' WHERE id = %s",
+            (item,),
+        )
+    archives = Archives(db_url)  # orthanc-raw restarted without PIXL_SECONDARY_*
+    archives.vna.load(study.files)
+    assert archives.round()
+    row = study_row(conn, item)
+    assert (row["state"], row["source_archive"], row["awaiting_archive"]) == (
+        "anonymising",
+        "primary",
+        None,
+    )
