@@ -3,10 +3,11 @@
 # Safe to run repeatedly; needs root (or sudo) only when something is missing.
 set -euo pipefail
 # tesseract-ocr: reads burned-in text (pixl_core.dicom.pixels); fonts-*: the synthetic burned-in corpus;
-# chromium + chromium-driver: the browser test of the operator's page (/pixl/ui/), headless.
+# chromium + chromium-driver: the browser test of the operator's page (/pixl/ui/), headless;
+# git: `pixl allowlist diff` reads revisions, and its tests build repositories.
 packages=(orthanc orthanc-python postgresql python3.11 python3.11-venv python3-pip vsftpd openssl dcmtk
   tesseract-ocr tesseract-ocr-eng libtesseract-dev libleptonica-dev fonts-dejavu-core fonts-liberation2
-  chromium chromium-driver)
+  chromium chromium-driver git)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

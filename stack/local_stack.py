@@ -27,6 +27,7 @@ What the stack writes is private to the user running it (issue 8, finding 7):
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import pwd
 import re
@@ -101,9 +102,40 @@ def render_orthanc_config(settings: StackSettings, name: str) -> Path:
     return target
 
 
+@functools.cache
 def orthanc_user() -> str | None:
-    """The user the Orthancs run as: Debian's ``orthanc`` when we are root, else ourselves."""
-    return ORTHANC_USER if _is_root() and _user_exists(ORTHANC_USER) else None
+    """The user the Orthancs run as: Debian's ``orthanc`` when we are root, else ourselves.
+
+    A clone in a private folder (``d=$(mktemp -d); git clone . $d`` as root: mode 700) is out of
+    that user's reach, and Orthanc's Python cannot import from a folder it cannot list. Rather
+    than change the permissions of the user's folders, the Orthancs then run as the invoking
+    user, and one line says so and how to get the separate user back."""
+    if not (_is_root() and _user_exists(ORTHANC_USER)):
+        return None
+    blocked = _unreadable_for(ORTHANC_USER)
+    if blocked is not None:
+        print(
+            f"stack: the {ORTHANC_USER} user cannot read {blocked}, so the Orthancs run as root; "
+            f"make every folder above it readable and traversable by others (chmod o+rx) to run "
+            f"them as {ORTHANC_USER}",
+            file=sys.stderr,
+        )
+        return None
+    return ORTHANC_USER
+
+
+def _unreadable_for(user: str) -> Path | None:
+    """The first of the paths Orthanc's Python needs (the repository root it imports from, the
+    plugin, the packages) that ``user`` cannot read, or None."""
+    from stack.settings import _venv_site_packages
+
+    needed = [REPO_DIR, REPO_DIR / "orthanc_plugins" / "raw.py", Path(_venv_site_packages())]
+    for path in needed:
+        flags = ["-r", str(path)] + (["-a", "-x", str(path)] if path.is_dir() else [])
+        check = subprocess.run(["runuser", "-u", user, "--", "test", *flags], check=False)
+        if check.returncode != 0:
+            return path
+    return None
 
 
 def _is_root() -> bool:
@@ -221,7 +253,7 @@ def _program(
         f"environment={env_line}",
         "autorestart=true",
         "startsecs=2",
-        "startretries=5",
+        "startretries=10",
         "stopasgroup=true",
         "killasgroup=true",
         "stopwaitsecs=15",
@@ -428,23 +460,6 @@ def prepare_folders(settings: StackSettings) -> None:
             log.chmod(0o600)
 
 
-def check_service_user_access(settings: StackSettings) -> None:
-    """Refuse to start when the ``orthanc`` user could not read the plugins and packages it
-    runs (a repository under a private home folder), with one line naming the fix."""
-    user = orthanc_user()
-    if user is None:
-        return
-    from stack.settings import _venv_site_packages
-
-    for path in (REPO_DIR / "orthanc_plugins" / "raw.py", Path(_venv_site_packages())):
-        check = subprocess.run(["runuser", "-u", user, "--", "test", "-r", str(path)], check=False)
-        if check.returncode != 0:
-            raise StackError(
-                f"the {user} user cannot read {path}: make every folder above it readable and "
-                "traversable by others (chmod o+rx), or run the stack as a non-root user"
-            )
-
-
 def up(settings: StackSettings, timeout: float = 90.0) -> None:
     """Start every process (if not already running) and wait until each answers."""
     prepare_folders(settings)
@@ -454,7 +469,6 @@ def up(settings: StackSettings, timeout: float = 90.0) -> None:
     ensure_initialised(settings.data_dir / "pg", settings.secrets.get("PIXL_DB_PASSWORD"))
     write_env_file(settings.cli_env_file, settings.cli_environment())
     if not is_up(settings):
-        check_service_user_access(settings)
         if settings.with_reports:
             generate_cogstack_certificate(settings)
         conf = settings.run_dir / "supervisord.conf"
@@ -522,9 +536,20 @@ def wait_healthy(settings: StackSettings, timeout: float = 90.0) -> None:
         if time.monotonic() > deadline:
             names = ", ".join(sorted(pending))
             raise StackError(
-                f"not healthy after {timeout:.0f}s: {names}; see {settings.logs_dir}/<name>.log"
+                f"not healthy after {timeout:.0f}s: {names} ({_supervisor_states(settings)}); "
+                f"see {settings.logs_dir}/<name>.log"
             )
         time.sleep(0.5)
+
+
+def _supervisor_states(settings: StackSettings) -> str:
+    """supervisord's view of every program (RUNNING, BACKOFF, FATAL...), so a part that is
+    not healthy says whether it is down, crash-looping or running but not answering."""
+    try:
+        lines = supervisorctl(settings, "status").stdout.splitlines()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"supervisord not asked: {type(exc).__name__}"
+    return "; ".join(" ".join(line.split()[:2]) for line in lines if line.strip())
 
 
 def _auth(settings: StackSettings, name: str) -> tuple[str, str]:

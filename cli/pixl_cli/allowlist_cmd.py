@@ -9,6 +9,8 @@ An information-governance reviewer approves each project's allow-list as a pull 
 - ``pixl allowlist preview`` shows what the project's allow-list does to one real file, before
   and after, with the exact engine orthanc-anon runs. It needs ``PIXL_HASH_KEY`` because the
   pseudonyms are computed, and shows identifiers on the "before" side: run it inside the hospital.
+- ``pixl allowlist diff BASE [HEAD]`` (``allowlist_diff_cmd.py``) shows what a pull request
+  changes in what leaves, project by project, with verdicts; CI writes it to the job summary.
 
 Exit codes: 0 pass, 1 a finding without justification, 2 a broken allow-list or bad usage.
 """
@@ -23,6 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from pixl_cli.allowlist_diff_cmd import diff_cmd
 from pixl_cli.output import EXIT_DATA_ERROR, EXIT_OK, console, err_console, operator_errors
 from pixl_core.config.allowlist import load_allowlist_file
 from pixl_core.config.projects import list_projects, load_project, load_project_file, projects_dir
@@ -42,7 +45,8 @@ from pixl_core.hashing import ProjectHasher
 
 allowlist_app = typer.Typer(
     name="allowlist",
-    help="Review tools for tag allow-lists: audit against DICOM PS3.15, preview a file.",
+    help="Review tools for tag allow-lists: audit against DICOM PS3.15, preview a file, "
+    "diff two revisions.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -221,3 +225,4 @@ def preview_cmd(
 
 allowlist_app.command("check")(check)
 allowlist_app.command("preview")(preview_cmd)
+allowlist_app.command("diff")(diff_cmd)

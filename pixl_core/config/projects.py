@@ -215,7 +215,13 @@ def load_project(slug: str) -> Project:
     return load_project_file(path)
 
 
-def load_project_file(path: Path) -> Project:
+def load_project_file(path: Path, allowlists: Path | None = None) -> Project:
+    """Load one project file; its allow-lists from ``allowlists`` (default: ``allowlists_dir()``).
+
+    ``pixl allowlist diff`` passes the folder of a git revision it has written out, so both
+    sides of a comparison are loaded by this same code.
+    """
+    allowlists = allowlists or allowlists_dir()
     name = f"projects/{path.name}"
     raw = read_mapping(
         path, name, PROJECT_KEYS, expected="of project settings", error=InvalidProjectError
@@ -225,8 +231,12 @@ def load_project_file(path: Path) -> Project:
         raise InvalidProjectError(
             f"{name}: 'modalities:' must list the accepted modalities, e.g. [CR, DX]"
         )
-    base_files = tuple(_load_files(raw.get("allowlists"), name, "allowlists", override=False))
-    overrides = tuple(_load_files(raw.get("overrides", []), name, "overrides", override=True))
+    base_files = tuple(
+        _load_files(raw.get("allowlists"), name, "allowlists", allowlists, override=False)
+    )
+    overrides = tuple(
+        _load_files(raw.get("overrides", []), name, "overrides", allowlists, override=True)
+    )
     base = AllowList()
     for loaded in base_files:
         base = base.merged_with(loaded.allowlist, override=False)
@@ -247,7 +257,7 @@ def load_project_file(path: Path) -> Project:
             "remove the claim or check the pixels (pixel_text: mask)"
         )
     justification = parse_justification(pixel_text, raw.get("pixel_text_justification"), name)
-    benign = _benign_markers(raw.get("pixel_text_benign"))
+    benign = _benign_markers(raw.get("pixel_text_benign"), allowlists)
     descriptors = _parse_descriptors(raw.get("descriptors"), name)
     if "cleanDescOpt" in options and not descriptors.clean:
         raise InvalidProjectError(
@@ -289,10 +299,10 @@ def load_project_file(path: Path) -> Project:
     )
 
 
-def _benign_markers(value: Any) -> BenignMarkers:
+def _benign_markers(value: Any, allowlists: Path) -> BenignMarkers:
     """The project's benign list; the shipped one when a folder of allow-lists has none."""
     relative = str(value or DEFAULT_BENIGN_FILE)
-    path = allowlists_dir() / relative
+    path = allowlists / relative
     if value is None and not path.is_file():
         path = REPO_ROOT / "tag_allowlists" / DEFAULT_BENIGN_FILE
     return load_benign_markers(path, f"tag_allowlists/{relative}")
@@ -333,14 +343,16 @@ def _parse_descriptors(raw: object, name: str) -> DescriptorPolicy:
     return DescriptorPolicy(clean=check == "clean", replacement=replacement)
 
 
-def _load_files(value: Any, name: str, key: str, *, override: bool) -> list[AllowListFile]:
+def _load_files(
+    value: Any, name: str, key: str, allowlists: Path, *, override: bool
+) -> list[AllowListFile]:
     if not override and (not isinstance(value, list) or not value):
         raise InvalidProjectError(f"{name}: '{key}:' must list allow-list files in tag_allowlists/")
     if not isinstance(value, list):
         raise InvalidProjectError(f"{name}: '{key}:' must be a list of files in tag_allowlists/")
     loaded = []
     for relative in value:
-        file = load_allowlist_file(allowlists_dir() / str(relative), f"tag_allowlists/{relative}")
+        file = load_allowlist_file(allowlists / str(relative), f"tag_allowlists/{relative}")
         if file.is_override != override:
             kind = "an override (it has 'match:')" if file.is_override else "not an override"
             raise InvalidProjectError(f"{name}: tag_allowlists/{relative} is {kind}; move it")

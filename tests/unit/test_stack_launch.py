@@ -141,3 +141,21 @@ def test_each_orthanc_gets_a_memory_limit_and_its_user(rendered):
 def test_the_database_url_carries_the_password_quoted():
     assert cluster_url(5432, password="a/b@c") == "postgresql://pixl:a%2Fb%40c@127.0.0.1:5432/pixl"
     assert cluster_url(5432) == "postgresql://pixl@127.0.0.1:5432/pixl"
+
+
+def test_a_clone_the_orthanc_user_cannot_read_runs_the_orthancs_as_root(monkeypatch, capsys):
+    """``d=$(mktemp -d); git clone . $d`` as root: the orthanc user cannot list the clone, so the
+    Orthancs run as the invoking user and one line says why, instead of never answering."""
+    monkeypatch.setattr(local_stack, "_is_root", lambda: True)
+    monkeypatch.setattr(local_stack, "_user_exists", lambda name: True)
+    monkeypatch.setattr(local_stack, "_unreadable_for", lambda user: Path("/tmp/private-clone"))
+    local_stack.orthanc_user.cache_clear()
+    try:
+        assert local_stack.orthanc_user() is None
+        message = capsys.readouterr().err
+        assert "cannot read /tmp/private-clone" in message and "chmod o+rx" in message
+        monkeypatch.setattr(local_stack, "_unreadable_for", lambda user: None)
+        local_stack.orthanc_user.cache_clear()
+        assert local_stack.orthanc_user() == "orthanc"
+    finally:
+        local_stack.orthanc_user.cache_clear()
