@@ -271,6 +271,7 @@ def explore(settings: StackSettings) -> None:
         )
     else:
         console.print(f"  VNA            {settings.url('vna')}/app/explorer.html")
+    console.print(f"  secondary      {settings.url('secondary')}/app/explorer.html (AE title PACS)")
     console.print(
         f"  orthanc-raw    {settings.url('raw')}/app/explorer.html  "
         "(user pixl: PIXL_ORTHANC_RAW_PASSWORD; read-only user operator)"

@@ -283,6 +283,18 @@ class Stack:
             raise StackError(f"this stack runs no dcmqrscp archive named {name!r}")
         return Archive(self, local_stack.archive_spec(self.settings, name))
 
+    def archive_log(self, archive: str = "vna") -> str:
+        """The (verbose) log of an archive stand-in: ``vna`` or ``secondary``."""
+        return (self.settings.logs_dir / f"{archive}.log").read_text(errors="replace")
+
+    def archive_moves(self, archive: str = "vna") -> int:
+        """C-MOVE requests an archive stand-in has served, counted from its own log."""
+        return self.archive_log(archive).count("Incoming Move request")
+
+    def archive_finds(self, archive: str = "vna") -> int:
+        """C-FIND requests an archive stand-in has served, counted from its own log."""
+        return self.archive_log(archive).count("Incoming Find request")
+
     def vna_sent_resources(self) -> Counter[str]:
         """How many C-MOVEs the VNA served for each of its resources (Orthanc ids), from its log.
 

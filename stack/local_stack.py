@@ -53,7 +53,10 @@ from stack.standins import dcmqrscp_archive
 from stack.standins.dcmqrscp_archive import LOADER_AET, DcmqrscpArchive, Peer
 
 ORTHANC_BINARY = shutil.which("Orthanc") or "/usr/bin/Orthanc"
-ORTHANCS = ("vna", "raw", "anon", "dicomweb")
+# The two archive stand-ins (the VNA; a second Orthanc as the secondary archive, AE title
+# PACS) keep their own names as programs; the PIXL Orthancs are orthanc-<name>.
+ARCHIVES = ("vna", "secondary")
+ORTHANCS = ("vna", "secondary", "raw", "anon", "dicomweb")
 # Debian's orthanc package creates this system user; the Orthancs run as it when we are root.
 ORTHANC_USER = "orthanc"
 # The secrets each program gets (a name also matches its per-project forms, NAME__SLUG).
@@ -61,6 +64,7 @@ ORTHANC_USER = "orthanc"
 PROGRAM_SECRETS: dict[str, tuple[str, ...]] = {
     "postgres": (),
     "vna": (),
+    "secondary": (),
     "orthanc-raw": (
         "PIXL_HASH_KEY",
         "PIXL_DB_URL",
@@ -277,7 +281,7 @@ def write_project(
 
 
 def _storage_name(name: str) -> str:
-    return "vna" if name == "vna" else f"orthanc-{name}"
+    return name if name in ARCHIVES else f"orthanc-{name}"
 
 
 def _program(
@@ -388,10 +392,10 @@ def supervisor_config(settings: StackSettings) -> str:
         if name == "vna" and settings.vna_kind != "orthanc":
             continue
         config = render_orthanc_config(settings, name)
-        process = name if name == "vna" else f"orthanc-{name}"
-        # The VNA stand-in logs verbosely so tests can count the C-MOVEs it served
-        # ("Incoming Move request"); it plays the hospital archive, whose logs stay inside.
-        flags = ["--verbose"] if name == "vna" else []
+        process = name if name in ARCHIVES else f"orthanc-{name}"
+        # The archive stand-ins log verbosely so tests can count the C-FINDs and C-MOVEs they
+        # served ("Incoming Move request"); they play hospital archives, whose logs stay inside.
+        flags = ["--verbose"] if name in ARCHIVES else []
         sections.append(
             _program(
                 process,
@@ -637,6 +641,7 @@ def wait_healthy(settings: StackSettings, timeout: float = 90.0) -> None:
     checks = {
         "postgres": lambda: _postgres_ready(settings.db_url),
         "vna": lambda: _http_ready(settings.url("vna") + "/system", None),
+        "secondary": lambda: _http_ready(settings.url("secondary") + "/system", None),
         "orthanc-raw": lambda: _http_ready(
             settings.url("raw") + "/pixl/status", _auth(settings, "raw")
         ),

@@ -28,7 +28,13 @@ PORT_NAMES = (
     "cogstack_http",
     "dicomweb_http",  # the DICOMweb stand-in (Orthanc), plain HTTP on 127.0.0.1
     "dicomweb_https",  # the TLS proxy in front of it: the research platform's endpoint
+    # the secondary archive stand-in (a second Orthanc, AE title PACS): last, so the demo's
+    # other ports keep their numbers
+    "secondary_http",
+    "secondary_dicom",
 )
+# The secondary archive stand-in's AE title (orthanc-config/secondary.json).
+SECONDARY_AET = "PACS"
 # Generated per stack into secrets.env (mode 600). PIXL_ORTHANC_PASSWORD is orthanc-anon's
 # password for the user ``pixl`` (orthanc-raw sends it when it hands an instance off),
 # PIXL_ORTHANC_RAW_PASSWORD orthanc-raw's, PIXL_ORTHANC_OPERATOR_PASSWORD the read-only user
@@ -287,6 +293,13 @@ class StackSettings:
             "PIXL_RAW_URL": self.url("raw"),
             "PIXL_ANON_URL": self.url("anon"),
             "PIXL_VNA_URL": self.url("vna"),
+            # orthanc-raw's secondary archive (pixl_imaging.archives): the stand-in; asked at
+            # 2 studies/s unless a test or `pixl rate --archive secondary` says otherwise
+            "PIXL_SECONDARY_AET": SECONDARY_AET,
+            "PIXL_SECONDARY_HOST": "127.0.0.1",
+            "PIXL_SECONDARY_PORT": str(self.ports["secondary_dicom"]),
+            "PIXL_SECONDARY_STUDIES_PER_SECOND": "2",
+            "PIXL_SECONDARY_URL": self.url("secondary"),
             "PIXL_ORTHANC_USER": "pixl",
             "PIXL_PROJECTS_DIR": str(self.projects_dir),
             "PIXL_DSH_CA_FILE": str(self.run_dir / "dsh-cert" / "dsh-ftps-cert.pem"),

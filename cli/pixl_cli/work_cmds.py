@@ -205,12 +205,18 @@ def _status_json(conn: db.Connection, project: str | None) -> dict[str, Any]:
     rates = work_queue.fetch_rates(conn)
     result: dict[str, Any] = {name: info["studies"] for name, info in projects.items()}
     details: dict[str, Any] = {"*": _fetch_json(fetch_control.ALL, rates, controls, now)}
+    # The secondary archive's own rate and hold (issue 11), beside the global fetch state.
+    details["*"]["secondary"] = _fetch_json(
+        fetch_control.archive_scope("secondary"), rates, controls, now
+    )
     for name, info in projects.items():
         details[name] = {
             "reports": info["reports"],
             "reasons": info["reasons"],
             "review": info["review"],
             "destination_error": info.get("destination_error"),
+            "archives": info["archives"],
+            "waiting_for_secondary": info["waiting_for_secondary"],
             **_fetch_json(name, rates, controls, now),
         }
     result["_details"] = details
@@ -248,6 +254,12 @@ def rate(
         "-p",
         help="A project's own limit, or '*' (default) for the limit on all asking together.",
     ),
+    archive: str | None = typer.Option(
+        None,
+        "--archive",
+        help="The secondary archive's own rate (`secondary`): asked only when the VNA has no "
+        "such study, never faster than this.",
+    ),
 ) -> None:
     """Show or change how fast orthanc-raw asks the VNA (applies while it runs).
 
@@ -262,29 +274,46 @@ def rate(
     from pixl_core.db import work_queue
 
     with operator_errors():
+        if archive is not None:
+            from pixl_cli.control_cmds import _scope
+
+            project = _scope(None if project == "*" else project, archive)
         if studies_per_second == 0 and in_flight is None:
-            if project != "*":
+            if project != "*" and archive is None:
                 load_project(project)
             from pixl_cli.control_cmds import pause_now
 
             pause_now(project)
             return
         _check_rate(studies_per_second, in_flight)
-        if project != "*":
+        if project != "*" and archive is None:
             load_project(project)
         conn = connect()
-        current = work_queue.get_fetch_rate(conn, project)
+        current = _current_rate(conn, project)
         if studies_per_second is not None or in_flight is not None:
             new_rate = (
                 studies_per_second if studies_per_second is not None else current.studies_per_second
             )
             new_in_flight = in_flight if in_flight is not None else current.max_in_flight
             work_queue.set_fetch_rate(conn, project, new_rate, new_in_flight)
-            current = work_queue.get_fetch_rate(conn, project)
+            current = _current_rate(conn, project)
+    per_minute = (
+        f" ({current.studies_per_second * 60:g} studies/min)" if archive is not None else ""
+    )
     console.print(
-        f"{project}: {current.studies_per_second:g} studies/s, {current.max_in_flight} in flight",
+        f"{project}: {current.studies_per_second:g} studies/s{per_minute}, "
+        f"{current.max_in_flight} in flight",
         highlight=False,
     )
+
+
+def _current_rate(conn: db.Connection, scope: str) -> work_queue.FetchRate:
+    """The stored rate of ``scope``; an archive without one has the default archive rate
+    (never the VNA's '*' rate, which does not apply to it)."""
+    if scope.startswith(fetch_control.ARCHIVE_PREFIX):
+        stored = work_queue.fetch_rates(conn).get(scope)
+        return stored or work_queue.FetchRate(fetch_control.DEFAULT_ARCHIVE_STUDIES_PER_SECOND, 1)
+    return work_queue.get_fetch_rate(conn, scope)
 
 
 def _check_rate(studies_per_second: float | None, in_flight: int | None) -> None:

@@ -109,9 +109,12 @@ function renderFetch(data) {
   summary.className = all.hold || data.vna_reachable === 0 ? "held" : "";
   const scope = document.getElementById("scope");
   const chosen = scope.value;
-  const names = ["*", ...Object.keys(data.projects || {})];
+  // The secondary archive's own pause, rate and hours, once it has settings (issue 11).
+  const archives = Object.keys(data.fetch || {}).filter((n) => n.startsWith("archive:"));
+  const names = ["*", ...archives, ...Object.keys(data.projects || {})];
+  const label = (n) => (n === "*" ? "all projects" : n.startsWith("archive:") ? n.slice(8) + " archive" : n);
   if (scope.options.length !== names.length) {
-    scope.replaceChildren(...names.map((n) => { const o = el("option", n === "*" ? "all projects" : n); o.value = n; return o; }));
+    scope.replaceChildren(...names.map((n) => { const o = el("option", label(n)); o.value = n; return o; }));
     scope.value = names.includes(chosen) ? chosen : "*";
   }
   fillScope(data);

@@ -32,6 +32,15 @@ What the archive says is checked, not trusted:
 - an archive that lists fewer instances than it says the study has
   (NumberOfStudyRelatedInstances) is an error, not a smaller study.
 
+Several studies behind one accession number (an archive that filed a repeat or a second part
+under the same accession): the study-level C-FIND answers with more than one exact match. They
+are never moved as one: ``fetch_study`` returns ``SEVERAL_STUDIES`` with their UIDs and moves
+nothing, and the caller decides (the project's ``multiple_studies_per_accession``: a work item
+per study, each then asked for by its UID, or the item refused).
+
+The archive asked is ``FetchSettings.vna_modality``, an Orthanc modality name (the VNA, or a
+secondary archive such as a PACS): nothing here depends on which archive it is.
+
 Every C-MOVE request is audited through a ``MoveAudit``: the intent is recorded before the
 request and the outcome after it, so the audit counts exactly what the archive's own log counts
 even when the process or the database dies in between (fault F3). One REST call is one C-MOVE
@@ -61,6 +70,8 @@ class Outcome(StrEnum):
     CACHED = "cached"
     NOT_FOUND = "not_found"
     WRONG_MODALITY = "wrong_modality"
+    # The accession number and MRN matched several studies (``FetchResult.study_uids``).
+    SEVERAL_STUDIES = "several_studies"
 
 
 class MoveAudit(Protocol):
@@ -109,6 +120,8 @@ class FetchResult:
     moves: int = 0
     # Instances orthanc-raw holds for the study that the VNA did not list: never handed on.
     unlisted: int = 0
+    # SEVERAL_STUDIES: the Study Instance UIDs the archive answered with, sorted.
+    study_uids: list[str] = field(default_factory=list)
 
     @property
     def instance_ids(self) -> list[str]:
@@ -130,10 +143,19 @@ def fetch_study(
     audit: MoveAudit,
 ) -> FetchResult:
     """Make sure orthanc-raw holds every instance the VNA lists for the study; return them."""
-    answer = _find_study(raw, query, settings)
-    if answer is None:
+    answers = _find_study(raw, query, settings)
+    if not answers:
         return FetchResult(Outcome.NOT_FOUND)
-    query_index, query_id, content = answer
+    if len(answers) > 1:
+        uids = sorted(
+            {str(content.get("StudyInstanceUID", "")).strip(" \x00") for *_, content in answers}
+        )
+        if "" in uids:
+            raise FetchError("vna_answer_without_uid")
+        if len(uids) < len(answers):
+            raise FetchError("ambiguous_study")  # one study answered twice: not to be trusted
+        return FetchResult(Outcome.SEVERAL_STUDIES, study_uids=uids)
+    query_index, query_id, content = answers[0]
     study_uid = str(content.get("StudyInstanceUID", ""))
     if not study_uid:
         raise FetchError("vna_answer_without_uid")
@@ -182,9 +204,10 @@ def _same(value: Any, wanted: str) -> bool:
 
 def _find_study(
     raw: OrthancApi, query: StudyQuery, settings: FetchSettings
-) -> tuple[int, str, dict[str, Any]] | None:
-    """The one study-level answer that is exactly the study asked for: (its index among the
-    answers, the query id, its content); None if there is none."""
+) -> list[tuple[int, str, dict[str, Any]]]:
+    """The study-level answers that are exactly the study asked for: (index among the answers,
+    the query id, content) of each; more than one when an accession number holds several
+    studies. Asked by UID, two answers are one study answered twice: refused."""
     keys: dict[str, str] = {
         "StudyInstanceUID": query.study_uid or "",
         "ModalitiesInStudy": "",
@@ -210,11 +233,9 @@ def _find_study(
             )
         if exact:
             matches.append((int(index), query_id, content))
-    if not matches:
-        return None
-    if len(matches) > 1:
+    if query.study_uid and len(matches) > 1:
         raise FetchError("ambiguous_study")
-    return matches[0]
+    return matches
 
 
 def _answers(

@@ -62,8 +62,12 @@ PROJECT_KEYS = frozenset(
         "pixel_text_benign",
         "descriptors",
         "priority",
+        "multiple_studies_per_accession",
     }
 )
+# What orthanc-raw does when the archive answers an accession number with several studies:
+# export each as its own study (default), or refuse the work item (multiple_studies_per_accession).
+MULTIPLE_STUDIES_POLICIES = ("export", "refuse")
 DESCRIPTOR_KEYS = frozenset({"check", "replacement", "justification"})
 DESTINATION_KEYS = frozenset({"host", "port", "user", "root", "implicit_tls", "ca_file", "verify"})
 DICOMWEB_KEYS = frozenset({"url", "auth", "user", "ca_file", "batch_size"})
@@ -184,6 +188,9 @@ class Project:
     priority: int = 0
     # ``destination: dicomweb:``: the images go there by STOW-RS instead of FTPS zips.
     dicomweb: DicomwebDestination | None = None
+    # Several studies behind one accession number: each exported as its own study ("export"),
+    # or the work item refused ("refuse"); never merged into one.
+    multiple_studies_per_accession: str = "export"
     _cache: dict[tuple[str, str], AllowList] = field(default_factory=dict, compare=False)
 
     @property
@@ -286,6 +293,12 @@ def load_project_file(path: Path, allowlists: Path | None = None) -> Project:
     priority = raw.get("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 1000:
         raise InvalidProjectError(f"{name}: 'priority:' must be a whole number from -1000 to 1000")
+    several = raw.get("multiple_studies_per_accession", "export")
+    if several not in MULTIPLE_STUDIES_POLICIES:
+        raise InvalidProjectError(
+            f"{name}: 'multiple_studies_per_accession:' must be one of "
+            f"{', '.join(MULTIPLE_STUDIES_POLICIES)}"
+        )
     return Project(
         slug=path.stem,
         name=str(raw.get("name", path.stem)),
@@ -306,6 +319,7 @@ def load_project_file(path: Path, allowlists: Path | None = None) -> Project:
         benign_markers=benign,
         descriptors=descriptors,
         priority=priority,
+        multiple_studies_per_accession=several,
     )
 
 

@@ -72,8 +72,12 @@ class FakeOrthanc:
     moves: list[str] = field(default_factory=list)  # "study" or "instances", per C-MOVE
     posted: list[bytes] = field(default_factory=list)  # every instance posted, as sent
     discarded: int = 0
+    moves_served: int = 0  # as an archive: C-MOVEs it served
     echoes: int = 0  # C-ECHOs sent to the VNA through this Orthanc
+    # other archives by Orthanc modality name (a secondary archive): as the VNA is to "vna"
+    archives: dict[str, FakeOrthanc] = field(default_factory=dict)
     _queries: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    _query_archive: dict[str, FakeOrthanc] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # --- the store ---------------------------------------------------------------------------
@@ -156,36 +160,45 @@ class FakeOrthanc:
         except KeyError:
             raise OrthancError(f"Orthanc {self.name} has no such instance", "not_found") from None
 
+    def _archive(self, name: str) -> FakeOrthanc:
+        archive = self.vna if name == "vna" else self.archives.get(name)
+        assert archive is not None, f"this Orthanc has no modality {name}"
+        return archive
+
     def post(self, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
         self._call("POST", path)
         parts = path.strip("/").split("/")
-        if path == "/modalities/vna/query":
-            assert self.vna is not None, "this Orthanc has no VNA"
+        if parts[0] == "modalities" and parts[2] == "query":
+            archive = self._archive(parts[1])
             query_id = f"q{len(self._queries)}"
-            self._queries[query_id] = self.vna.answers(body["Level"], body["Query"])
+            self._queries[query_id] = archive.answers(body["Level"], body["Query"])
+            self._query_archive[query_id] = archive
             return {"ID": query_id}
         if parts[0] == "queries" and parts[-1] == "retrieve":
-            assert self.vna is not None and body["TargetAet"]
+            archive = self._query_archive[parts[1]]
+            assert body["TargetAet"]
             if self.gate is not None:
                 self.gate.wait(30)
             study_uid = self._queries[parts[1]][int(parts[3])]["StudyInstanceUID"]
             self.moves.append("study")
-            for instance in self.vna.of_study(study_uid):
+            archive.moves_served += 1
+            for instance in archive.of_study(study_uid):
                 self.put(instance)
             return {}
-        if path == "/modalities/vna/move":
-            assert self.vna is not None
+        if parts[0] == "modalities" and parts[2] == "move":
+            archive = self._archive(parts[1])
             self.moves.append("instances")
+            archive.moves_served += 1
             wanted = {r["SOPInstanceUID"] for r in body["Resources"]}
-            for instance in list(self.vna.instances.values()):
+            for instance in list(archive.instances.values()):
                 if instance.sop_uid in wanted:
                     self.put(instance)
             return {}
-        if path == "/modalities/vna/echo":
-            assert self.vna is not None, "this Orthanc has no VNA"
+        if parts[0] == "modalities" and parts[2] == "echo":
+            archive = self._archive(parts[1])
             self.echoes += 1
-            if self.vna.down:
-                raise OrthancError("the VNA does not answer a C-ECHO", "http_500", 500)
+            if archive.down:
+                raise OrthancError("the archive does not answer a C-ECHO", "http_500", 500)
             return {}
         if path == "/tools/find":
             uid = body["Query"]["StudyInstanceUID"]

@@ -29,7 +29,7 @@ from tests.security.deploy_probes import (
 
 pytestmark = pytest.mark.system
 
-ORTHANCS = ("vna", "orthanc-raw", "orthanc-anon", "orthanc-dicomweb")
+ORTHANCS = ("vna", "secondary", "orthanc-raw", "orthanc-anon", "orthanc-dicomweb")
 
 
 def _mode(path: Path) -> int:
@@ -128,7 +128,7 @@ def test_each_process_runs_as_its_own_user_with_its_own_secrets(stack: Stack):
         assert pid, f"{name} is not running"
         if is_root():
             assert process_user(pid) == user, name
-    for name in ("postgres", "vna", "cogstack", "dicomweb-tls"):
+    for name in ("postgres", "vna", "secondary", "cogstack", "dicomweb-tls"):
         env = process_environment(stack.process_pid(name))
         assert not {k for k, v in env.items() if v in secrets.values()}, name
     raw = process_environment(stack.process_pid("orthanc-raw"))

@@ -224,8 +224,27 @@ def test_study_missing_from_the_vna_is_not_found():
     assert api.moves == []
 
 
-def test_two_matching_studies_are_an_error_not_a_guess():
-    api = FakeVnaAndRaw([VnaStudy(STUDY_UID, ["1"]), VnaStudy("5.6.7", ["2"])])
+def test_two_studies_behind_one_accession_are_named_and_nothing_is_moved():
+    api = FakeVnaAndRaw([VnaStudy("5.6.7", ["2"]), VnaStudy(STUDY_UID, ["1"])])
+    result = fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
+    assert result.outcome is Outcome.SEVERAL_STUDIES
+    assert result.study_uids == [STUDY_UID, "5.6.7"]
+    assert api.moves == [] and api.audit.rows == []
+
+
+def test_each_of_several_studies_is_then_fetched_alone_by_its_uid():
+    api = FakeVnaAndRaw([VnaStudy("5.6.7", ["2"]), VnaStudy(STUDY_UID, ["1"])])
+    for uid, sop in ((STUDY_UID, "1"), ("5.6.7", "2")):
+        by_uid = StudyQuery(mrn="MRN", accession_number="ACC", study_uid=uid)
+        result = fetch_study(api, by_uid, CHEST, FetchSettings(), api.audit)
+        assert result.outcome is Outcome.FETCHED
+        assert result.study_uid == uid
+        assert [i.sop_uid for i in result.instances] == [sop]
+    assert len(api.moves) == 2
+
+
+def test_one_uid_answered_twice_is_an_error_not_a_guess():
+    api = FakeVnaAndRaw([VnaStudy(STUDY_UID, ["1"]), VnaStudy(STUDY_UID, ["2"])])
     with pytest.raises(FetchError, match="ambiguous_study"):
         fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
 
