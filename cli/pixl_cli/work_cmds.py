@@ -310,6 +310,8 @@ def rate(
 def _current_rate(conn: db.Connection, scope: str) -> work_queue.FetchRate:
     """The stored rate of ``scope``; an archive without one has the default archive rate
     (never the VNA's '*' rate, which does not apply to it)."""
+    from pixl_core.db import fetch_control, work_queue
+
     if scope.startswith(fetch_control.ARCHIVE_PREFIX):
         stored = work_queue.fetch_rates(conn).get(scope)
         return stored or work_queue.FetchRate(fetch_control.DEFAULT_ARCHIVE_STUDIES_PER_SECOND, 1)
