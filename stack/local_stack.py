@@ -389,7 +389,9 @@ def supervisor_config(settings: StackSettings) -> str:
         ),
     ]
     for name in ORTHANCS:
-        if name == "vna" and settings.vna_kind != "orthanc":
+        if (name == "vna" and settings.vna_kind != "orthanc") or (
+            name == "secondary" and settings.secondary_kind != "orthanc"
+        ):
             continue
         config = render_orthanc_config(settings, name)
         process = name if name in ARCHIVES else f"orthanc-{name}"

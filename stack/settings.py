@@ -72,7 +72,16 @@ VNA_AET = "VNA"
 # An archive's name is also its port's name in the Orthanc config templates (${NAME_DICOM_PORT}).
 _ARCHIVE_NAME = re.compile(r"[a-z][a-z0-9]{0,30}")
 _AE_TITLE = re.compile(r"[A-Z0-9_]{1,16}")
-_TAKEN_NAMES = ("postgres", "vna", "orthanc-raw", "orthanc-anon", "dsh", "ehr", "cogstack")
+_TAKEN_NAMES = (
+    "postgres",
+    "vna",
+    "secondary",
+    "orthanc-raw",
+    "orthanc-anon",
+    "dsh",
+    "ehr",
+    "cogstack",
+)
 
 
 class StackSettingsError(ValueError):
@@ -113,14 +122,19 @@ class StackSettings:
     # What plays the VNA (AE title VNA, port ``vna_dicom``): "orthanc" or "dcmqrscp"; the demo
     # reads it from PIXL_STACK_VNA.
     vna_kind: str = "orthanc"
+    # What plays the secondary archive (AE title PACS, port ``secondary_dicom``): "orthanc"
+    # (a second Orthanc, loaded over REST) or "dcmqrscp" (loaded with storescu,
+    # ``Stack.archive("secondary")``).
+    secondary_kind: str = "orthanc"
     # More archives, each a dcmqrscp of its own: program name -> AE title (see add_archive).
     archives: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.vna_kind not in VNA_KINDS:
-            raise StackSettingsError(
-                f"vna_kind must be one of {', '.join(VNA_KINDS)}, not {self.vna_kind!r}"
-            )
+        for name, kind in (("vna_kind", self.vna_kind), ("secondary_kind", self.secondary_kind)):
+            if kind not in VNA_KINDS:
+                raise StackSettingsError(
+                    f"{name} must be one of {', '.join(VNA_KINDS)}, not {kind!r}"
+                )
 
     @classmethod
     def for_demo(cls, root: Path) -> StackSettings:
@@ -166,6 +180,8 @@ class StackSettings:
         """Every archive of the stack that is a dcmqrscp: program name -> AE title (the VNA
         first, when it is one)."""
         own = {"vna": VNA_AET} if self.vna_kind == "dcmqrscp" else {}
+        if self.secondary_kind == "dcmqrscp":
+            own["secondary"] = SECONDARY_AET
         return {**own, **self.archives}
 
     @property
