@@ -3,8 +3,9 @@
 # Safe to run repeatedly; needs root (or sudo) only when something is missing.
 set -euo pipefail
 # tesseract-ocr: reads burned-in text (pixl_core.dicom.pixels); fonts-*: the synthetic burned-in corpus;
+# orthanc-postgresql: orthanc-raw's and orthanc-anon's index in PIXL's Postgres (replicas share it);
 # chromium + chromium-driver: the browser test of the operator's page (/pixl/ui/), headless.
-packages=(orthanc orthanc-python postgresql python3.11 python3.11-venv python3-pip vsftpd openssl dcmtk
+packages=(orthanc orthanc-python orthanc-postgresql postgresql python3.11 python3.11-venv python3-pip vsftpd openssl dcmtk
   tesseract-ocr tesseract-ocr-eng libtesseract-dev libleptonica-dev fonts-dejavu-core fonts-liberation2
   chromium chromium-driver)
 missing=()
