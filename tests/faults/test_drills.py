@@ -290,7 +290,8 @@ def wait_restarted(stack: Stack, name: str, old_pid: int) -> None:
 
 def test_postgres_restart_mid_run(stack: Stack) -> None:
     """Postgres goes away for 5 s (a restart) while the VNA is moving studies: the moves that
-    finish meanwhile must still be audited, every worker thread, including those whose
+    finish meanwhile must still be audited (and what of them orthanc-raw could not store
+    without its index asked for again once), every worker thread, including those whose
     connection died under them, must carry on, and nothing may be fetched or uploaded twice.
 
     With 4 studies in flight, orthanc-raw asks for a fifth only once one was handed on, so once
@@ -302,12 +303,16 @@ def test_postgres_restart_mid_run(stack: Stack) -> None:
     stack.pixl("rate", "4", "--in-flight", "4")
     drill.populate_csv()
     wait_for(lambda: stack.vna_moves() - drill.moves_before >= 5, 60, "no second wave", 0.05)
-    busy = [n for n, state in drill.study_states().items() if state != "exported"]
+    states = drill.study_states()
+    busy = [n for n, state in states.items() if state != "exported"]
     assert len(busy) >= 4, "the cohort was nearly done before the restart: make it longer"
     stack.restart_postgres()
     fault_end = time.monotonic()
     settle(drill, fault_end)
-    check_drill(drill)
+    # orthanc-raw's index is in this Postgres (issue 12): what the VNA sends while it is down
+    # cannot be stored, so a study being moved then has what never arrived asked for again,
+    # once (a smaller move, audited), like a move cut by a killed orthanc-raw.
+    check_drill(drill, top_ups={n: 1 for n, state in states.items() if state == "fetching"})
     # No worker thread failed a study on a connection from before the restart (F4): each
     # study was claimed once. The Orthancs are not restarted: later drills run on the same
     # processes and their connections.
