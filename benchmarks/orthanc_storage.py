@@ -10,7 +10,7 @@ of Orthanc and of every Postgres process in each phase (``/proc``: the postmaste
 its reaped children's, plus its live backends'), which the machine's other load disturbs far
 less than wall time, and the wall time for reference.
 
-    .venv/bin/python -m benchmarks.orthanc_storage_bench --instances 60 --size 1024
+    .venv/bin/python -m benchmarks.orthanc_storage --instances 60 --size 1024
 """
 
 from __future__ import annotations
