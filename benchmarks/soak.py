@@ -15,11 +15,11 @@ records:
 - **studies/min per quarter** of the cohort: the time between the exports that complete each
   quarter (from a Postgres count every ``--sample`` seconds), and the last quarter's rate over
   the first's (goal ≥ 0.9: no slow-down as the queue, the Orthanc index and the logs grow);
-- **Orthanc storage**: orthanc-raw's and orthanc-anon's ``TotalDiskSizeMB`` (``/statistics``,
+- **Orthanc storage**: orthanc-raw's and orthanc-anon's ``TotalDiskSize`` (``/statistics``,
   one replica of each answers for the shared index) at every sample, its maximum against the
   cache limit (goal: raw within it);
-- **RSS** of every supervised process (and Postgres with its backends) at the start and at the
-  end, from ``/proc`` (goal stated by the reader: no process that only grows).
+- **RSS** of every supervised process at the start and at the end, from ``/proc`` (Postgres:
+  the proportional set size of the postmaster and its backends, which share their buffers) (goal stated by the reader: no process that only grows).
 
 Figures go to stdout as Markdown and to ``benchmarks/.work/soak-<studies>.json``.
 """
@@ -63,11 +63,13 @@ class Soak:
         return [60 * quarter / s if s > 0 else float("inf") for s in self.quarters_s]
 
 
-def rss_mb(pid: int) -> float:
-    """Resident set size of one process (0 if it is gone)."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident set size of one process (0 if it is gone); ``field="Pss"`` the proportional
+    share instead, which counts memory shared between processes once in all."""
+    path = Path(f"/proc/{pid}/" + ("status" if field == "VmRSS" else "smaps_rollup"))
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in path.read_text().splitlines():
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -96,8 +98,8 @@ def rss_of_stack(stack: Stack) -> dict[str, float]:
         if not pid:
             continue
         total = rss_mb(pid)
-        if name == "postgres":
-            total += sum(rss_mb(child) for child in children(pid))
+        if name == "postgres":  # its backends share its buffers: proportional shares, summed
+            total = rss_mb(pid, "Pss") + sum(rss_mb(c, "Pss") for c in children(pid))
         figures[name] = round(total, 1)
     return figures
 
@@ -133,7 +135,7 @@ def storage_mb(stack: Stack, name: str) -> float:
         response = requests.get(
             stack.settings.url(name) + "/statistics", auth=stack.orthanc_auth, timeout=10
         )
-        return float(response.json()["TotalDiskSizeMB"]) if response.ok else -1.0
+        return int(response.json()["TotalDiskSize"]) / 2**20 if response.ok else -1.0
     except (requests.RequestException, ValueError, KeyError):
         return -1.0
 

@@ -123,10 +123,10 @@ class StackSettings:
     def for_tests(cls, root: Path, **fields: object) -> StackSettings:
         ports = {name: free_port() for name in PORT_NAMES}
         passive = free_port()
+        fields.setdefault("raw_cache_mb", 500)
         settings = cls(
             root=root,
             ports=ports,
-            raw_cache_mb=500,
             passive_ports=(passive, passive),
             **fields,  # type: ignore[arg-type]
         )
