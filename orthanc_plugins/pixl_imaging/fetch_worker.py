@@ -5,8 +5,8 @@ to its own Orthanc over REST, so the same code runs in a system test against a r
 in a test against a stand-in. The rates (studies/s) and the numbers in flight are read from
 Postgres on every round, so ``pixl rate`` changes them while it runs: ``'*'`` limits all of
 orthanc-raw's asking together (every replica's: the slot is a row of ``fetch_rate_slot``,
-``pixl_core.db.rate_slot``), and a project with a rate of its own is held to that as well (per
-replica, in memory).
+``pixl_core.db.rate_slot``, and so is its in-flight limit), and a project with a rate of its
+own is held to that as well (per replica, in memory).
 Claims carry a short lease (30 s) that a heartbeat renews while the study is worked on
 (``pixl_core.db.leases``): if this process dies, another (or this one restarted) takes the work
 over within a lease.
@@ -199,6 +199,9 @@ class RawWorker:
         limit = min(self._rate.max_in_flight, MAX_IN_FLIGHT_CAP)
         if len(self._futures) >= limit:
             wait(self._futures, timeout=self.settings.poll_seconds, return_when=FIRST_COMPLETED)
+            return False
+        if rate_slot.fetching_now(self._conn()) >= limit:  # every replica's, together
+            stop.wait(self.settings.poll_seconds)
             return False
         # The rate slot of all asking is shared by every orthanc-raw replica (in Postgres).
         delay = rate_slot.take(self._conn(), "*", 1.0 / self._rate.studies_per_second)

@@ -1,4 +1,5 @@
-"""A start slot of a rate shared by every replica: orthanc-raw's asking of the VNA.
+"""A start slot of a rate shared by every replica: orthanc-raw's asking of the VNA, and the
+number of studies in flight across replicas.
 
 Why in Postgres: the VNA must be asked at a bounded rate whatever the number of orthanc-raw
 replicas, on one host or several, and Postgres is the one thing they all share. A slot is taken
@@ -34,3 +35,13 @@ def take(conn: Connection, scope: str, interval_seconds: float) -> float:
         cur.execute(_WAIT, (scope,))
         row = cur.fetchone()
     return max(0.0, float(row[0])) if row else 0.0
+
+
+def fetching_now(conn: Connection) -> int:
+    """Studies some orthanc-raw replica is fetching now (state ``fetching`` under a live lease):
+    the in-flight count of all replicas together, for the ``'*'`` in-flight limit. Two replicas
+    that read it at the same moment may each start one more, so the limit can be passed by at
+    most the number of replicas less one, for one round."""
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM study WHERE state = 'fetching' AND claimed_until > now()")
+        return int(cur.fetchone()[0])
