@@ -198,12 +198,21 @@ def settle(drill: Drill, fault_end: float) -> None:
         ) from None
 
 
-def check_drill(drill: Drill, *, top_ups: dict[int, int] | None = None) -> None:
+def check_drill(
+    drill: Drill,
+    *,
+    top_ups: dict[int, int] | None = None,
+    unsent: dict[int, int] | None = None,
+) -> None:
     """The issue's bar, once the drill's studies are settled (see the module docstring).
 
     ``top_ups``: per study number, further C-MOVEs the drill allows because its fault cut a
     move short (the VNA cannot finish sending to an Orthanc that was killed; what never
     arrived must be asked for again, and is, as one smaller move).
+    ``unsent``: per study number, audited moves that may never have reached the VNA: a move's
+    intent is recorded before its request (fault F3), so a replica killed between the two, or
+    an Orthanc that failed the request before sending it (its index away), leaves an audit row
+    the VNA's log does not have. The audit may exceed the log by that much, never fall short.
     """
     stack, studies = drill.stack, drill.studies
     states = drill.states()
@@ -233,12 +242,19 @@ def check_drill(drill: Drill, *, top_ups: dict[int, int] | None = None) -> None:
             drill.project,
         )
     )
-    assert audit == moves, (
-        f"{drill.project}: vna_move rows per study {audit} != C-MOVEs in the VNA's log {moves}"
+    slack = unsent or {}
+    unmatched = {
+        n: (audit[n], moves[n])
+        for n in moves
+        if not moves[n] <= audit[n] <= moves[n] + slack.get(n, 0)
+    }
+    assert not unmatched, (
+        f"{drill.project}: (vna_move rows, C-MOVEs in the VNA's log) per study {unmatched}"
     )
     delta = stack.vna_moves() - drill.moves_before
-    assert sum(audit.values()) == delta, (
-        f"{drill.project}: {sum(audit.values())} vna_move rows, but the VNA logged {delta} "
+    rows = sum(audit.values())
+    assert rows - sum(slack.values()) <= delta <= rows, (
+        f"{drill.project}: {rows} vna_move rows, but the VNA logged {delta} "
         "move requests during the drill"
     )
 
