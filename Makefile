@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup system-deps demo down test test-unit lint check-allowlists bench clean
+.PHONY: setup system-deps demo down test test-unit lint check-allowlists bench bench-destinations clean
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 # Audits every project's allow-list against DICOM PS3.15 (runs in CI through `make test`).
 check-allowlists: setup
@@ -45,6 +46,10 @@ check-allowlists: setup
 
 bench: system-deps setup
 	$(BIN)/python -m benchmarks
+
+# Export throughput to DICOMweb vs FTPS and against a bare STOW-RS (also part of `make bench`).
+bench-destinations: system-deps setup
+	$(BIN)/python -m benchmarks --only destination
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .ruff_cache

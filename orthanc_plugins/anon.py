@@ -60,6 +60,12 @@ def _start() -> None:
             poll_seconds=env_number(
                 "PIXL_EXPORT_POLL_SECONDS", ExportSettings.poll_seconds, float, positive=True
             ),
+            manifest_seconds=env_number(
+                "PIXL_EXPORT_MANIFEST_SECONDS",
+                ExportSettings.manifest_seconds,
+                float,
+                positive=True,
+            ),
         ),
     )
     for number in range(env_number("PIXL_EXPORT_THREADS", 2, int, positive=True)):

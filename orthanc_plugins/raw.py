@@ -16,12 +16,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import json
+
 import orthanc
 import plugin_support
 
+from pixl_core.db.fetch_control import HoursWindow
 from pixl_core.dicom.screening import ScreeningLimits
 from pixl_core.env import env_number
 from pixl_imaging import operator_view
+from pixl_imaging.archives import (
+    DEFAULT_SECONDARY_STUDIES_PER_SECOND,
+    SECONDARY_MODALITY,
+    secondary_from_env,
+)
 from pixl_imaging.fetch_worker import RawWorker, RawWorkerSettings
 from pixl_imaging.vna_fetch import FetchSettings
 
@@ -30,8 +38,19 @@ threads = plugin_support.BackgroundThreads()
 worker: RawWorker | None = None
 
 
+def _secondary_archive() -> str | None:
+    """Register the secondary archive (PIXL_SECONDARY_AET/HOST/PORT) as a modality of this
+    Orthanc, with the VNA's rights only; return its modality name, or None if there is none."""
+    peer = secondary_from_env(os.environ)
+    if peer is None:
+        return None
+    orthanc.RestApiPut(f"/modalities/{SECONDARY_MODALITY}", json.dumps(peer.modality()))
+    return SECONDARY_MODALITY
+
+
 def _start() -> None:
     global worker
+    hours = os.environ.get("PIXL_SECONDARY_HOURS", "").strip()
     settings = RawWorkerSettings(
         worker_id=f"raw:{socket.gethostname()}:{os.getpid()}",
         lease_seconds=env_number(
@@ -47,6 +66,18 @@ def _start() -> None:
         fetch=FetchSettings(
             vna_modality=os.environ.get("PIXL_VNA_MODALITY", "vna"),
             own_aet=os.environ.get("PIXL_RAW_AET", "PIXLRAW"),
+        ),
+        secondary_modality=_secondary_archive(),
+        secondary_studies_per_second=env_number(
+            "PIXL_SECONDARY_STUDIES_PER_SECOND",
+            DEFAULT_SECONDARY_STUDIES_PER_SECOND,
+            float,
+            positive=True,
+        ),
+        secondary_default_hours=(
+            HoursWindow.parse(hours, os.environ.get("PIXL_SECONDARY_WEEKENDS", "") == "true")
+            if hours
+            else None
         ),
         screening=ScreeningLimits(
             max_bytes=env_number("PIXL_SCREEN_MAX_MB", 512, int, positive=True) << 20,

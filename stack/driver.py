@@ -21,7 +21,8 @@ import time
 import xmlrpc.client
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,9 +32,12 @@ import requests.auth
 from supervisor.xmlrpc import SupervisorTransport
 
 from pixl_core.db.states import REPORT_BUSY, STUDY_BUSY
+from pixl_core.transport.dicomweb import DicomwebClient, DicomwebSettings
 from stack import local_stack
 from stack.local_stack import StackError
-from stack.settings import REPO_DIR, StackSettings
+from stack.settings import RAW_AET, REPO_DIR, StackSettings
+from stack.standins import dcmqrscp_archive
+from stack.standins.dcmqrscp_archive import ArchiveLog, DcmqrscpArchive
 
 PIXL_CLI = REPO_DIR / ".venv" / "bin" / "pixl"
 
@@ -256,9 +260,40 @@ class Stack:
         return _OrthancAuth(self.settings)
 
     def vna_moves(self) -> int:
-        """C-MOVE requests the VNA has served, counted from its own (verbose) log."""
+        """C-MOVE requests the VNA has served, counted from its own (verbose) log, whichever
+        archive plays it."""
+        if self.settings.vna_kind == "dcmqrscp":
+            return self.archive("vna").log().moves
         log = self.settings.logs_dir / "vna.log"
         return log.read_text(errors="replace").count("Incoming Move request")
+
+    def load_vna(self, cohort: Any) -> int:
+        """Load a synthetic cohort's DICOM files (``stack.synthetic.cohort.Cohort``) into the
+        VNA, whichever archive plays it; return how many instances it took."""
+        if self.settings.vna_kind == "dcmqrscp":
+            return self.archive("vna").load(cohort.dicom_files())
+        from stack.synthetic.cohort import load_into_vna
+
+        return load_into_vna(cohort, self.settings.url("vna"))
+
+    def archive(self, name: str = "vna") -> Archive:
+        """A dcmqrscp archive of this stack: ``"vna"`` when ``vna_kind`` is ``dcmqrscp``, or
+        one added with ``StackSettings.add_archive(name, aet)``."""
+        if name not in self.settings.dcmqrscp_archives():
+            raise StackError(f"this stack runs no dcmqrscp archive named {name!r}")
+        return Archive(self, local_stack.archive_spec(self.settings, name))
+
+    def archive_log(self, archive: str = "vna") -> str:
+        """The (verbose) log of an archive stand-in: ``vna`` or ``secondary``."""
+        return (self.settings.logs_dir / f"{archive}.log").read_text(errors="replace")
+
+    def archive_moves(self, archive: str = "vna") -> int:
+        """C-MOVE requests an archive stand-in has served, counted from its own log."""
+        return self.archive_log(archive).count("Incoming Move request")
+
+    def archive_finds(self, archive: str = "vna") -> int:
+        """C-FIND requests an archive stand-in has served, counted from its own log."""
+        return self.archive_log(archive).count("Incoming Find request")
 
     def vna_sent_resources(self) -> Counter[str]:
         """How many C-MOVEs the VNA served for each of its resources (Orthanc ids), from its log.
@@ -268,7 +303,11 @@ class Stack:
         writes as it starts sending: "Sending resource <Orthanc id> to modality ...", naming
         the study, series or instance the request matched. Map ids to studies with the VNA's
         REST API (``/instances`` answers each upload with its ``ParentStudy``/``ParentSeries``).
+        The Orthanc VNA only: a dcmqrscp VNA's log names the UIDs of each request
+        (``archive().log().requests()``).
         """
+        if self.settings.vna_kind != "orthanc":
+            raise StackError("vna_sent_resources reads the Orthanc VNA's log: use archive().log()")
         log = (self.settings.logs_dir / "vna.log").read_text(errors="replace")
         return Counter(_SENDING_RESOURCE.findall(log))
 
@@ -299,7 +338,84 @@ class Stack:
             uploads[key] += 1
         return uploads
 
+    def dicomweb(self) -> DicomwebClient:
+        """A DICOMweb client for the stack's research platform (the DICOMweb Orthanc behind its
+        TLS proxy), as PIXL's exporter reaches it: HTTPS verified, user ``pixl``. For counting
+        what the server holds by QIDO-RS (``instances_of_study``, ``study_counts``)."""
+        return DicomwebClient(
+            DicomwebSettings(
+                url=self.settings.dicomweb_url,
+                user="pixl",
+                password=self.settings.secrets["PIXL_DICOMWEB_PASSWORD"],
+                ca_file=str(self.settings.dicomweb_ca_file),
+                retries=0,
+            )
+        )
 
+    def dicomweb_received(self) -> Counter[str]:
+        """How many times the DICOMweb server was sent each instance (SOP Instance UID), stored
+        or not, from its own log (``orthanc-config/dicomweb-received.lua``): the receiving
+        side's record that proves "exactly once", which its index (one copy per UID) cannot."""
+        log = (self.settings.logs_dir / "orthanc-dicomweb.log").read_text(errors="replace")
+        return Counter(_DICOMWEB_RECEIVED.findall(log))
+
+
+@dataclass(frozen=True)
+class Archive:
+    """One dcmqrscp archive of a running stack (``Stack.archive(name)``): the small API the
+    tests and the demo use on an archive that is not Orthanc.
+
+    - ``load(files)`` stores DICOM files into it (``storescu``), returns how many it took;
+    - ``log()`` is what it did, from its own log (``ArchiveLog``: ``moves``, ``finds``,
+      ``instances_sent``, ``requests()`` with each request's level and UID keys);
+    - ``refuse_pixl()`` restarts it without orthanc-raw among the AE titles it accepts (an
+      archive that was never told about PIXL, or knows it by another AE title);
+      ``accept_pixl()`` restarts it as configured.
+    """
+
+    stack: Stack
+    spec: DcmqrscpArchive
+
+    @property
+    def aet(self) -> str:
+        return self.spec.aet
+
+    @property
+    def port(self) -> int:
+        return self.spec.port
+
+    @property
+    def log_path(self) -> Path:
+        return self.spec.log_path
+
+    def load(self, files: Iterable[Path]) -> int:
+        return dcmqrscp_archive.load(files, self.spec.aet, self.spec.port)
+
+    def log(self) -> ArchiveLog:
+        return ArchiveLog.read(self.spec.log_path)
+
+    def refuse_pixl(self, timeout: float = 30.0) -> None:
+        callers = tuple(aet for aet in self.spec.callers if aet != RAW_AET)
+        self._restart(replace(self.spec, callers=callers), timeout)
+
+    def accept_pixl(self, timeout: float = 30.0) -> None:
+        self._restart(self.spec, timeout)
+
+    def _restart(self, spec: DcmqrscpArchive, timeout: float) -> None:
+        """Write ``spec``'s configuration and restart the archive (dcmqrscp reads it at start
+        only); return once it answers a C-ECHO again."""
+        local_stack.render_archive(spec)
+        restarted = self.stack.supervisor("restart", spec.name)
+        if "started" not in restarted.stdout:
+            raise StackError(f"{spec.name} did not restart: {restarted.stdout.strip()[-200:]}")
+        deadline = time.monotonic() + timeout
+        while not dcmqrscp_archive.echo(spec.aet, spec.port):
+            if time.monotonic() > deadline:
+                raise StackError(f"{spec.name} does not answer a C-ECHO; see {spec.log_path}")
+            time.sleep(0.2)
+
+
+_DICOMWEB_RECEIVED = re.compile(r"Lua says: pixl-received ([0-9.]+)")
 _SENDING_RESOURCE = re.compile(r"Sending resource ([0-9a-f-]+) to modality")
 _COMPLETED_STOR = re.compile(r"\] STOR (\S+) completed=1 bytes=(\d+)")
 

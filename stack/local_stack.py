@@ -3,7 +3,10 @@
 One supervisord per stack root owns every process (Postgres, the VNA, orthanc-raw,
 orthanc-anon, the DSH's FTPS server, and the EHR module with its Cogstack stand-in when present)
 and restarts any that crashes. ``down`` asks that supervisord to stop exactly what it started.
-Logs go to ``<root>/logs/``.
+Logs go to ``<root>/logs/``. The VNA is a third Orthanc, or DCMTK's ``dcmqrscp`` when
+``settings.vna_kind`` is ``dcmqrscp`` (``PIXL_STACK_VNA`` for the demo); more dcmqrscp archives
+run beside it when ``settings.add_archive`` asked for them (``stack.standins.dcmqrscp_archive``),
+as Debian's ``dcmtk`` user when started as root.
 
 What the stack writes is private to the user running it (issue 8, finding 7):
 
@@ -46,10 +49,15 @@ import requests
 import yaml
 
 from stack.launch import write_env_file
-from stack.settings import ORTHANC_DATABASES, REPO_DIR, StackSettings
+from stack.settings import ORTHANC_DATABASES, RAW_AET, REPO_DIR, StackSettings
+from stack.standins import dcmqrscp_archive
+from stack.standins.dcmqrscp_archive import LOADER_AET, DcmqrscpArchive, Peer
 
 ORTHANC_BINARY = shutil.which("Orthanc") or "/usr/bin/Orthanc"
-ORTHANCS = ("vna", "raw", "anon")
+# The two archive stand-ins (the VNA; a second Orthanc as the secondary archive, AE title
+# PACS) keep their own names as programs; the PIXL Orthancs are orthanc-<name>.
+ARCHIVES = ("vna", "secondary")
+ORTHANCS = ("vna", "secondary", "raw", "anon", "dicomweb")
 # Debian's orthanc package creates this system user; the Orthancs run as it when we are root.
 ORTHANC_USER = "orthanc"
 # The secrets each program gets (a name also matches its per-project forms, NAME__SLUG).
@@ -57,6 +65,7 @@ ORTHANC_USER = "orthanc"
 PROGRAM_SECRETS: dict[str, tuple[str, ...]] = {
     "postgres": (),
     "vna": (),
+    "secondary": (),
     "orthanc-raw": (
         "PIXL_HASH_KEY",
         "PIXL_ORTHANC_RAW_DB_PASSWORD",  # its role on the Orthanc database (expanded by Orthanc)
@@ -72,7 +81,10 @@ PROGRAM_SECRETS: dict[str, tuple[str, ...]] = {
         "PIXL_ORTHANC_PASSWORD",
         "PIXL_ORTHANC_OPERATOR_PASSWORD",
         "PIXL_DSH_PASSWORD",
+        "PIXL_DICOMWEB_PASSWORD",
     ),
+    "orthanc-dicomweb": ("PIXL_DICOMWEB_PASSWORD",),
+    "dicomweb-tls": (),
     "dsh": ("PIXL_DSH_PASSWORD",),
     "ehr": ("PIXL_HASH_KEY", "PIXL_DB_URL", "PIXL_DSH_PASSWORD", "PIXL_EHR_TOKEN"),
     "cogstack": (),
@@ -88,14 +100,15 @@ def render_orthanc_config(settings: StackSettings, name: str, replica: str | Non
 
     ``replica`` (``raw2``, ``anon3``...) renders the role's template for that replica: its own
     name, ports and AE title, the role's database and storage folder (replicas share both). The
-    VNA's config lists every orthanc-raw replica's AE title as a C-MOVE destination.
+    archive stand-ins' configs (VNA, secondary) list every orthanc-raw replica's AE title as a
+    C-MOVE destination.
     """
     replica = replica or name
     template = string.Template((REPO_DIR / "orthanc-config" / f"{name}.json").read_text())
     ports = {f"{key.upper()}_PORT": str(port) for key, port in settings.ports.items()}
-    # The template names the role's ports (RAW_HTTP_PORT); a replica puts its own there.
-    ports[f"{name.upper()}_HTTP_PORT"] = str(settings.ports[f"{replica}_http"])
-    ports[f"{name.upper()}_DICOM_PORT"] = str(settings.ports[f"{replica}_dicom"])
+    if replica != name:  # the template names the role's ports (RAW_HTTP_PORT): its own there
+        ports[f"{name.upper()}_HTTP_PORT"] = str(settings.ports[f"{replica}_http"])
+        ports[f"{name.upper()}_DICOM_PORT"] = str(settings.ports[f"{replica}_dicom"])
     values = {
         "DATA_DIR": str(settings.data_dir),
         "REPO_DIR": str(REPO_DIR),
@@ -107,7 +120,7 @@ def render_orthanc_config(settings: StackSettings, name: str, replica: str | Non
     if replica != name:
         config["Name"] = f"{config['Name']}-{replica.removeprefix(name)}"
         config["DicomAet"] = replica_aet(config["DicomAet"], replica, name)
-    if name == "vna":
+    if name in ARCHIVES and "pixl-raw" in config.get("DicomModalities", {}):
         first = config["DicomModalities"]["pixl-raw"]
         for other in settings.replicas("raw")[1:]:
             config["DicomModalities"][f"pixl-{other}"] = {
@@ -201,6 +214,52 @@ def _own(folder: Path, owner: str | None, mode: int) -> None:
     folder.chmod(mode)
 
 
+@functools.cache
+def archive_user(run_dir: Path) -> str | None:
+    """The user the dcmqrscp archives run as: Debian's ``dcmtk`` when we are root and it can
+    reach the stack's run folder (its config is there), else the invoking user, with one line
+    saying why (a stack in a private folder, as ``orthanc_user`` does for the Orthancs)."""
+    user = dcmqrscp_archive.DCMTK_USER
+    if not (_is_root() and _user_exists(user)):
+        return None
+    reach = subprocess.run(["runuser", "-u", user, "--", "test", "-x", str(run_dir)], check=False)
+    if reach.returncode != 0:
+        print(
+            f"stack: the {user} user cannot reach {run_dir}, so the dcmqrscp archives run as "
+            f"root; make every folder above it traversable by others (chmod o+x) to run them "
+            f"as {user}",
+            file=sys.stderr,
+        )
+        return None
+    return user
+
+
+def archive_spec(settings: StackSettings, name: str) -> DcmqrscpArchive:
+    """The dcmqrscp archive ``name`` of the stack (the VNA, or one added with
+    ``StackSettings.add_archive``): orthanc-raw is its one C-MOVE destination, and orthanc-raw
+    and the loader (``storescu``) may associate with it."""
+    return DcmqrscpArchive(
+        name=name,
+        aet=settings.dcmqrscp_archives()[name],
+        port=settings.ports[f"{name}_dicom"],
+        storage_dir=settings.data_dir / f"{name}-dcmqrscp",
+        run_dir=settings.run_dir,
+        logs_dir=settings.logs_dir,
+        destinations=(Peer(RAW_AET, settings.ports["raw_dicom"]),),
+        callers=(RAW_AET, LOADER_AET),
+    )
+
+
+def render_archive(archive: DcmqrscpArchive) -> None:
+    """Write the archive's configuration and logger files (mode 600) and make its storage
+    folder (mode 700), all its user's."""
+    user = archive_user(archive.run_dir)
+    archive.storage_dir.mkdir(parents=True, exist_ok=True)
+    _own(archive.storage_dir, user, 0o700)
+    _write_private(archive.config_path, dcmqrscp_archive.config_text(archive), owner=user)
+    _write_private(archive.log_config_path, dcmqrscp_archive.log_config_text(), owner=user)
+
+
 def render_projects(settings: StackSettings) -> list[Path]:
     """Write the stack's project files: every committed ``projects/*.yaml`` and each of
     ``settings.test_projects`` (a copy of chest-xray.yaml), their destination set to this
@@ -209,22 +268,38 @@ def render_projects(settings: StackSettings) -> list[Path]:
     sources.update(
         {slug: REPO_DIR / "projects" / "chest-xray.yaml" for slug in settings.test_projects}
     )
+    sources.update(
+        {
+            slug: REPO_DIR / "projects" / "chest-xray-research.yaml"
+            for slug in settings.test_dicomweb_projects
+        }
+    )
     return [
-        write_project(settings, slug, source, settings.local_destination())
+        write_project(
+            settings, slug, source, settings.local_destination(), settings.local_dicomweb()
+        )
         for slug, source in sources.items()
     ]
 
 
 def write_project(
-    settings: StackSettings, slug: str, source: Path, ftps: dict[str, object]
+    settings: StackSettings,
+    slug: str,
+    source: Path,
+    ftps: dict[str, object],
+    dicomweb: dict[str, object] | None = None,
 ) -> Path:
-    """Write ``<projects_dir>/<slug>.yaml``: ``source`` with ``destination: ftps:`` replaced.
+    """Write ``<projects_dir>/<slug>.yaml``: ``source`` with ``destination: ftps:`` replaced,
+    and its ``dicomweb:`` (if it has one) replaced by ``dicomweb``.
 
     Written to a temporary name and renamed, so a process reading it meanwhile (the demo run
     again on a running stack) never sees half a file.
     """
     raw = yaml.safe_load(source.read_text())
+    had_dicomweb = "dicomweb" in (raw.get("destination") or {})
     raw["destination"] = {"ftps": dict(ftps)}
+    if had_dicomweb and dicomweb is not None:
+        raw["destination"]["dicomweb"] = dict(dicomweb)
     header = f"# Rendered by the local stack from projects/{source.name}, destination replaced.\n"
     settings.projects_dir.mkdir(parents=True, exist_ok=True)
     # Read by the Orthancs (their own user) as well: a project file holds no secret.
@@ -239,15 +314,15 @@ def write_project(
 
 def program_name(replica: str) -> str:
     """supervisord's name of an Orthanc: ``vna``, ``orthanc-raw``, ``orthanc-raw-2``..."""
-    if replica == "vna":
-        return "vna"
+    if replica in ARCHIVES:
+        return replica
     role = replica.rstrip("0123456789")
     number = replica.removeprefix(role)
     return f"orthanc-{role}" + (f"-{number}" if number else "")
 
 
 def _storage_name(name: str) -> str:
-    return "vna" if name == "vna" else f"orthanc-{name}"
+    return name if name in ARCHIVES else f"orthanc-{name}"
 
 
 def _program(
@@ -258,6 +333,7 @@ def _program(
     user: str | None = None,
     memory_mb: int | None = None,
     env: dict[str, str] | None = None,
+    with_secrets: bool = True,
     **extra: str,
 ) -> str:
     """One ``[program:NAME]`` section: no secret in it, see :mod:`stack.launch`.
@@ -269,7 +345,7 @@ def _program(
     """
     public = {**settings.public_environment(), "PIXL_PROCESS": name, **(env or {})}
     env_line = ",".join(f'{key}="{value}"' for key, value in public.items())
-    secrets = _secrets_for(name, settings)
+    secrets = _secrets_for(name, settings) if with_secrets else {}
     command = list(command)
     if secrets or memory_mb or user:
         launch = [sys.executable, "-m", "stack.launch"]
@@ -355,14 +431,17 @@ def supervisor_config(settings: StackSettings) -> str:
         ),
     ]
     for name in ORTHANCS:
-        for replica in settings.replicas(name) if name != "vna" else ["vna"]:
+        if name == "vna" and settings.vna_kind != "orthanc":
+            continue
+        for replica in settings.replicas(name) if name in ("raw", "anon") else [name]:
             config = render_orthanc_config(settings, name, replica)
-            # The VNA stand-in logs verbosely so tests can count the C-MOVEs it served
-            # ("Incoming Move request"); it plays the hospital archive, whose logs stay inside.
-            flags = ["--verbose"] if name == "vna" else []
+            # The archive stand-ins log verbosely so tests can count the C-FINDs and C-MOVEs
+            # they served ("Incoming Move request"); they play hospital archives, whose logs
+            # stay inside.
+            flags = ["--verbose"] if name in ARCHIVES else []
             env = {"MALLOC_ARENA_MAX": "4"}  # glibc's per-thread arenas count in the limit
             if name == "raw":  # the AE title the fetch worker asks the VNA to move to
-                env["PIXL_RAW_AET"] = replica_aet("PIXLRAW", replica, "raw")
+                env["PIXL_RAW_AET"] = replica_aet(RAW_AET, replica, "raw")
             sections.append(
                 _program(
                     program_name(replica),
@@ -373,6 +452,19 @@ def supervisor_config(settings: StackSettings) -> str:
                     env=env,
                 )
             )
+    for name in settings.dcmqrscp_archives():
+        archive = archive_spec(settings, name)
+        render_archive(archive)
+        # An archive holds no PIXL secret; its log is what the tests count its work from.
+        sections.append(
+            _program(
+                name,
+                archive.command(),
+                settings,
+                user=archive_user(settings.run_dir),
+                with_secrets=False,
+            )
+        )
     low, high = settings.passive_ports
     sections.append(
         _program(
@@ -399,6 +491,25 @@ def supervisor_config(settings: StackSettings) -> str:
             # Its certificate is orthanc-anon's and the EHR module's CA file: readable by all
             # (its key is written 600 whatever the umask; uploads land in the 700 DSH folder).
             umask="022",
+        )
+    )
+    sections.append(
+        _program(
+            "dicomweb-tls",
+            [
+                python,
+                "-m",
+                "stack.standins.tls_proxy",
+                "--port",
+                str(settings.ports["dicomweb_https"]),
+                "--backend-port",
+                str(settings.ports["dicomweb_http"]),
+                "--certfile",
+                str(settings.dicomweb_ca_file),
+                "--keyfile",
+                str(settings.dicomweb_cert_dir / "dicomweb-key.pem"),
+            ],
+            settings,
         )
     )
     for name, command in python_programs(settings).items():
@@ -444,6 +555,20 @@ def generate_cogstack_certificate(settings: StackSettings) -> None:
     key.replace(folder / "cogstack-key.pem")
     folder.chmod(0o755)
     settings.cogstack_ca_file.chmod(0o644)
+
+
+def generate_dicomweb_certificate(settings: StackSettings) -> None:
+    """A fresh self-signed certificate for the DICOMweb endpoint (the TLS proxy in front of the
+    DICOMweb Orthanc: see ``stack.standins.tls_proxy``), which is orthanc-anon's CA file for it
+    (``PIXL_DICOMWEB_CA_FILE``)."""
+    from stack.standins.dsh_ftps import generate_certificate
+
+    folder = settings.dicomweb_cert_dir
+    cert, key = generate_certificate(folder, valid_for=datetime.timedelta(days=30))
+    cert.replace(settings.dicomweb_ca_file)
+    key.replace(folder / "dicomweb-key.pem")
+    folder.chmod(0o755)
+    settings.dicomweb_ca_file.chmod(0o644)
 
 
 def supervisorctl(settings: StackSettings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -511,9 +636,19 @@ def up(settings: StackSettings, timeout: float = 90.0) -> None:
         {name: settings.secrets[secret] for name, secret in ORTHANC_DATABASES.items()},
     )
     write_env_file(settings.cli_env_file, settings.cli_environment())
-    if not is_up(settings):
+    kind_file = settings.run_dir / "vna-kind"
+    if is_up(settings):
+        running = kind_file.read_text().strip() if kind_file.exists() else "orthanc"
+        if running != settings.vna_kind:
+            raise StackError(
+                f"the stack in {settings.root} runs the {running} VNA, not {settings.vna_kind}: "
+                "stop it first (make down), then start it again"
+            )
+    else:
+        _write_private(kind_file, settings.vna_kind + "\n")
         if settings.with_reports:
             generate_cogstack_certificate(settings)
+        generate_dicomweb_certificate(settings)
         conf = settings.run_dir / "supervisord.conf"
         _write_private(conf, supervisor_config(settings))
         subprocess.run(
@@ -555,13 +690,23 @@ def wait_healthy(settings: StackSettings, timeout: float = 90.0) -> None:
     checks = {
         "postgres": lambda: _postgres_ready(settings.db_url),
         "vna": lambda: _http_ready(settings.url("vna") + "/system", None),
+        "secondary": lambda: _http_ready(settings.url("secondary") + "/system", None),
         "dsh": lambda: _tcp_ready(settings.ports["dsh_ftps"]),
+        # Through the TLS proxy, so both it and the DICOMweb Orthanc behind it must answer.
+        "orthanc-dicomweb": lambda: _http_ready(
+            settings.dicomweb_url + "/studies?limit=1",
+            ("pixl", settings.secrets["PIXL_DICOMWEB_PASSWORD"]),
+            verify=str(settings.dicomweb_ca_file),
+        ),
     }
     for role in ("raw", "anon"):
         for replica in settings.replicas(role):
             checks[program_name(replica)] = functools.partial(
                 _http_ready, settings.url(replica) + "/pixl/status", _auth(settings, role)
             )
+    for name, aet in settings.dcmqrscp_archives().items():
+        port = settings.ports[f"{name}_dicom"]
+        checks[name] = lambda aet=aet, port=port: dcmqrscp_archive.echo(aet, port)
     if settings.with_reports:
         checks["ehr"] = lambda: _http_ready(settings.url("ehr") + "/health", None)
         checks["cogstack"] = lambda: _http_ready(

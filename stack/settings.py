@@ -7,6 +7,7 @@ pick free ports and a temporary folder, so they never collide with a running dem
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,15 @@ PORT_NAMES = (
     "dsh_ftps",
     "ehr_http",
     "cogstack_http",
+    "dicomweb_http",  # the DICOMweb stand-in (Orthanc), plain HTTP on 127.0.0.1
+    "dicomweb_https",  # the TLS proxy in front of it: the research platform's endpoint
+    # the secondary archive stand-in (a second Orthanc, AE title PACS): last, so the demo's
+    # other ports keep their numbers
+    "secondary_http",
+    "secondary_dicom",
 )
+# The secondary archive stand-in's AE title (orthanc-config/secondary.json).
+SECONDARY_AET = "PACS"
 # Generated per stack into secrets.env (mode 600). PIXL_ORTHANC_PASSWORD is orthanc-anon's
 # password for the user ``pixl`` (orthanc-raw sends it when it hands an instance off),
 # PIXL_ORTHANC_RAW_PASSWORD orthanc-raw's, PIXL_ORTHANC_OPERATOR_PASSWORD the read-only user
@@ -43,6 +52,7 @@ SECRET_NAMES = (
     "PIXL_EHR_TOKEN",
     "PIXL_ORTHANC_RAW_DB_PASSWORD",
     "PIXL_ORTHANC_ANON_DB_PASSWORD",
+    "PIXL_DICOMWEB_PASSWORD",  # the DICOMweb stand-in's user pixl
 )
 # The Orthanc databases on PIXL's Postgres server (index and, if enabled, storage): each owned by
 # a role of the same name whose password is the secret named here (Orthanc expands it).
@@ -80,6 +90,29 @@ def replicas_from_env(variable: str) -> int:
 
 # Address-space limit of each Orthanc of the stack (ulimit -v), unless PIXL_ORTHANC_MEMORY_MB.
 ORTHANC_MEMORY_MB = 4096
+# What can play the VNA: a third Orthanc, or DCMTK's dcmqrscp (an archive that is not Orthanc).
+VNA_KINDS = ("orthanc", "dcmqrscp")
+# orthanc-raw's AE title (orthanc-config/raw.json): the C-MOVE destination every archive knows.
+RAW_AET = "PIXLRAW"
+VNA_AET = "VNA"
+# An archive's name is also its port's name in the Orthanc config templates (${NAME_DICOM_PORT}).
+_ARCHIVE_NAME = re.compile(r"[a-z][a-z0-9]{0,30}")
+_AE_TITLE = re.compile(r"[A-Z0-9_]{1,16}")
+_TAKEN_NAMES = ("postgres", "vna", "orthanc-raw", "orthanc-anon", "dsh", "ehr", "cogstack")
+
+
+class StackSettingsError(ValueError):
+    """A stack setting that cannot work; the message names it and what it may be."""
+
+
+def vna_kind_from_env() -> str:
+    """``PIXL_STACK_VNA``: which archive the demo stack runs as its VNA (default orthanc)."""
+    kind = os.environ.get("PIXL_STACK_VNA", "").strip() or "orthanc"
+    if kind not in VNA_KINDS:
+        raise StackSettingsError(
+            f"PIXL_STACK_VNA must be one of {', '.join(VNA_KINDS)}: set it to one or unset it"
+        )
+    return kind
 
 
 @dataclass
@@ -97,10 +130,23 @@ class StackSettings:
     extra_env: dict[str, str] = field(default_factory=dict)
     # Extra project slugs rendered as copies of chest-xray.yaml (fresh work items for tests).
     test_projects: tuple[str, ...] = ()
+    # Extra project slugs rendered as copies of chest-xray-research.yaml: images to DICOMweb.
+    test_dicomweb_projects: tuple[str, ...] = ()
     # Address-space limit of each Orthanc process (MB); see stack.launch.
     orthanc_memory_mb: int = field(
         default_factory=lambda: int(os.environ.get("PIXL_ORTHANC_MEMORY_MB", ORTHANC_MEMORY_MB))
     )
+    # What plays the VNA (AE title VNA, port ``vna_dicom``): "orthanc" or "dcmqrscp"; the demo
+    # reads it from PIXL_STACK_VNA.
+    vna_kind: str = "orthanc"
+    # More archives, each a dcmqrscp of its own: program name -> AE title (see add_archive).
+    archives: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.vna_kind not in VNA_KINDS:
+            raise StackSettingsError(
+                f"vna_kind must be one of {', '.join(VNA_KINDS)}, not {self.vna_kind!r}"
+            )
 
     # How many orthanc-raw and orthanc-anon replicas run (PIXL_RAW_REPLICAS, PIXL_ANON_REPLICAS).
     raw_replicas: int = field(default_factory=lambda: replicas_from_env("PIXL_RAW_REPLICAS"))
@@ -116,6 +162,7 @@ class StackSettings:
             for number, replica in enumerate(settings.replicas(role)[1:]):
                 settings.ports[f"{replica}_http"] = first + 2 * number
                 settings.ports[f"{replica}_dicom"] = first + 2 * number + 1
+        settings.vna_kind = vna_kind_from_env()
         settings.secrets = settings.load_or_create_secrets()
         return settings
 
@@ -142,6 +189,35 @@ class StackSettings:
         name (program ``orthanc-raw``, AET ``PIXLRAW``), the others are ``raw2``, ``raw3``..."""
         count = self.raw_replicas if role == "raw" else self.anon_replicas
         return [role] + [f"{role}{number}" for number in range(2, count + 1)]
+
+    def add_archive(self, name: str, aet: str) -> None:
+        """Run one more archive, a dcmqrscp with AE title ``aet``: supervisord program, folder
+        (``data/<name>/``) and log (``logs/<name>.log``) ``name``, DICOM port
+        ``ports["<name>_dicom"]`` (a free port unless one is set already: put
+        ``<name>_dicom`` in PORT_NAMES for a fixed demo port). It knows orthanc-raw as its
+        C-MOVE destination and as a caller, like the VNA. Call before the stack starts.
+
+        For orthanc-raw to query it and accept what it moves, orthanc-raw's config must list it
+        as a modality: its AE title, 127.0.0.1 and ``${<NAME>_DICOM_PORT}`` (every port of
+        ``ports`` is filled into the Orthanc config templates by that name)."""
+        if not _ARCHIVE_NAME.fullmatch(name) or name in _TAKEN_NAMES:
+            raise StackSettingsError(
+                f"archive name {name!r}: use lowercase letters and digits, not one of "
+                f"{', '.join(_TAKEN_NAMES)}"
+            )
+        if not _AE_TITLE.fullmatch(aet) or aet in (RAW_AET, VNA_AET):
+            raise StackSettingsError(
+                f"archive AE title {aet!r}: use 1-16 capital letters, digits or '_', "
+                f"not {RAW_AET} or {VNA_AET}"
+            )
+        self.archives[name] = aet
+        self.ports.setdefault(f"{name}_dicom", free_port())
+
+    def dcmqrscp_archives(self) -> dict[str, str]:
+        """Every archive of the stack that is a dcmqrscp: program name -> AE title (the VNA
+        first, when it is one)."""
+        own = {"vna": VNA_AET} if self.vna_kind == "dcmqrscp" else {}
+        return {**own, **self.archives}
 
     @property
     def data_dir(self) -> Path:
@@ -188,6 +264,25 @@ class StackSettings:
         committed ones rendered with their destination pointing at this stack's DSH, so the
         stack never sends to a server a committed file names."""
         return self.root / "projects"
+
+    @property
+    def dicomweb_cert_dir(self) -> Path:
+        """The DICOMweb endpoint's TLS certificate (its own trust anchor) and key."""
+        return self.run_dir / "dicomweb-cert"
+
+    @property
+    def dicomweb_ca_file(self) -> Path:
+        return self.dicomweb_cert_dir / "dicomweb-cert.pem"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb service root PIXL sends to: HTTPS, through the TLS proxy."""
+        return f"https://127.0.0.1:{self.ports['dicomweb_https']}/dicom-web"
+
+    def local_dicomweb(self) -> dict[str, object]:
+        """The ``destination: dicomweb:`` of this stack's research platform (its password and
+        CA file come from the environment)."""
+        return {"url": self.dicomweb_url, "auth": "basic", "user": "pixl", "batch_size": 20}
 
     def local_destination(self) -> dict[str, object]:
         """The ``destination: ftps:`` of this stack's DSH (its CA file comes from the env)."""
@@ -251,12 +346,20 @@ class StackSettings:
             # orthanc-raw hands each study to the next of these (every anon replica).
             "PIXL_ANON_URLS": ",".join(self.url(name) for name in self.replicas("anon")),
             "PIXL_VNA_URL": self.url("vna"),
+            # orthanc-raw's secondary archive (pixl_imaging.archives): the stand-in; asked at
+            # 2 studies/s unless a test or `pixl rate --archive secondary` says otherwise
+            "PIXL_SECONDARY_AET": SECONDARY_AET,
+            "PIXL_SECONDARY_HOST": "127.0.0.1",
+            "PIXL_SECONDARY_PORT": str(self.ports["secondary_dicom"]),
+            "PIXL_SECONDARY_STUDIES_PER_SECOND": "2",
+            "PIXL_SECONDARY_URL": self.url("secondary"),
             "PIXL_ORTHANC_USER": "pixl",
             "PIXL_PROJECTS_DIR": str(self.projects_dir),
             "PIXL_DSH_CA_FILE": str(self.run_dir / "dsh-cert" / "dsh-ftps-cert.pem"),
             "PIXL_EHR_URL": self.url("ehr"),
             "PIXL_COGSTACK_URL": self.url("cogstack"),
             "PIXL_COGSTACK_CA_FILE": str(self.cogstack_ca_file),
+            "PIXL_DICOMWEB_CA_FILE": str(self.dicomweb_ca_file),
             "PIXL_STAGING_DIR": str(self.staging_dir),
             **self.extra_env,
         }

@@ -9,6 +9,8 @@ An information-governance reviewer approves each project's allow-list as a pull 
 - ``pixl allowlist preview`` shows what the project's allow-list does to one real file, before
   and after, with the exact engine orthanc-anon runs. It needs ``PIXL_HASH_KEY`` because the
   pseudonyms are computed, and shows identifiers on the "before" side: run it inside the hospital.
+- ``pixl allowlist diff BASE [HEAD]`` (``allowlist_diff_cmd.py``) shows what a pull request
+  changes in what leaves, project by project, with verdicts; CI writes it to the job summary.
 
 Exit codes: 0 pass, 1 a finding without justification, 2 a broken allow-list or bad usage.
 """
@@ -17,32 +19,27 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from pixl_cli.allowlist_diff_cmd import diff_cmd
 from pixl_cli.output import EXIT_DATA_ERROR, EXIT_OK, console, err_console, operator_errors
 from pixl_core.config.allowlist import load_allowlist_file
 from pixl_core.config.projects import list_projects, load_project, load_project_file, projects_dir
-from pixl_core.config.ps315_audit import AuditReport, audit, audit_allowlist_file
-from pixl_core.dicom.preview import (
-    ACTION_ADDED,
-    ACTION_CREATOR,
-    ACTION_FILE_META,
-    ACTION_NOT_LISTED,
-    ACTION_REFUSED,
-    REMOVED,
-    preview,
-    refusal_reason,
-)
 from pixl_core.errors import PixlConfigError
 from pixl_core.hashing import ProjectHasher
 
+if TYPE_CHECKING:
+    from pixl_core.config.ps315_audit import AuditReport
+
 allowlist_app = typer.Typer(
     name="allowlist",
-    help="Review tools for tag allow-lists: audit against DICOM PS3.15, preview a file.",
+    help="Review tools for tag allow-lists: audit against DICOM PS3.15, preview a file, "
+    "diff two revisions.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -69,6 +66,8 @@ def _load_report(target: str) -> AuditReport:
     A file inside the projects folder is audited as a project; any other file as a bare
     allow-list with no PS3.15 option claimed, since a bare list claims nothing.
     """
+    from pixl_core.config.ps315_audit import audit, audit_allowlist_file  # pydicom
+
     if not _is_file_argument(target):
         return audit(load_project(target))
     path = Path(target)
@@ -149,15 +148,6 @@ def check(
     raise typer.Exit(EXIT_DATA_ERROR if failed else EXIT_OK)
 
 
-_ACTION_STYLES = {
-    ACTION_NOT_LISTED: "dim",
-    ACTION_REFUSED: "red",
-    ACTION_ADDED: "cyan",
-    ACTION_FILE_META: "dim",
-    ACTION_CREATOR: "dim",
-}
-
-
 def preview_cmd(
     file: Path = typer.Argument(..., help="One DICOM file to de-identify (nothing is written)."),
     project: str = typer.Option(
@@ -169,6 +159,24 @@ def preview_cmd(
     Uses the engine orthanc-anon runs, so the "after" side is exactly what would leave. The
     "before" side shows identifiers: run it inside the hospital and do not paste it anywhere.
     """
+    from pixl_core.dicom.preview import (
+        ACTION_ADDED,
+        ACTION_CREATOR,
+        ACTION_FILE_META,
+        ACTION_NOT_LISTED,
+        ACTION_REFUSED,
+        REMOVED,
+        preview,
+        refusal_reason,
+    )
+
+    action_styles = {
+        ACTION_NOT_LISTED: "dim",
+        ACTION_REFUSED: "red",
+        ACTION_ADDED: "cyan",
+        ACTION_FILE_META: "dim",
+        ACTION_CREATOR: "dim",
+    }
     with operator_errors():
         config = load_project(project)
         hasher = ProjectHasher.for_project(config.slug)
@@ -188,7 +196,7 @@ def preview_cmd(
     for row in rows:
         if row.label == "(instance)":
             continue
-        style = _ACTION_STYLES.get(row.action)
+        style = action_styles.get(row.action)
         if style is None and row.after == REMOVED:
             style = "dim"
         elif style is None and row.before != row.after:
@@ -221,3 +229,4 @@ def preview_cmd(
 
 allowlist_app.command("check")(check)
 allowlist_app.command("preview")(preview_cmd)
+allowlist_app.command("diff")(diff_cmd)

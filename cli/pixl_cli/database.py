@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from pixl_core import db
 from pixl_core.errors import PixlConfigError
 
+if TYPE_CHECKING:
+    from pixl_core.db import Connection
 
-def connect() -> db.Connection:
+
+def connect() -> Connection:
     """Connect and bring the schema up to date (migrations are idempotent and locked)."""
+    from pixl_core import db  # psycopg2: only for the commands that reach the database
+
     url = db.database_url()
     try:
         db.migrate(url)
@@ -25,7 +30,7 @@ def connect() -> db.Connection:
 
 
 @contextmanager
-def connection() -> Iterator[db.Connection]:
+def connection() -> Iterator[Connection]:
     """``connect()`` for the length of a ``with`` block, closed at its end whatever happens."""
     conn = connect()
     try:

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import requests
 import typer
 
 from pixl_cli.output import console, operator_errors
 from pixl_core.config.projects import SLUG_RULE, is_valid_slug
 from pixl_core.env import env_number
 from pixl_core.errors import PixlConfigError, PixlError
+
+if TYPE_CHECKING:
+    import requests
 
 EHR_URL_ENV = "PIXL_EHR_URL"
 EHR_TOKEN_ENV = "PIXL_EHR_TOKEN"
@@ -58,6 +60,8 @@ def _detail(response: requests.Response) -> str:
 
 def request_export(project: str, extract_id: int | None = None) -> dict[str, Any]:
     """POST the export request and return the service's counts, or raise a one-line error."""
+    import requests  # ~0.1 s: only when a request is made
+
     url = _ehr_url()
     params = {"extract_id": extract_id} if extract_id is not None else None
     try:

@@ -9,7 +9,8 @@ An OMOP ES extract is a folder::
       private/PERSON_LINKS.parquet             person_id ↔ PrimaryMrn
       private/PROCEDURE_OCCURRENCE_LINKS.parquet
                                                procedure_occurrence_id ↔ AccessionNumber
-                                               (and, optionally, procedure_date)
+                                               (and, optionally, procedure_date and
+                                               StudyInstanceUID)
 
 ``PROCEDURE_OCCURRENCE.parquet`` needs ``procedure_occurrence_id`` and ``person_id`` (integers)
 and a date: ``procedure_datetime``, else ``procedure_date``, else the links' ``procedure_date``
@@ -26,7 +27,10 @@ Cohort identifiers (MRN, accession number) are what PIXL asks the archive for, s
 exact: a value with a DICOM wildcard (``*``, ``?``), a backslash (DICOM's value separator) or a
 control character, or longer than 64 characters (DICOM's LO), is refused with the file, row
 and column (never the value). Rows are counted from 1 in a parquet file, and as a spreadsheet
-shows them (the header is row 1) in a CSV file.
+shows them (the header is row 1) in a CSV file. A Study Instance UID, when the cohort knows it
+(``StudyInstanceUID`` in the procedure links, ``study_uid`` in a CSV), is what the archive is
+asked for instead of the accession number and MRN, so it must be a DICOM UID: digits in
+components separated by dots, no leading zero in a component, at most 64 characters.
 
 ``extract_summary.json`` is the OMOP ES log; PIXL reads three facts from it::
 
@@ -44,6 +48,7 @@ A CSV cohort (``read_csv_cohort``) is the plain alternative: a header line and t
 
     mrn, accession_number, study_datetime   required (study_datetime as ISO 8601, may be blank)
     procedure_occurrence_id                 optional, integer
+    study_uid                               optional, a DICOM UID (may be blank)
     project                                 optional; if present must equal the project given
 
 Reading yields one row per (project, mrn, accession_number, procedure_occurrence_id,
@@ -90,7 +95,14 @@ SUMMARY_FILE = "extract_summary.json"
 PROCEDURES_FILE = "public/PROCEDURE_OCCURRENCE.parquet"
 PERSON_LINKS_FILE = "private/PERSON_LINKS.parquet"
 PROCEDURE_LINKS_FILE = "private/PROCEDURE_OCCURRENCE_LINKS.parquet"
-COHORT_COLUMNS = ["project", "mrn", "accession_number", "procedure_occurrence_id", "study_datetime"]
+COHORT_COLUMNS = [
+    "project",
+    "mrn",
+    "accession_number",
+    "procedure_occurrence_id",
+    "study_datetime",
+    "study_uid",
+]
 
 _REEXPORT = "re-export the extract with OMOP ES"
 # What a cohort identifier may not hold: DICOM's wildcards, its value separator, control
@@ -101,6 +113,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _WHOLE_NUMBER = re.compile(r"[+-]?\d{1,19}(\.0*)?")
 _INT64 = (-(2**63), 2**63 - 1)
 _HASH = re.compile(r"[A-Za-z0-9._+-]{1,64}")
+# A DICOM UID (PS3.5 9.1): numeric components, no leading zero but "0" itself, at most 64.
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+")
+UID_MAX_LENGTH = 64
 
 
 @dataclass(frozen=True, eq=False)
@@ -239,9 +254,14 @@ def _require(schema: pa.Schema, relative: str, column: str, kind: str) -> None:
     is_date = (
         pa.types.is_timestamp(arrow_type) or pa.types.is_date(arrow_type) or is_text
     )  # text dates are parsed and checked later
-    allowed = {"id": is_integer, "identifier": is_integer or is_text, "date": is_date}[kind]
+    allowed = {
+        "id": is_integer,
+        "identifier": is_integer or is_text,
+        "date": is_date,
+        "text": is_text,
+    }[kind]
     if not allowed:
-        wanted = {"id": "integer ids", "identifier": "text", "date": "dates"}[kind]
+        wanted = {"id": "integer ids", "identifier": "text", "date": "dates", "text": "text"}[kind]
         raise PixlConfigError(
             f"{relative} column {column} must hold {wanted} (found {arrow_type}): {_REEXPORT}"
         )
@@ -323,6 +343,25 @@ def _as_identifier(values: pd.Series, source: str, column: str, first_row: int) 
     return text
 
 
+def _as_study_uid(values: pd.Series, source: str, column: str, first_row: int) -> pd.Series:
+    """Study Instance UIDs (NA where blank); the first that is not a DICOM UID is refused with
+    its row (``first_row`` is the number of the series' first row), never its value: a UID is
+    asked of the archive as is, and a wrong one would ask for the wrong study or a pattern."""
+    text = values.astype("string").str.strip()
+    text = text.mask(text == "", pd.NA)
+    present = text.dropna()
+    bad = ~present.map(lambda v: len(v) <= UID_MAX_LENGTH and bool(_UID.fullmatch(v))).astype(bool)
+    if bad.any():
+        first = bad.to_numpy().argmax()
+        row = text.index.get_loc(present.index[first]) + first_row
+        raise PixlConfigError(
+            f"{source} row {row} column {column} is not a DICOM UID (digits and dots, no "
+            f"leading zeros, at most {UID_MAX_LENGTH} characters): correct or blank that row",
+            code="invalid_cohort_value",
+        )
+    return text
+
+
 def _finish(frame: pd.DataFrame, project: str) -> tuple[pd.DataFrame, int, int]:
     """Keep rows with both identifiers, drop exact duplicates; return (cohort, skipped, dups)."""
     frame = frame.assign(project=project)[COHORT_COLUMNS]
@@ -380,14 +419,21 @@ def read_extract(extract_dir: Path) -> Extract:
     persons["PrimaryMrn"] = _as_identifier(
         persons["PrimaryMrn"], PERSON_LINKS_FILE, "PrimaryMrn", first_row=1
     )
+    link_uids = ["StudyInstanceUID"] if "StudyInstanceUID" in links_schema.names else []
+    if link_uids:
+        _require(links_schema, PROCEDURE_LINKS_FILE, "StudyInstanceUID", "text")
     links = _read_columns(
         extract_dir,
         PROCEDURE_LINKS_FILE,
-        ["procedure_occurrence_id", "AccessionNumber", *link_dates],
+        ["procedure_occurrence_id", "AccessionNumber", *link_dates, *link_uids],
     )
     links["AccessionNumber"] = _as_identifier(
         links["AccessionNumber"], PROCEDURE_LINKS_FILE, "AccessionNumber", first_row=1
     )
+    if link_uids:
+        links["StudyInstanceUID"] = _as_study_uid(
+            links["StudyInstanceUID"], PROCEDURE_LINKS_FILE, "StudyInstanceUID", first_row=1
+        )
     links = links.rename(columns={"procedure_date": "link_procedure_date"})
 
     study_datetime = pd.Series(pd.NaT, index=procedures.index, dtype="datetime64[us]")
@@ -412,6 +458,11 @@ def read_extract(extract_dir: Path) -> Extract:
             "accession_number": joined["AccessionNumber"].astype("string"),
             "procedure_occurrence_id": joined["procedure_occurrence_id"].astype("Int64"),
             "study_datetime": joined["study_datetime"],
+            "study_uid": (
+                joined["StudyInstanceUID"].astype("string")
+                if link_uids
+                else pd.Series(pd.NA, index=joined.index, dtype="string")
+            ),
         }
     )
     cohort, skipped, duplicates = _finish(frame, project)
@@ -493,6 +544,11 @@ def read_csv_cohort(path: Path, project: str) -> Extract:
             ),
             "procedure_occurrence_id": procedure_ids,
             "study_datetime": _as_datetime(table["study_datetime"], name, "study_datetime"),
+            "study_uid": (
+                _as_study_uid(table["study_uid"], name, "study_uid", first_row=2)
+                if "study_uid" in table.columns
+                else pd.Series(pd.NA, index=table.index, dtype="string")
+            ),
         }
     )
     cohort, skipped, duplicates = _finish(frame, project)

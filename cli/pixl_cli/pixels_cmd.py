@@ -15,10 +15,6 @@ import typer
 from pixl_cli.output import EXIT_DATA_ERROR, EXIT_OK, console, err_console, operator_errors
 from pixl_core.config.pixel_policy import PixelText
 from pixl_core.config.projects import load_project
-from pixl_core.dicom.header import UnreadableDicom, parse_header
-from pixl_core.dicom.pixel_data import PixelsRefused
-from pixl_core.dicom.pixel_preview import preview_png
-from pixl_core.dicom.pixels import analyse
 from pixl_core.errors import PixlConfigError
 
 pixels_app = typer.Typer(no_args_is_help=True, help="Burned-in text in the pixels.")
@@ -37,6 +33,11 @@ def preview(
     Exit 0 when the picture was written, 1 when the file cannot be read or decoded, 2 for bad
     usage or configuration.
     """
+    from pixl_core.dicom.header import UnreadableDicom, parse_header
+    from pixl_core.dicom.pixel_data import PixelsRefused
+    from pixl_core.dicom.pixel_preview import preview_png
+    from pixl_core.dicom.pixels import analyse
+
     with operator_errors():
         config = load_project(project)
         if png.suffix.lower() != ".png":

@@ -17,13 +17,15 @@ to ``check``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pixl_cli.output import console, err_console, operator_errors
 from pixl_cli.review_cmds import approve, flagged, history, redact, reject, show
-from pixl_ehr.checker_io import CheckSummary, check_file
+
+if TYPE_CHECKING:
+    from pixl_ehr.checker_io import CheckSummary
 
 reports_app = typer.Typer(
     name="reports",
@@ -61,6 +63,10 @@ def check(
 
 
 def _run(input_path: Path, output_path: Path) -> CheckSummary:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pixl_ehr.checker_io import check_file  # the checker's patterns: only when it runs
+
     try:
         size = input_path.stat().st_size
     except OSError:

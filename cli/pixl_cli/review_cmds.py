@@ -19,20 +19,20 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import UTC
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import click
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from pixl_cli.database import connect, connection
 from pixl_cli.output import EXIT_DATA_ERROR, console, err_console, operator_errors
-from pixl_core import db
 from pixl_core.config.projects import load_project
-from pixl_core.db import work_queue
 from pixl_core.errors import PixlConfigError
-from pixl_ehr import review
+
+if TYPE_CHECKING:
+    from pixl_core import db
+    from pixl_ehr import review
 
 REPORT_ID_MAX = 2**63 - 1  # report.id is a bigint
 
@@ -44,6 +44,8 @@ def flagged(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON list."),
 ) -> None:
     """List the project's flagged reports: ids, and the kinds and offsets of the findings."""
+    from pixl_ehr import review
+
     with operator_errors():
         load_project(project)
         with connection() as conn:
@@ -82,6 +84,8 @@ def _fail(message: str) -> typer.Exit:
 
 def _not_decidable(conn: db.Connection, report_id: int, decision: str) -> typer.Exit:
     """The one-line error for a report that cannot be decided on (missing or not flagged)."""
+    from pixl_core.db import work_queue
+
     state = work_queue.state_of(conn, "report", report_id)
     if state is None:
         return _fail(f"there is no report {report_id}")
@@ -98,6 +102,7 @@ def _patient_identifiers(report: review.Report, required: bool) -> Mapping[str, 
     own name, birth date and the rest. Otherwise an unreachable EMAP leaves the MRN, the
     accession number and the identifier patterns to check against.
     """
+    from pixl_core import db
     from pixl_ehr.emap import EMAP_URL_ENV, emap_url, fetch_report
 
     try:
@@ -156,11 +161,14 @@ def _confirmed(question: str, yes: bool) -> bool:
         return True
     try:
         return typer.confirm(question, default=False)
-    except click.exceptions.Abort:  # end of input: no answer is not a yes
+    except typer.Abort:  # end of input: no answer is not a yes (typer's own Abort since it
+        # vendors click: click's would not catch it and the command ended in "Aborted!")
         return False
 
 
 def _load_flagged(conn: db.Connection, report_id: int, decision: str) -> review.Report:
+    from pixl_ehr import review
+
     report = review.load(conn, report_id)
     if report is None or report.state != "flagged":
         raise _not_decidable(conn, report_id, decision)
@@ -169,6 +177,8 @@ def _load_flagged(conn: db.Connection, report_id: int, decision: str) -> review.
 
 def _release(report_id: int, reason: str | None, yes: bool, no_text: bool, decision: str) -> None:
     """approve or redact: show, re-check (redact), confirm, record."""
+    from pixl_ehr import review
+
     command = "approve" if decision == "approved" else "redact"
     with operator_errors():
         _check_id(report_id)
@@ -251,6 +261,8 @@ def reject(
     reason: str | None = typer.Option(None, "--reason", "-r", help=REASON_HELP),
 ) -> None:
     """Withhold a flagged report for good: it never leaves. Recorded with the reason."""
+    from pixl_ehr import review
+
     with operator_errors():
         _check_id(report_id)
         reason = review.validate_reason(reason, "reject")
@@ -275,6 +287,8 @@ def history(
 
     Findings are counted by kind; no report text is shown.
     """
+    from pixl_ehr import review
+
     with operator_errors():
         load_project(project)
         with connection() as conn:
@@ -305,6 +319,9 @@ def show(report_id: int = typer.Argument(..., metavar="ID", help="Report id.")) 
 
     The text may still hold what the checker flagged: run this inside the hospital only.
     """
+    from pixl_core.db import work_queue
+    from pixl_ehr import review
+
     with operator_errors():
         _check_id(report_id)
         with connection() as conn:

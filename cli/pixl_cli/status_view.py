@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from pixl_core.db.fetch_control import ALL, Control, Gate
+from pixl_core.db.fetch_control import ALL, ARCHIVE_PREFIX, Control, Gate, now_local
 from pixl_core.db.work_queue import FetchRate
 
+fetch_control_now = now_local
 LABEL_WIDTH = 16  # "  images refused" and the like, padded to one column
 
 
@@ -85,6 +86,23 @@ def _fetch_line(
     return _pack(f"{name}: ", parts, ", ", width, 2)
 
 
+def _secondary_line(rate: FetchRate | None, control: Control | None, width: int) -> list[str]:
+    """The secondary archive's hold, hours and rate (shown once it has a row of its own)."""
+    hold = control.hold(fetch_control_now()) if control is not None else None
+    if hold is None:
+        parts = ["may be asked"]
+    elif hold.reason == "paused":
+        parts = ["PAUSED"]
+    else:
+        assert hold.until is not None
+        parts = [f"OUTSIDE ITS HOURS until {hold.until:%a %H:%M}"]
+    if control is not None and control.hours is not None:
+        parts.append(f"hours {control.hours.describe()}")
+    if rate is not None:
+        parts.append(f"{rate.studies_per_second * 60:g} studies/min")
+    return _pack("secondary archive: ", parts, ", ", width, 2)
+
+
 def render(
     overview: Mapping[str, Mapping[str, Any]],
     rates: Mapping[str, FetchRate],
@@ -96,6 +114,9 @@ def render(
     """The lines ``pixl status`` prints: the global fetch line, then a block per project."""
     del now  # the gate was computed for it
     lines = _fetch_line(ALL, rates.get(ALL), controls.get(ALL), gate.everything, width)
+    secondary = ARCHIVE_PREFIX + "secondary"
+    if secondary in controls or secondary in rates:
+        lines += _secondary_line(rates.get(secondary), controls.get(secondary), width)
     for project, info in overview.items():
         lines.append("")
         own_rate = rates.get(project)
@@ -103,6 +124,13 @@ def render(
         header = _fetch_line(project, own_rate, controls.get(project), hold, width)
         lines += header
         lines += _wrapped("images", _items(info["studies"]), width)
+        archives = info.get("archives", {})
+        waiting = info.get("waiting_for_secondary", 0)
+        if archives or waiting:
+            items = [f"from {name} {count}" for name, count in archives.items()]
+            if waiting:
+                items.append(f"waiting for secondary {waiting}")
+            lines += _wrapped("archives", items, width)
         reasons = info["reasons"]
         for category, label in (
             ("refused", "images refused"),
@@ -112,6 +140,10 @@ def render(
             codes = reasons["studies"].get(category, {})
             if codes:
                 lines += _wrapped(label, _items(codes), width)
+        error = info.get("destination_error")
+        if error:
+            at = str(error["at"])[:19].replace("T", " ")
+            lines += _wrapped("destination error", [f"{error['message']} (at {at})"], width)
         lines += _wrapped("reports", _items(info["reports"], zeros=False) or ["none"], width)
         for category, label in (("failed", "reports failed"), ("backing_off", "reports waiting")):
             codes = reasons["reports"].get(category, {})

@@ -8,22 +8,18 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.text import Text
 
 from pixl_cli.database import connect
-from pixl_cli.extract_reader import read_csv_cohort, read_extract
 from pixl_cli.output import console, err_console, operator_errors
-from pixl_cli.populate import populate as populate_extract
-from pixl_cli.status_view import render
-from pixl_core import db
 from pixl_core.config.projects import SLUG_RULE, is_valid_slug, list_projects, load_project
-from pixl_core.db import fetch_control, overview, work_queue
 from pixl_core.errors import PixlConfigError
+
+if TYPE_CHECKING:
+    from pixl_core import db
+    from pixl_core.db import fetch_control, work_queue
 
 # Bounds of `pixl rate`: far above what a VNA should be asked for, well inside what is stored.
 MAX_STUDIES_PER_SECOND = 100.0
@@ -50,6 +46,11 @@ def populate(
     ),
 ) -> None:
     """Record one imaging and one report work item per study of the cohort (idempotent)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from pixl_cli.extract_reader import read_csv_cohort, read_extract
+    from pixl_cli.populate import populate as populate_extract
+
     with operator_errors():
         if project is not None and not is_valid_slug(project):
             raise PixlConfigError(f"--project must be a project slug ({SLUG_RULE})")
@@ -132,6 +133,9 @@ def status(
     """Count each project's studies and reports in each state, and say why work is refused,
     failed or waiting (reason codes with counts), and whether orthanc-raw is paused or outside
     its VNA hours."""
+    from rich.live import Live
+    from rich.text import Text
+
     with operator_errors():
         if project_arg is not None and project is not None and project_arg != project:
             raise PixlConfigError("give the project once: `pixl status PROJECT`")
@@ -168,6 +172,8 @@ def status(
 def _check_known(conn: db.Connection, project: str) -> None:
     """A project with a file or with work is known; anything else is a typo, said in one line
     rather than a row of zeros."""
+    from pixl_core.db import overview
+
     if project in list_projects() or project in overview.projects_with_work(conn):
         return
     known = ", ".join(sorted(set(list_projects()) | set(overview.projects_with_work(conn))))
@@ -178,6 +184,9 @@ def _check_known(conn: db.Connection, project: str) -> None:
 
 
 def _status_lines(conn: db.Connection, project: str | None) -> list[str]:
+    from pixl_cli.status_view import render
+    from pixl_core.db import fetch_control, overview, work_queue
+
     projects = overview.project_overview(conn, project)
     controls = fetch_control.controls(conn)
     gate = fetch_control.gate(controls, fetch_control.now_local())
@@ -188,17 +197,26 @@ def _status_lines(conn: db.Connection, project: str | None) -> list[str]:
 def _status_json(conn: db.Connection, project: str | None) -> dict[str, Any]:
     """The fixed interface (project → state → count) plus ``_details``, a key no project slug
     can be: per project its reports, reasons, reviews and hold, and the global fetch state."""
+    from pixl_core.db import fetch_control, overview, work_queue
+
     projects = overview.project_overview(conn, project)
     controls = fetch_control.controls(conn)
     now = fetch_control.now_local()
     rates = work_queue.fetch_rates(conn)
     result: dict[str, Any] = {name: info["studies"] for name, info in projects.items()}
     details: dict[str, Any] = {"*": _fetch_json(fetch_control.ALL, rates, controls, now)}
+    # The secondary archive's own rate and hold (issue 11), beside the global fetch state.
+    details["*"]["secondary"] = _fetch_json(
+        fetch_control.archive_scope("secondary"), rates, controls, now
+    )
     for name, info in projects.items():
         details[name] = {
             "reports": info["reports"],
             "reasons": info["reasons"],
             "review": info["review"],
+            "destination_error": info.get("destination_error"),
+            "archives": info["archives"],
+            "waiting_for_secondary": info["waiting_for_secondary"],
             **_fetch_json(name, rates, controls, now),
         }
     result["_details"] = details
@@ -211,6 +229,8 @@ def _fetch_json(
     controls: dict[str, fetch_control.Control],
     now: Any,
 ) -> dict[str, Any]:
+    from pixl_core.db import fetch_control
+
     rate = rates.get(scope)
     control = controls.get(scope, fetch_control.Control(scope))
     return {
@@ -234,6 +254,12 @@ def rate(
         "-p",
         help="A project's own limit, or '*' (default) for the limit on all asking together.",
     ),
+    archive: str | None = typer.Option(
+        None,
+        "--archive",
+        help="The secondary archive's own rate (`secondary`): asked only when the VNA has no "
+        "such study, never faster than this.",
+    ),
 ) -> None:
     """Show or change how fast orthanc-raw asks the VNA (applies while it runs).
 
@@ -245,30 +271,51 @@ def rate(
     from 1 to 100. ``pixl rate 0`` pauses (as ``pixl pause``): the stored rate is kept for
     ``pixl resume``.
     """
+    from pixl_core.db import work_queue
+
     with operator_errors():
+        if archive is not None:
+            from pixl_cli.control_cmds import _scope
+
+            project = _scope(None if project == "*" else project, archive)
         if studies_per_second == 0 and in_flight is None:
-            if project != "*":
+            if project != "*" and archive is None:
                 load_project(project)
             from pixl_cli.control_cmds import pause_now
 
             pause_now(project)
             return
         _check_rate(studies_per_second, in_flight)
-        if project != "*":
+        if project != "*" and archive is None:
             load_project(project)
         conn = connect()
-        current = work_queue.get_fetch_rate(conn, project)
+        current = _current_rate(conn, project)
         if studies_per_second is not None or in_flight is not None:
             new_rate = (
                 studies_per_second if studies_per_second is not None else current.studies_per_second
             )
             new_in_flight = in_flight if in_flight is not None else current.max_in_flight
             work_queue.set_fetch_rate(conn, project, new_rate, new_in_flight)
-            current = work_queue.get_fetch_rate(conn, project)
+            current = _current_rate(conn, project)
+    per_minute = (
+        f" ({current.studies_per_second * 60:g} studies/min)" if archive is not None else ""
+    )
     console.print(
-        f"{project}: {current.studies_per_second:g} studies/s, {current.max_in_flight} in flight",
+        f"{project}: {current.studies_per_second:g} studies/s{per_minute}, "
+        f"{current.max_in_flight} in flight",
         highlight=False,
     )
+
+
+def _current_rate(conn: db.Connection, scope: str) -> work_queue.FetchRate:
+    """The stored rate of ``scope``; an archive without one has the default archive rate
+    (never the VNA's '*' rate, which does not apply to it)."""
+    from pixl_core.db import fetch_control, work_queue
+
+    if scope.startswith(fetch_control.ARCHIVE_PREFIX):
+        stored = work_queue.fetch_rates(conn).get(scope)
+        return stored or work_queue.FetchRate(fetch_control.DEFAULT_ARCHIVE_STUDIES_PER_SECOND, 1)
+    return work_queue.get_fetch_rate(conn, scope)
 
 
 def _check_rate(studies_per_second: float | None, in_flight: int | None) -> None:
@@ -289,6 +336,8 @@ def retry(
     project: str = typer.Argument(..., help="Project whose failed studies to queue again."),
 ) -> None:
     """Queue a project's failed studies and reports again (after fixing what made them fail)."""
+    from pixl_core.db import work_queue
+
     with operator_errors():
         load_project(project)
         conn = connect()

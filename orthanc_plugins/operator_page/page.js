@@ -109,9 +109,12 @@ function renderFetch(data) {
   summary.className = all.hold || data.vna_reachable === 0 ? "held" : "";
   const scope = document.getElementById("scope");
   const chosen = scope.value;
-  const names = ["*", ...Object.keys(data.projects || {})];
+  // The secondary archive's own pause, rate and hours, once it has settings (issue 11).
+  const archives = Object.keys(data.fetch || {}).filter((n) => n.startsWith("archive:"));
+  const names = ["*", ...archives, ...Object.keys(data.projects || {})];
+  const label = (n) => (n === "*" ? "all projects" : n.startsWith("archive:") ? n.slice(8) + " archive" : n);
   if (scope.options.length !== names.length) {
-    scope.replaceChildren(...names.map((n) => { const o = el("option", n === "*" ? "all projects" : n); o.value = n; return o; }));
+    scope.replaceChildren(...names.map((n) => { const o = el("option", label(n)); o.value = n; return o; }));
     scope.value = names.includes(chosen) ? chosen : "*";
   }
   fillScope(data);
@@ -146,12 +149,14 @@ function renderAnon(data) {
   for (const [project, a] of Object.entries(data.anon || {})) {
     const tr = el("tr");
     tr.dataset.project = project;
+    const destError = ((data.projects || {})[project] || {}).destination_error;
     const reachable = el("td", a.destination_reachable ? "reachable" : "UNREACHABLE (paused, probing)", a.destination_reachable ? "text ok" : "text bad");
+    if (destError) reachable.title = "last error: " + destError.message + " (" + destError.at + ")";
     tr.append(
       el("td", project), el("td", codes(a.instances_refused) || "-", "text"), el("td", codes(a.pixel_text) || "-", "text"),
       num(a.export_queue), num(a.export_deferred), reachable,
       el("td", a.last_export ? new Date(a.last_export).toLocaleString() : "-", "text"),
-      el("td", a.last_export_error || "-", a.last_export_error ? "text bad" : "text"));
+      el("td", destError ? destError.message : (a.last_export_error || "-"), (destError || a.last_export_error) ? "text bad" : "text"));
     body.append(tr);
   }
   document.getElementById("descriptors").textContent =

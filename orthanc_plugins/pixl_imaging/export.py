@@ -21,6 +21,16 @@ back, and then the deferrals that grew during the outage are cut short
 (``work_queue.end_deferrals``), so the studies go out within seconds of the destination's
 return rather than after a backoff that may have grown to minutes.
 
+A project whose file has ``destination: dicomweb:`` gets its instances by STOW-RS instead
+(``pixl_core.transport.dicomweb``), in batches, **exactly once per instance**: the instances the
+destination confirmed are recorded after every batch (``dicomweb_instance``, migration 0009),
+and before sending anything the exporter asks the destination by QIDO-RS which instances of
+the study it already holds (a crash between its answer and the record), so a study sent again
+sends only what is missing. The lease is checked before every batch. A DICOMweb destination
+that does not answer is paused and probed (a QIDO-RS request) exactly like an FTPS one. The last
+error of either kind is kept per project (``destination_error``) for ``pixl status`` and
+``/pixl/status``, until a study of the project is exported again.
+
 The queue is ``pixl_core.db.work_queue``, where ``anonymising`` is a *stage* of the study queue:
 ``claim_stage`` gives a study only to a worker named ``anon:…`` and leaves its state alone;
 ``renew`` extends the lease for the upload; ``defer`` is the backoff when the DSH or
@@ -28,10 +38,16 @@ orthanc-anon fails (the study stays ``anonymising``, ``export_attempts`` grows, 
 due after an exponentially growing pause); ``requeue`` sends a study whose instances went
 missing back to orthanc-raw. The loop is ``pixl_core.db.polling.run_loop``. Failures are
 recorded as the error's ``code`` (``ftps_login``, ``invalid_allowlist``…), never an identifier.
+
+The project's ``<project>/dicom/manifest.json`` (every zip with its SHA-256, instance count and
+size) is rebuilt from Postgres after exports and on a beat (``manifest_seconds``), one writer
+at a time across replicas: why it is written then and so, ``pixl_core.dsh.manifest_writer``.
+A manifest that cannot be written never fails a study.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import tempfile
@@ -45,12 +61,15 @@ from typing import Any
 
 from pixl_core import db
 from pixl_core.config.projects import load_project
-from pixl_core.db import study_records, work_queue
+from pixl_core.db import destination_records, study_records, work_queue
 from pixl_core.db.leases import DEFAULT_LEASE_SECONDS, Heartbeat
 from pixl_core.db.polling import Counters, run_loop
 from pixl_core.db.work_queue import WorkItem
+from pixl_core.dsh.kinds import images_over_ftps
+from pixl_core.dsh.manifest_writer import ManifestKeeper
 from pixl_core.errors import PixlConfigError
 from pixl_core.hashing import ProjectHasher
+from pixl_core.transport.dicomweb import DicomwebClient, DicomwebError, client_for_project
 from pixl_core.transport.ftps import FtpsClient, FtpsError
 from pixl_core.transport.orthanc_rest import OrthancApi, OrthancError
 
@@ -66,10 +85,22 @@ COUNTERS = (
     "requeued",
     "retries",
     "destinations_down",
+    "manifests_written",
+    "manifest_failures",
+    "dicomweb_stored",
+    "dicomweb_already_there",
 )
 # FTPS steps whose transient failure means the destination is away (pause it), not that it
 # refused this study.
 UNREACHABLE_STEPS = frozenset({"connect", "AUTH TLS"})
+
+
+class LeaseLostError(Exception):
+    """Another exporter took the study over (this one's lease ran out): stop sending it."""
+
+
+def _dicomweb_for(project: str) -> DicomwebClient:
+    return client_for_project(load_project(project))
 
 
 @dataclass
@@ -82,6 +113,8 @@ class ExportSettings:
     work_dir: Path | None = None
     # While a project's destination is down, one connection this often tells when it is back.
     probe_seconds: float = 10.0
+    # A project's manifest is rewritten at most this often, and stale ones caught up as often.
+    manifest_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -111,11 +144,13 @@ class AnonExporter:
         secret: bytes,
         ftps: Callable[[str], FtpsClient],
         settings: ExportSettings,
+        dicomweb: Callable[[str], DicomwebClient] = _dicomweb_for,
     ) -> None:
         self.db_url = db_url
         self.anon = anon
         self.secret = secret
         self.ftps = ftps
+        self.dicomweb = dicomweb
         self.settings = settings
         self.counters = Counters(*COUNTERS)
         self._connections = db.ThreadConnections(db_url, self.settings.worker_id)
@@ -128,6 +163,9 @@ class AnonExporter:
         )
         self._down: dict[str, float] = {}  # project whose destination is down → next probe
         self._probe_lock = threading.Lock()
+        self.manifests = ManifestKeeper(
+            ftps, settings.worker_id, images_over_ftps, settings.manifest_seconds
+        )
 
     def _conn(self) -> db.Connection:
         return self._connections.get()
@@ -151,6 +189,7 @@ class AnonExporter:
         """Take one handed-over study whose export is due (SKIP LOCKED, with a lease), from a
         project whose destination is not paused."""
         self._probe_destinations()
+        self._keep_manifests(None)
         items = work_queue.claim_stage(
             self._conn(),
             TABLE,
@@ -166,6 +205,16 @@ class AnonExporter:
     def _export_one(self, item: ExportItem) -> None:
         with self.heartbeat.hold(item.id):
             self.export(item)
+
+    def _keep_manifests(self, exported_project: str | None) -> None:
+        """After an export of ``exported_project``, and on the manifest beat: bring manifests
+        up to date with Postgres (``pixl_core.dsh.manifest_writer``)."""
+        if exported_project is not None:
+            self.manifests.after_export(self._conn(), exported_project)
+        else:
+            self.manifests.catch_up(self._conn(), skip=lambda project: project in self._down)
+        self.counters.set("manifests_written", self.manifests.writes)
+        self.counters.set("manifest_failures", self.manifests.failures)
 
     # --- destinations that are down ------------------------------------------------------------
 
@@ -196,9 +245,8 @@ class AnonExporter:
                 if due > now:
                     continue
                 try:
-                    with self.ftps(project):
-                        pass
-                except FtpsError:
+                    self._probe(project)
+                except (FtpsError, DicomwebError):
                     self._down[project] = now + self.settings.probe_seconds
                     continue
                 del self._down[project]
@@ -213,6 +261,25 @@ class AnonExporter:
         finally:
             self._probe_lock.release()
 
+    def _probe(self, project: str) -> None:
+        """One connection to the project's image destination; raises if it does not answer."""
+        if load_project(project).dicomweb is not None:
+            with self.dicomweb(project) as client:
+                client.probe()
+        else:
+            with self.ftps(project):
+                pass
+
+    def _record_error(
+        self, item: ExportItem, destination: str, exc: FtpsError | DicomwebError
+    ) -> None:
+        """Keep the destination's last error for the operator (host:port, step, status only).
+        A malformed code is not stored (ValueError); the backoff still records the failure."""
+        with contextlib.suppress(ValueError):
+            destination_records.set_error(
+                self._conn(), item.project, destination, exc.code, str(exc)
+            )
+
     def export(self, item: ExportItem) -> str:
         """Export one study; returns the state it ends in ('retry' after a backoff, 'lost' if
         another exporter took it over)."""
@@ -223,8 +290,18 @@ class AnonExporter:
         except FtpsError as exc:
             if exc.transient and exc.step in UNREACHABLE_STEPS:
                 self._destination_down(item.project)
+            self._record_error(item, "ftps", exc)
             self._backoff(item, exc.code)
             return "retry"
+        except DicomwebError as exc:
+            if exc.unreachable:
+                self._destination_down(item.project)
+            self._record_error(item, "dicomweb", exc)
+            self._backoff(item, exc.code)
+            return "retry"
+        except LeaseLostError:
+            logger.warning("study item %s was taken over; not sending the rest", item.id)
+            return "lost"
         except OrthancError as exc:
             self._backoff(item, exc.code)
             return "retry"
@@ -261,6 +338,9 @@ class AnonExporter:
             self._set_state(item, "refused", last_error_code=reason)
             self.counters.add("refused")
             return "refused"
+        if project.dicomweb is not None:
+            self._send_dicomweb(item, pseudo_uid, instances)
+            return self._exported(item, studies[0], pseudo_uid, len(instances), None, None)
         remote = f"{project.slug}/dicom/{pseudo_uid}.zip"
         with tempfile.TemporaryDirectory(dir=self.settings.work_dir) as work:
             archive = Path(work) / "study.zip"
@@ -283,19 +363,74 @@ class AnonExporter:
                 else:
                     client.upload_file(remote, archive)
                     self.counters.add("uploaded")
+        return self._exported(item, studies[0], pseudo_uid, len(instances), digest, size)
+
+    def _exported(
+        self,
+        item: ExportItem,
+        orthanc_id: str,
+        pseudo_uid: str,
+        count: int,
+        digest: str | None,
+        size: int | None,
+    ) -> str:
         applied = self._set_state(
             item,
             "exported",
             pseudo_study_uid=pseudo_uid,
-            instance_count=len(instances),
+            instance_count=count,
             sha256=digest,
+            zip_bytes=size,
             last_error_code=None,
         )
+        destination_records.clear_error(self._conn(), item.project)
         if applied:
             self.counters.add("exported")
-            self.anon.delete(f"/studies/{studies[0]}")
-        logger.info("study item %s exported (%d instances)", item.id, len(instances))
+            self.anon.delete(f"/studies/{orthanc_id}")
+        logger.info("study item %s exported (%d instances)", item.id, count)
+        self._keep_manifests(item.project)
         return "exported"
+
+    def _send_dicomweb(
+        self, item: ExportItem, pseudo_uid: str, instances: list[dict[str, Any]]
+    ) -> None:
+        """STOW-RS every instance the destination does not hold yet, exactly once: those
+        recorded as stored are skipped, then those QIDO-RS finds there (recorded now), and the
+        rest are sent in batches, each batch recorded as soon as the server confirms it."""
+        by_uid = {i["MainDicomTags"]["SOPInstanceUID"]: i["ID"] for i in instances}
+        done = destination_records.stored_instances(self._conn(), item.id)
+        with self.dicomweb(item.project) as client:
+            missing = set(by_uid) - done
+            if missing:
+                there = set(client.instances_of_study(pseudo_uid)) & missing
+                if there:
+                    destination_records.record_stored(self._conn(), item.id, there)
+                    self.counters.add("dicomweb_already_there", len(there))
+                    missing -= there
+            if not missing:
+                return
+
+            def check_lease() -> None:
+                if not work_queue.renew(
+                    self._conn(),
+                    TABLE,
+                    item.id,
+                    self.settings.worker_id,
+                    self.settings.lease_seconds,
+                    state=STAGE,
+                ):
+                    raise LeaseLostError
+
+            def stored(uids: frozenset[str]) -> None:
+                destination_records.record_stored(self._conn(), item.id, uids)
+                self.counters.add("dicomweb_stored", len(uids))
+
+            client.stow_batched(
+                sorted(missing),
+                lambda uid: self.anon.get_bytes(f"/instances/{by_uid[uid]}/file"),
+                stored,
+                before_batch=check_lease,
+            )
 
     def _instances(self, orthanc_study_id: str) -> list[dict[str, Any]]:
         """The study's instances, each with its series UID added (from Orthanc's index, so no

@@ -38,6 +38,17 @@ parses whatever it receives and dies on some files. A screened-out instance is r
 refused with its ``malformed_…`` reason and not sent; it still counts in ``instances_sent``,
 so the exporter sees the study complete (and ends it ``refused`` if nothing else is left).
 
+Archives (issue 11, ``pixl_imaging.archives``): a study the cohort names by UID is asked for
+by it. When the VNA has several studies behind a study's accession number, the project says
+what happens (``multiple_studies_per_accession``): ``export`` keeps the first UID on the work
+item and gives each other study a work item of its own (``work_items.split_studies``), each
+then fetched and exported alone; ``refuse`` ends the item ``refused``
+(``several_studies_per_accession``). When the VNA has no such study and a secondary archive is
+configured, it is asked instead, but only inside its hours and at its own rate: otherwise
+the study goes back to the queue without using a try (``waiting_for_secondary``, with
+``awaiting_archive`` set), and is not claimed again until the secondary may be asked; it then
+asks the secondary directly. The archive a study came from is recorded (``source_archive``).
+
 Crashes: a study whose lease ran out while a worker held it counts a crash when it is claimed
 again (``work_queue.claim(max_crashes=…)``), and so does a study during whose hand-off
 orthanc-anon dropped the connection (it died receiving an instance). After ``max_crashes`` the
@@ -46,6 +57,7 @@ study ends ``failed`` with ``worker_crashed`` instead of crashing a service agai
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -60,7 +72,7 @@ import urllib3
 
 from pixl_core import db
 from pixl_core.config.projects import load_project
-from pixl_core.db import fetch_control, rate_slot, study_records, work_queue
+from pixl_core.db import fetch_control, rate_slot, study_records, work_items, work_queue
 from pixl_core.db.leases import DEFAULT_LEASE_SECONDS, Heartbeat
 from pixl_core.db.polling import Counters, run_loop
 from pixl_core.db.work_queue import FetchRate, WorkItem
@@ -70,6 +82,14 @@ from pixl_core.dicom.screening import Malformed, ScreeningLimits, check_size, sc
 from pixl_core.errors import PixlConfigError
 from pixl_core.hashing import ProjectHasher
 from pixl_core.transport.orthanc_rest import OrthancApi, OrthancError
+from pixl_imaging.archives import (
+    DEFAULT_SECONDARY_STUDIES_PER_SECOND,
+    PRIMARY,
+    SECONDARY,
+    SECONDARY_MODALITY,
+    SECONDARY_UNREACHABLE,
+    WAITING_FOR_SECONDARY,
+)
 from pixl_imaging.vna_fetch import (
     FetchError,
     FetchResult,
@@ -102,6 +122,11 @@ class RawWorkerSettings:
     vna_probe_seconds: float = 10.0
     # How long a write is retried through a Postgres outage before the lease is left to it.
     db_retry_seconds: float = 60.0
+    # The secondary archive's Orthanc modality, if one is configured (pixl_imaging.archives),
+    # its rate until `pixl rate --archive secondary` stores one, and its default hours.
+    secondary_modality: str | None = None
+    secondary_studies_per_second: float = DEFAULT_SECONDARY_STUDIES_PER_SECOND
+    secondary_default_hours: fetch_control.HoursWindow | None = None
 
 
 # What this worker counts, for ``/pixl/status`` and the metrics endpoint.
@@ -123,6 +148,10 @@ COUNTERS = (
     "vna_reachable",
     "paused",
     "outside_hours",
+    "secondary_asked",
+    "waiting_for_secondary",
+    "secondary_closed",
+    "split_studies",
 )
 
 
@@ -159,6 +188,12 @@ class RawWorker:
         self._pool: ThreadPoolExecutor | None = None
         self._vna_paused = False
         self._next_probe = 0.0
+        # The secondary archive: its hold (hours, pause) this round, its rate and next slot.
+        self._secondary_hold: fetch_control.Hold | None = None
+        self._secondary_rate = self.settings.secondary_studies_per_second
+        self._secondary_next = 0.0
+        self._secondary_lock = threading.Lock()
+        self._secondary_defaults_written = False
 
     def _conn(self) -> db.Connection:
         return self._connections.get()
@@ -191,9 +226,7 @@ class RawWorker:
         self._futures = {f: p for f, p in self._futures.items() if not f.done()}
         if self._vna_paused and not self._vna_back(stop):
             return False
-        rates = work_queue.fetch_rates(self._conn())
-        self._rate = rates.pop("*", DEFAULT_RATE)
-        self._project_rates = rates
+        self._read_rates()
         if not self._gate_open(stop):
             return False
         limit = min(self._rate.max_in_flight, MAX_IN_FLIGHT_CAP)
@@ -210,10 +243,38 @@ class RawWorker:
             return False
         return True
 
+    def _read_rates(self) -> None:
+        """The rates of ``fetch_rate``: ``'*'``, the projects' own, the secondary archive's."""
+        rates = work_queue.fetch_rates(self._conn())
+        self._rate = rates.pop("*", DEFAULT_RATE)
+        secondary_rate = rates.pop(fetch_control.archive_scope(SECONDARY), None)
+        self._secondary_rate = (
+            secondary_rate.studies_per_second
+            if secondary_rate
+            else self.settings.secondary_studies_per_second
+        )
+        self._project_rates = {
+            name: rate
+            for name, rate in rates.items()
+            if not name.startswith(fetch_control.ARCHIVE_PREFIX)
+        }
+
     def _gate_open(self, stop: threading.Event) -> bool:
         """Whether anything may be claimed now (``fetch_control``); remember the projects held
         back on their own. While everything is held, wait a poll interval."""
-        gate = fetch_control.current_gate(self._conn())
+        if self.settings.secondary_modality and not self._secondary_defaults_written:
+            if self.settings.secondary_default_hours is not None:
+                fetch_control.set_default_hours(
+                    self._conn(),
+                    fetch_control.archive_scope(SECONDARY),
+                    self.settings.secondary_default_hours,
+                )
+            self._secondary_defaults_written = True
+        rows = fetch_control.controls(self._conn())
+        now = fetch_control.now_local()
+        gate = fetch_control.gate(rows, now)
+        self._secondary_hold = fetch_control.archive_gate(rows, SECONDARY, now)
+        self.counters.set("secondary_closed", int(self._secondary_hold is not None))
         hold = gate.everything
         self.counters.set("paused", int(hold is not None and hold.reason == "paused"))
         self.counters.set("outside_hours", int(hold is not None and hold.reason != "paused"))
@@ -261,7 +322,62 @@ class RawWorker:
             max_crashes=self.settings.max_crashes,
             held=self.heartbeat.held(),
             exclude_projects=self._projects_at_their_limit(),
+            # Studies waiting for the secondary archive stay queued while it may not be asked;
+            # with no secondary configured (any more) they are claimed and asked of the VNA.
+            exclude_awaiting=(
+                (SECONDARY,)
+                if self.settings.secondary_modality and not self._secondary_may_be_asked()
+                else ()
+            ),
         )
+
+    # --- the secondary archive -----------------------------------------------------------------
+
+    def _secondary_may_be_asked(self) -> bool:
+        """Whether the secondary archive is configured, open (hours, pause) and its rate slot
+        has come: studies waiting for it are claimed only then."""
+        return (
+            self.settings.secondary_modality is not None
+            and self._secondary_hold is None
+            and time.monotonic() >= self._secondary_next
+        )
+
+    def _take_secondary_slot(self) -> bool:
+        """Take the secondary archive's next rate slot if it may be asked now."""
+        with self._secondary_lock:
+            if not self._secondary_may_be_asked():
+                return False
+            now = time.monotonic()
+            self._secondary_next = max(now, self._secondary_next) + 1.0 / self._secondary_rate
+            return True
+
+    def _secondary_answers(self) -> bool:
+        try:
+            self.raw.post(f"/modalities/{SECONDARY_MODALITY}/echo", {"Timeout": 10}, timeout=30)
+        except OrthancError:
+            return False
+        return True
+
+    def _wait_for_secondary(self, item: WorkItem, code: str = WAITING_FOR_SECONDARY) -> None:
+        """Back to the queue without using a try, to be claimed once the secondary may be
+        asked (``claim(exclude_awaiting=…)``)."""
+        self._db(
+            lambda conn: work_queue.release(
+                conn, "study", item.id, self.settings.worker_id, code, awaiting_archive=SECONDARY
+            )
+        )
+        self.counters.add("waiting_for_secondary")
+        logger.info("study item %s: waits for the secondary archive (%s)", item.id, code)
+
+    def _fetch_from(
+        self, archive: str, query: StudyQuery, modalities: frozenset[str], item: WorkItem
+    ) -> FetchResult:
+        settings = self.settings.fetch
+        if archive == SECONDARY:
+            assert self.settings.secondary_modality is not None
+            settings = dataclasses.replace(settings, vna_modality=self.settings.secondary_modality)
+            self.counters.add("secondary_asked")
+        return fetch_study(self.raw, query, modalities, settings, _Audit(self, item))
 
     def process(self, item: WorkItem) -> None:
         """Fetch one claimed study and hand it to orthanc-anon; record the outcome. The study's
@@ -358,17 +474,60 @@ class RawWorker:
             accession_number=item.accession_number,
             study_uid=item.row.get("study_uid"),
         )
-        result = fetch_study(
-            self.raw, query, project.modalities, self.settings.fetch, _Audit(self, item)
-        )
+        has_secondary = self.settings.secondary_modality is not None
+        archive = PRIMARY
+        result: FetchResult | None = None
+        if not (has_secondary and item.row.get("awaiting_archive") == SECONDARY):
+            result = self._fetch_from(PRIMARY, query, project.modalities, item)
+        if has_secondary and (result is None or result.outcome is Outcome.NOT_FOUND):
+            if not self._take_secondary_slot():
+                self._wait_for_secondary(item)
+                return
+            archive = SECONDARY
+            try:
+                result = self._fetch_from(SECONDARY, query, project.modalities, item)
+            except (FetchError, OrthancError):
+                if self._secondary_answers():
+                    raise
+                self._wait_for_secondary(item, SECONDARY_UNREACHABLE)
+                return
+        assert result is not None
+        if result.outcome is Outcome.SEVERAL_STUDIES:
+            if project.multiple_studies_per_accession == "refuse":
+                self.counters.add("refused")
+                self._finish(
+                    item,
+                    "refused",
+                    last_error_code="several_studies_per_accession",
+                    source_archive=archive,
+                    awaiting_archive=None,
+                )
+                return
+            added = self._db(
+                lambda conn: work_items.split_studies(
+                    conn,
+                    item.id,
+                    result.study_uids,
+                    awaiting_archive=archive if archive != PRIMARY else None,
+                )
+            )
+            self.counters.add("split_studies", added)
+            logger.info("study item %s: %d more studies behind its accession", item.id, added)
+            query = dataclasses.replace(query, study_uid=result.study_uids[0])
+            result = self._fetch_from(archive, query, project.modalities, item)
         if result.outcome is Outcome.NOT_FOUND:
             self.counters.add("not_found")
-            self._finish(item, "not_found")
+            self._finish(item, "not_found", awaiting_archive=None)
             return
         if result.outcome is Outcome.WRONG_MODALITY:
             self.counters.add("refused")
             self._finish(
-                item, "refused", last_error_code=REFUSED_MODALITY, study_uid=result.study_uid
+                item,
+                "refused",
+                last_error_code=REFUSED_MODALITY,
+                study_uid=result.study_uid,
+                source_archive=archive,
+                awaiting_archive=None,
             )
             return
         if result.outcome is Outcome.CACHED:
@@ -382,6 +541,8 @@ class RawWorker:
             "anonymising",
             study_uid=result.study_uid,
             instances_sent=len(result.instances),
+            source_archive=archive,
+            awaiting_archive=None,
         )
         logger.info("study item %s handed to orthanc-anon", item.id)
 

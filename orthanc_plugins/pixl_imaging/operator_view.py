@@ -84,6 +84,8 @@ def _scope(body: Mapping[str, Any]) -> str:
     project = body.get("project", ALL)
     if not isinstance(project, str):
         raise PixlConfigError("'project' must be '*' or a project slug")
+    if project == fetch_control.archive_scope("secondary"):
+        return project  # the secondary archive's own pause, rate and hours (issue 11)
     if project != ALL:
         load_project(project)  # one line naming the projects there are
     return project

@@ -3,11 +3,22 @@ name exactly the instances the VNA reported for it.
 
 The VNA is the hospital's archive and the rule is to ask it for each study at most once per
 project, at a bounded rate. So: C-FIND first (by accession number and MRN, or by Study Instance
-UID when known), refuse without moving when the study has none of the project's modalities, list
-the study's instances (a second C-FIND, at instance level), skip the move entirely when
-orthanc-raw already holds every one of them (a study a second project asks for is reused), and
-after a partial transfer move only what is missing (a series that lost most of its instances
-in one request, else the missing instances one by one).
+UID when known), list the study's series (a C-FIND at series level), refuse without moving when
+the study has none of the project's modalities, list each series' instances (a C-FIND at
+instance level per series), skip the move entirely when orthanc-raw already holds every one of
+them (a study a second project asks for is reused), and after a partial transfer move only what
+is missing (a series that lost most of its instances in one request, else the missing instances
+one by one).
+
+Real archives are hierarchical (DICOM PS3.4 C.4.1.2.1, the baseline a Q/R SCP without
+relational queries offers): a query below study level must name the unique key of every level
+above it with one value, so an instance-level C-FIND without its SeriesInstanceUID is refused.
+Hence series first, then instances series by series; and every instance-level C-MOVE (a
+top-up) names the study, the series and the instance. The system tests run this against DCMTK's
+``dcmqrscp`` as well as an Orthanc (``stack/standins/dcmqrscp_archive.py`` lists its quirks).
+What such an archive does not answer is not required: the modalities are taken from
+ModalitiesInStudy and from each series' Modality (dcmqrscp answers only the latter), and the
+instance count is checked only when the archive gives NumberOfStudyRelatedInstances.
 
 What the archive says is checked, not trusted:
 
@@ -20,6 +31,15 @@ What the archive says is checked, not trusted:
   cache by anything else) is counted in ``unlisted`` and never leaves;
 - an archive that lists fewer instances than it says the study has
   (NumberOfStudyRelatedInstances) is an error, not a smaller study.
+
+Several studies behind one accession number (an archive that filed a repeat or a second part
+under the same accession): the study-level C-FIND answers with more than one exact match. They
+are never moved as one: ``fetch_study`` returns ``SEVERAL_STUDIES`` with their UIDs and moves
+nothing, and the caller decides (the project's ``multiple_studies_per_accession``: a work item
+per study, each then asked for by its UID, or the item refused).
+
+The archive asked is ``FetchSettings.vna_modality``, an Orthanc modality name (the VNA, or a
+secondary archive such as a PACS): nothing here depends on which archive it is.
 
 Every C-MOVE request is audited through a ``MoveAudit``: the intent is recorded before the
 request and the outcome after it, so the audit counts exactly what the archive's own log counts
@@ -50,6 +70,8 @@ class Outcome(StrEnum):
     CACHED = "cached"
     NOT_FOUND = "not_found"
     WRONG_MODALITY = "wrong_modality"
+    # The accession number and MRN matched several studies (``FetchResult.study_uids``).
+    SEVERAL_STUDIES = "several_studies"
 
 
 class MoveAudit(Protocol):
@@ -98,6 +120,8 @@ class FetchResult:
     moves: int = 0
     # Instances orthanc-raw holds for the study that the VNA did not list: never handed on.
     unlisted: int = 0
+    # SEVERAL_STUDIES: the Study Instance UIDs the archive answered with, sorted.
+    study_uids: list[str] = field(default_factory=list)
 
     @property
     def instance_ids(self) -> list[str]:
@@ -119,17 +143,28 @@ def fetch_study(
     audit: MoveAudit,
 ) -> FetchResult:
     """Make sure orthanc-raw holds every instance the VNA lists for the study; return them."""
-    answer = _find_study(raw, query, settings)
-    if answer is None:
+    answers = _find_study(raw, query, settings)
+    if not answers:
         return FetchResult(Outcome.NOT_FOUND)
-    query_index, query_id, content = answer
+    if len(answers) > 1:
+        uids = sorted(
+            {str(content.get("StudyInstanceUID", "")).strip(" \x00") for *_, content in answers}
+        )
+        if "" in uids:
+            raise FetchError("vna_answer_without_uid")
+        if len(uids) < len(answers):
+            raise FetchError("ambiguous_study")  # one study answered twice: not to be trusted
+        return FetchResult(Outcome.SEVERAL_STUDIES, study_uids=uids)
+    query_index, query_id, content = answers[0]
     study_uid = str(content.get("StudyInstanceUID", ""))
     if not study_uid:
         raise FetchError("vna_answer_without_uid")
+    series = _listed_series(raw, study_uid, settings)
     in_study = {m for m in str(content.get("ModalitiesInStudy", "")).split("\\") if m}
+    in_study |= {modality for modality in series.values() if modality}
     if in_study and not in_study & modalities:
         return FetchResult(Outcome.WRONG_MODALITY, study_uid=study_uid)
-    listed = _listed_instances(raw, study_uid, settings)
+    listed = _listed_instances(raw, study_uid, series, settings)
     expected = _as_int(content.get("NumberOfStudyRelatedInstances"))
     if not listed or (expected and len(listed) < expected):
         raise FetchError("vna_listing_incomplete")
@@ -169,9 +204,10 @@ def _same(value: Any, wanted: str) -> bool:
 
 def _find_study(
     raw: OrthancApi, query: StudyQuery, settings: FetchSettings
-) -> tuple[int, str, dict[str, Any]] | None:
-    """The one study-level answer that is exactly the study asked for: (its index among the
-    answers, the query id, its content); None if there is none."""
+) -> list[tuple[int, str, dict[str, Any]]]:
+    """The study-level answers that are exactly the study asked for: (index among the answers,
+    the query id, content) of each; more than one when an accession number holds several
+    studies. Asked by UID, two answers are one study answered twice: refused."""
     keys: dict[str, str] = {
         "StudyInstanceUID": query.study_uid or "",
         "ModalitiesInStudy": "",
@@ -197,31 +233,61 @@ def _find_study(
             )
         if exact:
             matches.append((int(index), query_id, content))
-    if not matches:
-        return None
-    if len(matches) > 1:
+    if query.study_uid and len(matches) > 1:
         raise FetchError("ambiguous_study")
-    return matches[0]
+    return matches
 
 
-def _listed_instances(raw: OrthancApi, study_uid: str, settings: FetchSettings) -> dict[str, str]:
-    """SOP Instance UID → Series Instance UID of every instance the VNA lists for the study."""
-    found = raw.post(
-        f"/modalities/{settings.vna_modality}/query",
-        {
-            "Level": "Instance",
-            "Query": {"StudyInstanceUID": study_uid, "SeriesInstanceUID": "", "SOPInstanceUID": ""},
-        },
-    )
+def _answers(
+    raw: OrthancApi, level: str, keys: dict[str, str], settings: FetchSettings
+) -> list[dict[str, Any]]:
+    """The VNA's answers to one C-FIND through orthanc-raw, each as a simplified dict."""
+    found = raw.post(f"/modalities/{settings.vna_modality}/query", {"Level": level, "Query": keys})
     query_id = found["ID"]
-    listed: dict[str, str] = {}
-    for index in raw.get(f"/queries/{query_id}/answers"):
-        content = raw.get(f"/queries/{query_id}/answers/{index}/content?simplify")
+    return [
+        raw.get(f"/queries/{query_id}/answers/{index}/content?simplify")
+        for index in raw.get(f"/queries/{query_id}/answers")
+    ]
+
+
+def _uid(value: Any) -> str:
+    return str(value or "").strip(" \x00")
+
+
+def _listed_series(raw: OrthancApi, study_uid: str, settings: FetchSettings) -> dict[str, str]:
+    """Series Instance UID → Modality of every series the VNA lists for the study."""
+    keys = {"StudyInstanceUID": study_uid, "SeriesInstanceUID": "", "Modality": ""}
+    series: dict[str, str] = {}
+    for content in _answers(raw, "Series", keys, settings):
         if not _same(content.get("StudyInstanceUID", study_uid), study_uid):
             continue  # an answer about another study is no answer
-        sop_uid = str(content.get("SOPInstanceUID", "")).strip(" \x00")
-        if sop_uid:
-            listed[sop_uid] = str(content.get("SeriesInstanceUID", "")).strip(" \x00")
+        uid = _uid(content.get("SeriesInstanceUID"))
+        if uid:
+            series[uid] = _uid(content.get("Modality"))
+    return series
+
+
+def _listed_instances(
+    raw: OrthancApi, study_uid: str, series: dict[str, str], settings: FetchSettings
+) -> dict[str, str]:
+    """SOP Instance UID → Series Instance UID of every instance the VNA lists for the study:
+    one instance-level C-FIND per series, naming the study and the series (a hierarchical
+    archive refuses an instance-level query without them)."""
+    listed: dict[str, str] = {}
+    for series_uid in series:
+        keys = {
+            "StudyInstanceUID": study_uid,
+            "SeriesInstanceUID": series_uid,
+            "SOPInstanceUID": "",
+        }
+        for content in _answers(raw, "Instance", keys, settings):
+            if not _same(content.get("StudyInstanceUID", study_uid), study_uid) or not _same(
+                content.get("SeriesInstanceUID", series_uid), series_uid
+            ):
+                continue  # an answer about another study or series is no answer
+            sop_uid = _uid(content.get("SOPInstanceUID"))
+            if sop_uid:
+                listed[sop_uid] = series_uid
     return listed
 
 
@@ -282,7 +348,7 @@ def _move_missing(
     instance_level: list[dict[str, str]] = []
     for series, sops in by_series.items():
         lacking = [sop for sop in sops if sop in missing]
-        if series and len(lacking) > 1 and 2 * len(lacking) > len(sops):
+        if len(lacking) > 1 and 2 * len(lacking) > len(sops):
             series_level.append({"StudyInstanceUID": study_uid, "SeriesInstanceUID": series})
         else:
             instance_level += [

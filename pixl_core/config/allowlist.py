@@ -29,16 +29,14 @@ File shape::
 
 from __future__ import annotations
 
+# pydicom (~0.25 s to import, numpy with it) is imported inside the functions that use its
+# dictionary: `pixl status` and `pixl --help` load projects (for slugs) without reading DICOM.
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
-
-from pydicom import config as pydicom_config
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from pydicom.valuerep import validate_value
 
 from pixl_core.config.yaml_file import read_mapping, refuse_unknown_keys
 from pixl_core.errors import InvalidAllowlistError
@@ -115,6 +113,8 @@ class AttributeKey:
     def label(self) -> str:
         if self.creator is not None:
             return f"({self.group:04X},xx{self.element:02X}) [{self.creator}]"
+        from pydicom.datadict import keyword_for_tag
+
         keyword = keyword_for_tag(self.tag)
         return keyword or f"({self.group:04X},{self.element:04X})"
 
@@ -295,6 +295,8 @@ def _parse_attribute(entry: dict[str, Any], where: str) -> tuple[AttributeKey, s
     creator = entry.get("private_creator")
     match = _TAG_RE.match(text)
     if match is None:
+        from pydicom.datadict import tag_for_keyword
+
         tag = tag_for_keyword(text)
         if tag is None:
             raise InvalidAllowlistError(
@@ -340,6 +342,8 @@ def _parse_attribute(entry: dict[str, Any], where: str) -> tuple[AttributeKey, s
 
 
 def _dictionary_vr(tag: int) -> str | None:
+    from pydicom.datadict import dictionary_VR
+
     try:
         return dictionary_VR(tag)
     except KeyError:
@@ -385,6 +389,9 @@ def _parse_value(
         return _parse_number(entry["value"], vr, where)
     value = str(entry["value"])
     if vr is not None and vr not in {"SQ", "UN", "OB", "OW"}:
+        from pydicom import config as pydicom_config
+        from pydicom.valuerep import validate_value
+
         try:
             validate_value(vr, value, pydicom_config.RAISE)
         except ValueError as exc:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import yaml
+from pixl_core.config.yaml_file import safe_load
 
 DATA_FILE = Path(__file__).resolve().parent / "data" / "omop_cdm_v5.4_columns.yaml"
 SOURCE_VALUE_SUFFIX = "_source_value"
@@ -67,7 +67,7 @@ def omop_columns() -> OmopColumns:
 
 def load_omop_columns(path: Path) -> OmopColumns:
     """Read and check an allow-list file; a broken file is a bug in PIXL, so this asserts."""
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw = safe_load(path.read_text(encoding="utf-8"))
     tables = {str(t).upper(): frozenset(str(c) for c in cols) for t, cols in raw["tables"].items()}
     restricted = {str(k): str(v) for k, v in raw["restricted"].items()}
     for key in restricted:

@@ -62,10 +62,17 @@ PROJECT_KEYS = frozenset(
         "pixel_text_benign",
         "descriptors",
         "priority",
+        "multiple_studies_per_accession",
     }
 )
+# What orthanc-raw does when the archive answers an accession number with several studies:
+# export each as its own study (default), or refuse the work item (multiple_studies_per_accession).
+MULTIPLE_STUDIES_POLICIES = ("export", "refuse")
 DESCRIPTOR_KEYS = frozenset({"check", "replacement", "justification"})
 DESTINATION_KEYS = frozenset({"host", "port", "user", "root", "implicit_tls", "ca_file", "verify"})
+DICOMWEB_KEYS = frozenset({"url", "auth", "user", "ca_file", "batch_size"})
+DICOMWEB_AUTH = ("basic", "bearer", "none")
+DICOMWEB_BATCH_MAX = 500
 
 # PS3.15 options by the column names of the confidentiality-profile table, with their PS3.16
 # (CID 7050) codes, used in DeidentificationMethodCodeSequence.
@@ -125,6 +132,22 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class DicomwebDestination:
+    """The DICOMweb (STOW-RS) endpoint a project's images go to, as its file names it.
+
+    ``url`` is the service root (``.../dicom-web``): STOW-RS posts to ``<url>/studies``, QIDO-RS
+    asks ``<url>/studies/<uid>/instances``. The password or token and, optionally, the CA file
+    come from the environment (``pixl_core.transport.dicomweb.DicomwebSettings.for_project``).
+    """
+
+    url: str
+    auth: str = "basic"  # basic | bearer | none
+    user: str | None = None
+    ca_file: str | None = None
+    batch_size: int = 20
+
+
+@dataclass(frozen=True)
 class DescriptorPolicy:
     """``descriptors:``: every kept free-text value is checked for the instance's identifiers
     (``pixl_core/dicom/descriptors.py``) and a flagged one becomes ``replacement``. On unless
@@ -150,7 +173,9 @@ class Project:
     allow_burned_in_annotation: bool
     ps315_options: tuple[str, ...]
     date_shift_max_days: int
-    destination: Destination | None  # None: the file has no 'destination:'
+    # Where files go over FTPS: the image zips, unless ``dicomweb`` is set, and always the
+    # tabular files (radiology parquet, public OMOP files). None: the file names no FTPS server.
+    destination: Destination | None
     # OMOP columns refused by default that this project lets out: "TABLE.column" → justification
     allow_omop_columns: dict[str, str] = field(default_factory=dict, compare=False)
     # Burned-in text (pixl_core.config.pixel_policy): mask, refuse or off (with a justification)
@@ -161,6 +186,11 @@ class Project:
     # Queued work of this project is claimed before work of lower priority (pixl populate
     # --priority overrides it per cohort).
     priority: int = 0
+    # ``destination: dicomweb:``: the images go there by STOW-RS instead of FTPS zips.
+    dicomweb: DicomwebDestination | None = None
+    # Several studies behind one accession number: each exported as its own study ("export"),
+    # or the work item refused ("refuse"); never merged into one.
+    multiple_studies_per_accession: str = "export"
     _cache: dict[tuple[str, str], AllowList] = field(default_factory=dict, compare=False)
 
     @property
@@ -208,7 +238,13 @@ def load_project(slug: str) -> Project:
     return load_project_file(path)
 
 
-def load_project_file(path: Path) -> Project:
+def load_project_file(path: Path, allowlists: Path | None = None) -> Project:
+    """Load one project file; its allow-lists from ``allowlists`` (default: ``allowlists_dir()``).
+
+    ``pixl allowlist diff`` passes the folder of a git revision it has written out, so both
+    sides of a comparison are loaded by this same code.
+    """
+    allowlists = allowlists or allowlists_dir()
     name = f"projects/{path.name}"
     raw = read_mapping(
         path, name, PROJECT_KEYS, expected="of project settings", error=InvalidProjectError
@@ -218,8 +254,12 @@ def load_project_file(path: Path) -> Project:
         raise InvalidProjectError(
             f"{name}: 'modalities:' must list the accepted modalities, e.g. [CR, DX]"
         )
-    base_files = tuple(_load_files(raw.get("allowlists"), name, "allowlists", override=False))
-    overrides = tuple(_load_files(raw.get("overrides", []), name, "overrides", override=True))
+    base_files = tuple(
+        _load_files(raw.get("allowlists"), name, "allowlists", allowlists, override=False)
+    )
+    overrides = tuple(
+        _load_files(raw.get("overrides", []), name, "overrides", allowlists, override=True)
+    )
     base = AllowList()
     for loaded in base_files:
         base = base.merged_with(loaded.allowlist, override=False)
@@ -240,7 +280,7 @@ def load_project_file(path: Path) -> Project:
             "remove the claim or check the pixels (pixel_text: mask)"
         )
     justification = parse_justification(pixel_text, raw.get("pixel_text_justification"), name)
-    benign = _benign_markers(raw.get("pixel_text_benign"))
+    benign = _benign_markers(raw.get("pixel_text_benign"), allowlists)
     descriptors = _parse_descriptors(raw.get("descriptors"), name)
     if "cleanDescOpt" in options and not descriptors.clean:
         raise InvalidProjectError(
@@ -253,6 +293,12 @@ def load_project_file(path: Path) -> Project:
     priority = raw.get("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 1000:
         raise InvalidProjectError(f"{name}: 'priority:' must be a whole number from -1000 to 1000")
+    several = raw.get("multiple_studies_per_accession", "export")
+    if several not in MULTIPLE_STUDIES_POLICIES:
+        raise InvalidProjectError(
+            f"{name}: 'multiple_studies_per_accession:' must be one of "
+            f"{', '.join(MULTIPLE_STUDIES_POLICIES)}"
+        )
     return Project(
         slug=path.stem,
         name=str(raw.get("name", path.stem)),
@@ -266,19 +312,21 @@ def load_project_file(path: Path) -> Project:
         ps315_options=options,
         date_shift_max_days=max_days,
         destination=_parse_destination(raw.get("destination"), name),
+        dicomweb=_parse_dicomweb(raw.get("destination"), name),
         allow_omop_columns=_parse_omop_columns(raw.get("allow_omop_columns"), name),
         pixel_text=pixel_text,
         pixel_text_justification=justification,
         benign_markers=benign,
         descriptors=descriptors,
         priority=priority,
+        multiple_studies_per_accession=several,
     )
 
 
-def _benign_markers(value: Any) -> BenignMarkers:
+def _benign_markers(value: Any, allowlists: Path) -> BenignMarkers:
     """The project's benign list; the shipped one when a folder of allow-lists has none."""
     relative = str(value or DEFAULT_BENIGN_FILE)
-    path = allowlists_dir() / relative
+    path = allowlists / relative
     if value is None and not path.is_file():
         path = REPO_ROOT / "tag_allowlists" / DEFAULT_BENIGN_FILE
     return load_benign_markers(path, f"tag_allowlists/{relative}")
@@ -319,14 +367,16 @@ def _parse_descriptors(raw: object, name: str) -> DescriptorPolicy:
     return DescriptorPolicy(clean=check == "clean", replacement=replacement)
 
 
-def _load_files(value: Any, name: str, key: str, *, override: bool) -> list[AllowListFile]:
+def _load_files(
+    value: Any, name: str, key: str, allowlists: Path, *, override: bool
+) -> list[AllowListFile]:
     if not override and (not isinstance(value, list) or not value):
         raise InvalidProjectError(f"{name}: '{key}:' must list allow-list files in tag_allowlists/")
     if not isinstance(value, list):
         raise InvalidProjectError(f"{name}: '{key}:' must be a list of files in tag_allowlists/")
     loaded = []
     for relative in value:
-        file = load_allowlist_file(allowlists_dir() / str(relative), f"tag_allowlists/{relative}")
+        file = load_allowlist_file(allowlists / str(relative), f"tag_allowlists/{relative}")
         if file.is_override != override:
             kind = "an override (it has 'match:')" if file.is_override else "not an override"
             raise InvalidProjectError(f"{name}: tag_allowlists/{relative} is {kind}; move it")
@@ -419,9 +469,15 @@ def _parse_destination(value: Any, name: str) -> Destination | None:
     (such a project can be checked and anonymised offline, but exports refuse it)."""
     if value is None:
         return None
-    ftps = value.get("ftps") if isinstance(value, dict) else None
+    if not isinstance(value, dict) or not value or set(value) - {"ftps", "dicomweb"}:
+        raise InvalidProjectError(
+            f"{name}: 'destination:' must hold an 'ftps:' mapping, a 'dicomweb:' mapping, or both"
+        )
+    ftps = value.get("ftps")
+    if ftps is None:  # images by DICOMweb only; exporting the tabular files is refused
+        return None
     if not isinstance(ftps, dict):
-        raise InvalidProjectError(f"{name}: 'destination:' must hold an 'ftps:' mapping")
+        raise InvalidProjectError(f"{name}: 'destination: ftps:' must be a mapping")
     if "password" in ftps:
         slug_variable = "PIXL_DSH_PASSWORD__" + Path(name).stem.upper().replace("-", "_")
         raise InvalidProjectError(
@@ -455,4 +511,65 @@ def _parse_destination(value: Any, name: str) -> Destination | None:
         implicit_tls=implicit_tls,
         ca_file=ca_file,
         verify=ftps.get("verify", True),
+    )
+
+
+def _parse_dicomweb(value: Any, name: str) -> DicomwebDestination | None:
+    """``destination: dicomweb:`` (url, auth, user, ca_file, batch_size), checked key by key;
+    None when the file has none. ``_parse_destination`` has already checked the outer mapping."""
+    if not isinstance(value, dict) or value.get("dicomweb") is None:
+        return None
+    web = value["dicomweb"]
+    if not isinstance(web, dict):
+        raise InvalidProjectError(f"{name}: 'destination: dicomweb:' must be a mapping")
+    variable = "__" + Path(name).stem.upper().replace("-", "_")
+    for secret, env in (("password", "PASSWORD"), ("token", "TOKEN")):
+        if secret in web:
+            raise InvalidProjectError(
+                f"{name}: never put the DICOMweb {secret} in the project file; set "
+                f"PIXL_DICOMWEB_{env}{variable} or PIXL_DICOMWEB_{env}"
+            )
+    refuse_unknown_keys(web, DICOMWEB_KEYS, name, InvalidProjectError, "dicomweb key")
+    url = web.get("url")
+    # https only: the account's password or token goes with every request.
+    if not isinstance(url, str) or not re.fullmatch(r"https://[^\s/?#@]+(/[^\s?#]*)?", url):
+        raise InvalidProjectError(
+            f"{name}: destination 'dicomweb: url:' must be the https:// service root, "
+            "e.g. https://research.example.org/dicom-web"
+        )
+    auth = web.get("auth", "basic")
+    if auth not in DICOMWEB_AUTH:
+        raise InvalidProjectError(
+            f"{name}: destination 'dicomweb: auth:' must be one of {', '.join(DICOMWEB_AUTH)}"
+        )
+    user = web.get("user")
+    if auth == "basic" and (not isinstance(user, str) or not user.strip()):
+        raise InvalidProjectError(
+            f"{name}: destination 'dicomweb:' with auth: basic needs 'user:' (the account name)"
+        )
+    if auth != "basic" and user is not None:
+        raise InvalidProjectError(
+            f"{name}: destination 'dicomweb: user:' is only for auth: basic; remove it"
+        )
+    ca_file = web.get("ca_file")
+    if ca_file is not None and not isinstance(ca_file, str):
+        raise InvalidProjectError(
+            f"{name}: destination 'dicomweb: ca_file:' must be the path of a PEM file"
+        )
+    batch = web.get("batch_size", DicomwebDestination.batch_size)
+    if (
+        isinstance(batch, bool)
+        or not isinstance(batch, int)
+        or not 1 <= batch <= DICOMWEB_BATCH_MAX
+    ):
+        raise InvalidProjectError(
+            f"{name}: destination 'dicomweb: batch_size:' must be a whole number "
+            f"1-{DICOMWEB_BATCH_MAX} (instances per STOW-RS request)"
+        )
+    return DicomwebDestination(
+        url=url.rstrip("/"),
+        auth=auth,
+        user=user.strip() if isinstance(user, str) else None,
+        ca_file=ca_file,
+        batch_size=batch,
     )

@@ -405,6 +405,47 @@ def _judge(rule: Rule, entry: ProfileEntry | None, claimed: Sequence[str]) -> _V
     return _Verdict(problem=f"action '{action.value}' is not known to the audit")
 
 
+@dataclass(frozen=True)
+class Assessment:
+    """The audit's verdict on one entry, for a tool that shows entries one by one (``pixl
+    allowlist diff``): what the profile says, and either the problem or the option that
+    allowed it (both None: the Basic Profile alone allows it)."""
+
+    profile: str
+    basic: str | None
+    problem: str | None
+    allowed_by: str | None
+
+
+def assess(
+    rule: Rule, options: Sequence[str], profile: ConfidentialityProfile | None = None
+) -> Assessment:
+    """Judge one entry exactly as ``audit`` does (same profile lookup, same rules)."""
+    profile = profile or load_profile()
+    entry = profile.lookup(rule.key)
+    verdict = _judge(rule, entry, options)
+    return Assessment(
+        profile=describe_profile(entry, options),
+        basic=entry.basic if entry is not None else None,
+        problem=verdict.problem,
+        allowed_by=verdict.allowed_by,
+    )
+
+
+def pixel_text_finding(project: Project) -> Finding | None:
+    """The finding ``audit`` adds for pixels that leave unchecked (``pixel_text: off``)."""
+    if project.pixel_text != "off":
+        return None
+    return Finding(
+        label="PixelData (7FE0,0010)",
+        source=f"projects/{project.slug}.yaml pixel_text",
+        action="keep unchecked",
+        profile="burned-in text is removed only under the Clean Pixel Data Option (113101)",
+        problem="pixel_text is off: burned-in text leaves as it is",
+        justification=project.pixel_text_justification,
+    )
+
+
 def _is_free_text(key: AttributeKey) -> bool:
     """Whether the descriptor check reads this attribute: a public one of a free-text VR."""
     if key.is_private:
@@ -495,18 +536,11 @@ def audit(project: Project, profile: ConfidentialityProfile | None = None) -> Au
         project.method_options,  # with cleanPixelDataOpt when the pixels are checked
         profile,
     )
-    if project.pixel_text != "off":
-        return report
     # Pixels that leave unchecked are a finding like a kept tag: the Basic Profile assumes no
     # burned-in identifiers, and only the project's justification can say why there are none.
-    unchecked = Finding(
-        label="PixelData (7FE0,0010)",
-        source=f"projects/{project.slug}.yaml pixel_text",
-        action="keep unchecked",
-        profile="burned-in text is removed only under the Clean Pixel Data Option (113101)",
-        problem="pixel_text is off: burned-in text leaves as it is",
-        justification=project.pixel_text_justification,
-    )
+    unchecked = pixel_text_finding(project)
+    if unchecked is None:
+        return report
     return dataclasses.replace(report, findings=(*report.findings, unchecked))
 
 

@@ -16,6 +16,16 @@ import yaml
 
 from pixl_core.errors import PixlConfigError
 
+# libyaml's loader when PyYAML was built with it (the wheels are): the same documents and the
+# same error marks as the pure-Python SafeLoader, ~10x faster. Loading a project reads four
+# files (~0.1 CPU-s in pure Python), which every `pixl anonymise` and orthanc-anon start pays.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` through libyaml when available."""
+    return yaml.load(text, Loader=_LOADER)  # a safe loader, C or Python
+
 
 def read_mapping(
     path: Path,
@@ -32,7 +42,7 @@ def read_mapping(
     where the path of a missing file came from.
     """
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = safe_load(path.read_text())
     except FileNotFoundError:
         raise error(f"{name}: file not found; check the path in {named_in}") from None
     except yaml.YAMLError as exc:

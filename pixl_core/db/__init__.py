@@ -5,7 +5,8 @@ which are busy or terminal; ``work_queue`` claims, leases, completes and backs o
 every table (the exporter's ``anonymising`` stage included); ``polling`` is the one loop every
 worker runs around it, with its counters; ``work_items`` records extracts and their items;
 ``study_records`` holds what the imaging services record beside a study's state (VNA moves,
-refused instances); ``leases`` keeps a worker's leases alive while it works. ``from pixl_core import db`` gives the connection helpers directly
+refused instances); ``exported_studies`` what reached the DSH (the images' manifest and
+``pixl verify`` read it); ``leases`` keeps a worker's leases alive while it works. ``from pixl_core import db`` gives the connection helpers directly
 (``db.connect``, ``db.migrate``…).
 """
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 
 from pixl_core.errors import DatabaseUnreachableError, PixlConfigError
@@ -118,9 +119,12 @@ def migrate(url: str | None = None, directory: Path = MIGRATIONS_DIR) -> list[st
     Idempotent, and safe when several processes migrate the same database at once.
     """
     applied_now: list[str] = []
+    migrations = available_migrations(directory)
     conn = connect(url, application_name="pixl-migrate")
     try:
-        for migration in available_migrations(directory):
+        if _all_applied(conn, migrations):
+            return applied_now
+        for migration in migrations:
             with conn, conn.cursor() as cur:
                 # Serialises the check-then-apply below across processes; released at commit.
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
@@ -146,6 +150,20 @@ def migrate(url: str | None = None, directory: Path = MIGRATIONS_DIR) -> list[st
     finally:
         conn.close()
     return applied_now
+
+
+def _all_applied(conn: Connection, migrations: list[Migration]) -> bool:
+    """Whether every migration is recorded with its checksum, read in one query without the
+    lock: the common case (every `pixl` command migrates first) then costs one round trip
+    instead of a locked transaction per migration. Anything else (a table not there yet, a
+    migration missing or changed) takes the locked path, which applies or refuses as before."""
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT version, checksum FROM schema_migrations")
+            recorded = dict(cur.fetchall())
+    except psycopg2.errors.UndefinedTable:
+        return False
+    return all(recorded.get(m.version) == m.checksum for m in migrations)
 
 
 def migrate_when_ready(url: str, stop: threading.Event, logger: logging.Logger) -> bool:

@@ -11,6 +11,11 @@ A worker that is held back claims nothing: the queued studies stay queued and lo
 (``Gate``). What holds a project back is said in words with the time it ends
 (``Hold.describe``), for the CLI and the page alike.
 
+A secondary archive (a PACS asked only when the VNA has no such study) has hours, a pause and
+a rate of its own, in the same tables under the scope ``archive:<name>`` (``archive_scope``;
+migration 0010): a slug cannot hold ``:``, so such a row is never a project's. ``gate`` leaves
+them out of the projects; ``archive_gate`` reads one.
+
 Hours are a daily window ``"HH:MM-HH:MM"`` in the local time of the machine running
 orthanc-raw (set ``TZ``), which may run over midnight (``"20:00-07:00"``), plus, if
 ``weekends`` is set, all of Saturday and Sunday.
@@ -26,6 +31,9 @@ from pixl_core.db.connection import Connection
 from pixl_core.errors import PixlConfigError
 
 ALL = "*"
+ARCHIVE_PREFIX = "archive:"
+# A secondary archive's rate until one is stored (orthanc-raw may be given another default).
+DEFAULT_ARCHIVE_STUDIES_PER_SECOND = 0.1
 _WINDOW = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]):([0-5][0-9])$")
 _WHO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}$")
 HOURS_RULE = 'a window "HH:MM-HH:MM" in 24-hour local time, e.g. "20:00-07:00"'
@@ -171,11 +179,34 @@ def controls(conn: Connection) -> dict[str, Control]:
     return result
 
 
+def archive_scope(archive: str) -> str:
+    """The ``fetch_control`` / ``fetch_rate`` scope of an archive's own hours, pause and rate."""
+    return ARCHIVE_PREFIX + archive
+
+
+def archive_gate(rows: dict[str, Control], archive: str, now: datetime) -> Hold | None:
+    """What holds asking ``archive`` back now (its own row only: the VNA's hours and pause,
+    the ``'*'`` row, hold everything anyway)."""
+    control = rows.get(archive_scope(archive))
+    return control.hold(now) if control is not None else None
+
+
+def set_default_hours(conn: Connection, scope: str, window: HoursWindow) -> None:
+    """Set ``scope``'s hours only if it has no row yet: a deployment's configured default
+    (e.g. the secondary archive's), which the operator's later changes outlive."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO fetch_control (project, vna_hours, vna_weekends) VALUES (%s, %s, %s) "
+            "ON CONFLICT (project) DO NOTHING",
+            (scope, window.text, window.weekends),
+        )
+
+
 def gate(rows: dict[str, Control], now: datetime) -> Gate:
     everything = rows[ALL].hold(now) if ALL in rows else None
     projects = {}
     for project, control in rows.items():
-        if project == ALL:
+        if project == ALL or project.startswith(ARCHIVE_PREFIX):
             continue
         hold = control.hold(now)
         if hold is not None:

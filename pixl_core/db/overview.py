@@ -12,6 +12,11 @@ Reasons:
   or put back because the VNA did not answer: ``vna_unreachable``), and studies the exporter
   deferred (``anonymising`` with failed export tries, e.g. ``ftps_connect`` while the DSH is
   down).
+
+Archives (issue 11): per project, the studies by the archive they came from (``archives``:
+``primary``, ``secondary``; only studies that were found), and how many queued studies wait
+for the secondary archive (``waiting_for_secondary``: the VNA had none, the secondary is
+outside its hours or at its rate).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from pixl_core.db import destination_records
 from pixl_core.db.connection import Connection
 from pixl_core.db.states import REPORT_STATES, STUDY_STATES
 
@@ -58,6 +64,11 @@ def _new_project() -> dict[str, Any]:
             "reports": {"failed": {}, "backing_off": {}},
         },
         "review": _empty(REVIEW_DECISIONS),
+        # The image destination's last failure (destination_records), None when it took the
+        # project's latest study: {"destination", "code", "message", "at"}.
+        "destination_error": None,
+        "archives": {},
+        "waiting_for_secondary": 0,
     }
 
 
@@ -97,6 +108,24 @@ def project_overview(conn: Connection, project: str | None = None) -> dict[str, 
         )
         for name, decision, count in cur.fetchall():
             result.setdefault(name, _new_project())["review"][decision] = count
+        cur.execute(
+            "SELECT project, source_archive, count(*) FROM study "
+            "WHERE source_archive IS NOT NULL "
+            "AND (%(project)s::text IS NULL OR project = %(project)s) GROUP BY 1, 2 ORDER BY 1, 2",
+            params,
+        )
+        for name, archive, count in cur.fetchall():
+            result.setdefault(name, _new_project())["archives"][archive] = count
+        cur.execute(
+            "SELECT project, count(*) FROM study "
+            "WHERE state = 'queued' AND awaiting_archive = 'secondary' "
+            "AND (%(project)s::text IS NULL OR project = %(project)s) GROUP BY 1",
+            params,
+        )
+        for name, count in cur.fetchall():
+            result.setdefault(name, _new_project())["waiting_for_secondary"] = count
+    for name, error in destination_records.errors(conn, project).items():
+        result.setdefault(name, _new_project())["destination_error"] = error
     for entry in result.values():
         for by_category in entry["reasons"].values():
             for category, codes in by_category.items():

@@ -53,14 +53,22 @@ class PopulateResult:
 
 
 def _rows(cohort: pd.DataFrame) -> Iterator[tuple[Any, ...]]:
-    for mrn, accession, procedure_id, study_datetime in cohort[
-        ["mrn", "accession_number", "procedure_occurrence_id", "study_datetime"]
-    ].itertuples(index=False, name=None):
+    study_uids = (
+        cohort["study_uid"] if "study_uid" in cohort else pd.Series(None, index=cohort.index)
+    )
+    for (mrn, accession, procedure_id, study_datetime), study_uid in zip(
+        cohort[["mrn", "accession_number", "procedure_occurrence_id", "study_datetime"]].itertuples(
+            index=False, name=None
+        ),
+        study_uids,
+        strict=True,
+    ):
         yield (
             mrn,
             accession,
             None if pd.isna(procedure_id) else int(procedure_id),
             None if pd.isna(study_datetime) else study_datetime.to_pydatetime(),
+            None if pd.isna(study_uid) else str(study_uid),
         )
 
 
@@ -110,7 +118,7 @@ def record_extract(
             """
             CREATE TEMP TABLE pixl_incoming (
                 mrn text NOT NULL, accession_number text NOT NULL,
-                procedure_occurrence_id bigint, study_datetime timestamp
+                procedure_occurrence_id bigint, study_datetime timestamp, study_uid text
             ) ON COMMIT DROP
             """
         )
@@ -123,17 +131,19 @@ def record_extract(
         )
         (distinct_studies,) = cur.fetchone()
         # One study per (mrn, accession number): if OMOP ES gave several procedures for one
-        # accession number, the lowest procedure id is kept.
+        # accession number, the lowest procedure id is kept. A Study Instance UID the cohort
+        # knows is recorded: the archive is then asked by it (issue 11). Studies found behind
+        # the same accession number are split off later by orthanc-raw (split_from).
         cur.execute(
             """
             INSERT INTO study (project, extract_id, procedure_occurrence_id, mrn,
-                               accession_number, study_datetime, priority)
+                               accession_number, study_datetime, priority, study_uid)
             SELECT DISTINCT ON (mrn, accession_number)
                    %(project)s, %(extract_id)s, procedure_occurrence_id, mrn, accession_number,
-                   study_datetime, %(priority)s
+                   study_datetime, %(priority)s, study_uid
             FROM pixl_incoming
             ORDER BY mrn, accession_number, procedure_occurrence_id NULLS LAST, study_datetime
-            ON CONFLICT (project, mrn, accession_number) DO NOTHING
+            ON CONFLICT (project, mrn, accession_number) WHERE split_from IS NULL DO NOTHING
             """,
             {"project": extract.project, "extract_id": extract_id, "priority": priority},
         )
@@ -147,7 +157,7 @@ def record_extract(
             FROM study s
             JOIN (SELECT DISTINCT mrn, accession_number FROM pixl_incoming) i
               ON s.mrn = i.mrn AND s.accession_number = i.accession_number
-            WHERE s.project = %(project)s
+            WHERE s.project = %(project)s AND s.split_from IS NULL
             ON CONFLICT (project, mrn, accession_number) DO NOTHING
             """,
             {"project": extract.project, "extract_id": extract_id, "priority": priority},
@@ -175,3 +185,41 @@ def record_extract(
         duplicate_rows=extract.duplicate_rows,
         staging_path=staging_path,
     )
+
+
+def split_studies(
+    conn: Connection, item_id: int, study_uids: list[str], *, awaiting_archive: str | None = None
+) -> int:
+    """The archive holds several studies behind the accession number of work item ``item_id``:
+    keep the first UID (sorted, so every try picks the same) on the item itself and give each
+    other one a work item of its own (``split_from``), queued, with the same cohort facts
+    (MRN, accession number, procedure id, extract, priority). Return how many were added.
+
+    One transaction; idempotent (a retried split adds nothing twice). The report stays one per
+    accession number, on the item the cohort gave: every study's export carries the same
+    hashed accession number, which is what the radiology parquet links by.
+    ``awaiting_archive``: the archive that answered, when not the primary, so the new items
+    ask it directly.
+    """
+    first, *others = sorted(study_uids)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE study SET study_uid = %s WHERE id = %s AND split_from IS NULL",
+            (first, item_id),
+        )
+        if not others:
+            return 0
+        cur.execute(
+            """
+            INSERT INTO study (project, extract_id, procedure_occurrence_id, mrn,
+                               accession_number, study_datetime, priority, study_uid, split_from,
+                               awaiting_archive)
+            SELECT p.project, p.extract_id, p.procedure_occurrence_id, p.mrn,
+                   p.accession_number, p.study_datetime, p.priority, u.uid, p.id, %(awaiting)s
+            FROM study p, unnest(%(uids)s::text[]) AS u (uid)
+            WHERE p.id = %(id)s
+            ON CONFLICT (split_from, study_uid) WHERE split_from IS NOT NULL DO NOTHING
+            """,
+            {"awaiting": awaiting_archive, "uids": others, "id": item_id},
+        )
+        return cur.rowcount

@@ -110,7 +110,16 @@ QUEUES: dict[str, QueueSpec] = {
         # orthanc-raw only ever reclaims what it was fetching: 'anonymising' is a stage.
         in_progress_states=("fetching",),
         columns=_COMMON_COLUMNS
-        | {"study_uid", "pseudo_study_uid", "instances_sent", "instance_count", "sha256"},
+        | {
+            "study_uid",
+            "pseudo_study_uid",
+            "instances_sent",
+            "instance_count",
+            "sha256",
+            "zip_bytes",
+            "source_archive",
+            "awaiting_archive",
+        },
         # orthanc-anon's exporter (pixl_imaging.export) takes a study over once orthanc-raw
         # has handed every instance on and recorded how many.
         stages=(
@@ -268,6 +277,7 @@ def claim(
     max_crashes: int | None = None,
     held: Collection[int] = (),
     exclude_projects: Collection[str] = (),
+    exclude_awaiting: Collection[str] = (),
 ) -> list[WorkItem]:
     """Claim up to ``limit`` items for ``worker_id``, highest ``priority`` first and then oldest
     due, and move them to the
@@ -284,12 +294,18 @@ def claim(
     ``held`` names the items ``worker_id`` is still working on (its heartbeat's): they are never
     taken back from it, even if their lease ran out while Postgres was away; and an expired
     lease of ``worker_id``'s own is no crash (the worker is alive: it is claiming). Items of
-    ``exclude_projects`` are not claimed (projects at their own rate limit).
+    ``exclude_projects`` are not claimed (projects at their own rate limit), nor studies
+    waiting for an archive named in ``exclude_awaiting`` (outside its hours, or at its rate).
     """
     spec = _spec(table)
     if limit <= 0:
         return []
     in_progress = tuple(spec.in_progress_states)
+    awaiting = (
+        sql.SQL("AND (awaiting_archive IS NULL OR NOT awaiting_archive = ANY(%(awaiting)s)) ")
+        if exclude_awaiting
+        else sql.SQL("")
+    )
     with conn, conn.cursor(cursor_factory=RealDictCursor) as cur:
         if max_crashes is not None and spec.crash_column is not None:
             _count_crashes(cur, spec, in_progress, project, max_crashes, max_attempts, worker_id)
@@ -318,9 +334,9 @@ def claim(
                 "((state = 'queued' AND next_attempt_at <= now()) "
                 "OR (state IN %(in_progress)s AND claimed_until < now() "
                 "AND NOT (claimed_by = %(worker_id)s AND id = ANY(%(held)s)))) "
-                "AND NOT (project = ANY(%(excluded)s)) "
+                "AND NOT (project = ANY(%(excluded)s)) {awaiting}"
                 "AND (%(project)s::text IS NULL OR project = %(project)s)"
-            ),
+            ).format(awaiting=awaiting),
             # Higher priority first (pixl populate --priority), then the oldest due.
             order=sql.SQL("priority DESC, next_attempt_at, id"),
             changes=sql.SQL("state = %(claimed_state)s, attempts = w.attempts + 1,"),
@@ -332,6 +348,7 @@ def claim(
                 "worker_id": worker_id,
                 "held": sorted(held),
                 "excluded": sorted(exclude_projects),
+                "awaiting": sorted(exclude_awaiting),
                 "lease": float(lease_seconds),
             },
         )
@@ -567,25 +584,44 @@ def fail(
     return row[0] if row else None
 
 
-def release(conn: Connection, table: str, item_id: int, worker_id: str, error_code: str) -> bool:
+def release(
+    conn: Connection,
+    table: str,
+    item_id: int,
+    worker_id: str,
+    error_code: str,
+    *,
+    awaiting_archive: str | None = None,
+) -> bool:
     """Give an in-progress item this worker holds back to the queue, due now, with its claim
     not counted (``attempts`` down by one); True if applied.
 
     For work that could not even be tried because something every item needs is away (the
     VNA does not answer a C-ECHO): the item is not at fault, so it must not use up its tries
     however long the outage lasts. ``last_error_code`` says why it waits.
+
+    ``awaiting_archive`` (studies): the item waits for that archive (the primary had no such
+    study and the secondary may not be asked now); ``claim(exclude_awaiting=…)`` leaves it
+    queued until it may.
     """
     spec = _spec(table)
     check_error_code(error_code)
+    awaiting = sql.SQL(", awaiting_archive = %(archive)s") if awaiting_archive else sql.SQL("")
     with conn, conn.cursor() as cur:
         cur.execute(
             sql.SQL(
                 "UPDATE {t} SET state = 'queued', attempts = GREATEST(attempts - 1, 0), "
-                "next_attempt_at = now(), last_error_code = %s, "
-                "claimed_by = NULL, claimed_until = NULL "
-                "WHERE id = %s AND claimed_by = %s AND state IN %s"
-            ).format(t=sql.Identifier(spec.table)),
-            (error_code, item_id, worker_id, tuple(spec.in_progress_states)),
+                "next_attempt_at = now(), last_error_code = %(code)s, "
+                "claimed_by = NULL, claimed_until = NULL{awaiting} "
+                "WHERE id = %(id)s AND claimed_by = %(worker)s AND state IN %(states)s"
+            ).format(t=sql.Identifier(spec.table), awaiting=awaiting),
+            {
+                "code": error_code,
+                "id": item_id,
+                "worker": worker_id,
+                "states": tuple(spec.in_progress_states),
+                "archive": awaiting_archive,
+            },
         )
         return cur.rowcount == 1
 

@@ -26,6 +26,7 @@ class, never a path or a server reply text, which could echo a file name.
 from __future__ import annotations
 
 import ftplib
+import hashlib
 import io
 import logging
 import os
@@ -164,6 +165,13 @@ class FtpsSettings:
         """
         env: Mapping[str, str] = os.environ if environ is None else environ
         slug, destination = project.slug, project.destination
+        if destination is None and project.dicomweb is not None:
+            raise PixlConfigError(
+                f"projects/{slug}.yaml sends images by 'destination: dicomweb:' but names no "
+                "server for its files (radiology parquet, OMOP public files); add "
+                "'ftps: {host, port, user, root}' beside 'dicomweb:'",
+                code="no_destination",
+            )
         if destination is None:
             raise PixlConfigError(
                 f"projects/{slug}.yaml has no 'destination:'; add "
@@ -645,6 +653,48 @@ class FtpsClient:
 
         return self._with_retries(read)
 
+    def sha256(
+        self, remote_path: str, on_block: Callable[[int], None] | None = None
+    ) -> tuple[str, int] | None:
+        """``(SHA-256 hex digest, bytes)`` of the file at ``remote_path``, read as a stream (a
+        zip is never held whole); None if there is no such file. ``on_block`` is called with
+        the size of each block read (a progress bar). A retried read starts the digest again.
+        """
+        path = self._absolute(remote_path)
+
+        def digest(ftp: ftplib.FTP_TLS) -> tuple[str, int] | None:
+            if self._size(ftp, path) is None:
+                return None
+            hasher = hashlib.sha256()
+            size = 0
+
+            def block(data: bytes) -> None:
+                nonlocal size
+                hasher.update(data)
+                size += len(data)
+                if on_block is not None:
+                    on_block(len(data))
+
+            self._step = "RETR"
+            ftp.retrbinary(f"RETR {path}", block, blocksize=_BLOCK_SIZE)
+            return hasher.hexdigest(), size
+
+        return self._with_retries(digest)
+
+    def delete(self, remote_path: str) -> bool:
+        """Delete the file at ``remote_path``; False if there was none. For a file PIXL wrote
+        that turned out corrupt on the DSH (``pixl verify --requeue``)."""
+        path = self._absolute(remote_path)
+
+        def remove(ftp: ftplib.FTP_TLS) -> bool:
+            if self._size(ftp, path) is None:
+                return False
+            self._step = "DELE"
+            ftp.delete(path)
+            return True
+
+        return self._with_retries(remove)
+
     def exists(self, remote_path: str) -> bool:
         """Whether a file or folder exists at ``remote_path``."""
         path = self._absolute(remote_path)
@@ -671,6 +721,10 @@ class FtpsClient:
                     raise
                 self._step = "NLST"
                 names = [posixpath.basename(entry.rstrip("/")) for entry in ftp.nlst(path)]
+            # ftplib lists in ASCII mode (TYPE A) and leaves the connection there, where SIZE
+            # is refused (550): back to binary, as every other step of this client expects.
+            self._step = "TYPE I"
+            ftp.voidcmd("TYPE I")
             return sorted(name for name in names if name not in ("", ".", ".."))
 
         return self._with_retries(listing)

@@ -5,8 +5,9 @@
 store of real DICOM files, indexed by their UIDs the way Orthanc indexes them. One class plays
 three parts:
 
-- the VNA (``FakeOrthanc("vna")`` loaded with files): answers C-FIND at study and instance
-  level through the Orthanc that queries it;
+- the VNA (``FakeOrthanc("vna")`` loaded with files): answers C-FIND at study, series and
+  instance level through the Orthanc that queries it, hierarchically as real archives do (a
+  series-level query must name one study, an instance-level one a study and a series);
 - orthanc-raw (``FakeOrthanc("raw", vna=vna)``): ``/modalities/vna/query``, ``/queries/…``,
   ``retrieve`` and ``/modalities/vna/move`` copy instances from the VNA, as a C-MOVE would;
 - orthanc-anon (``FakeOrthanc("anon", on_received=ingest.on_received)``): every posted
@@ -71,8 +72,12 @@ class FakeOrthanc:
     moves: list[str] = field(default_factory=list)  # "study" or "instances", per C-MOVE
     posted: list[bytes] = field(default_factory=list)  # every instance posted, as sent
     discarded: int = 0
+    moves_served: int = 0  # as an archive: C-MOVEs it served
     echoes: int = 0  # C-ECHOs sent to the VNA through this Orthanc
+    # other archives by Orthanc modality name (a secondary archive): as the VNA is to "vna"
+    archives: dict[str, FakeOrthanc] = field(default_factory=dict)
     _queries: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    _query_archive: dict[str, FakeOrthanc] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # --- the store ---------------------------------------------------------------------------
@@ -155,36 +160,45 @@ class FakeOrthanc:
         except KeyError:
             raise OrthancError(f"Orthanc {self.name} has no such instance", "not_found") from None
 
+    def _archive(self, name: str) -> FakeOrthanc:
+        archive = self.vna if name == "vna" else self.archives.get(name)
+        assert archive is not None, f"this Orthanc has no modality {name}"
+        return archive
+
     def post(self, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
         self._call("POST", path)
         parts = path.strip("/").split("/")
-        if path == "/modalities/vna/query":
-            assert self.vna is not None, "this Orthanc has no VNA"
+        if parts[0] == "modalities" and parts[2] == "query":
+            archive = self._archive(parts[1])
             query_id = f"q{len(self._queries)}"
-            self._queries[query_id] = self.vna.answers(body["Level"], body["Query"])
+            self._queries[query_id] = archive.answers(body["Level"], body["Query"])
+            self._query_archive[query_id] = archive
             return {"ID": query_id}
         if parts[0] == "queries" and parts[-1] == "retrieve":
-            assert self.vna is not None and body["TargetAet"]
+            archive = self._query_archive[parts[1]]
+            assert body["TargetAet"]
             if self.gate is not None:
                 self.gate.wait(30)
             study_uid = self._queries[parts[1]][int(parts[3])]["StudyInstanceUID"]
             self.moves.append("study")
-            for instance in self.vna.of_study(study_uid):
+            archive.moves_served += 1
+            for instance in archive.of_study(study_uid):
                 self.put(instance)
             return {}
-        if path == "/modalities/vna/move":
-            assert self.vna is not None
+        if parts[0] == "modalities" and parts[2] == "move":
+            archive = self._archive(parts[1])
             self.moves.append("instances")
+            archive.moves_served += 1
             wanted = {r["SOPInstanceUID"] for r in body["Resources"]}
-            for instance in list(self.vna.instances.values()):
+            for instance in list(archive.instances.values()):
                 if instance.sop_uid in wanted:
                     self.put(instance)
             return {}
-        if path == "/modalities/vna/echo":
-            assert self.vna is not None, "this Orthanc has no VNA"
+        if parts[0] == "modalities" and parts[2] == "echo":
+            archive = self._archive(parts[1])
             self.echoes += 1
-            if self.vna.down:
-                raise OrthancError("the VNA does not answer a C-ECHO", "http_500", 500)
+            if archive.down:
+                raise OrthancError("the archive does not answer a C-ECHO", "http_500", 500)
             return {}
         if path == "/tools/find":
             uid = body["Query"]["StudyInstanceUID"]
@@ -229,15 +243,23 @@ class FakeOrthanc:
             raise OrthancError(f"Orthanc {self.name} is not reachable", "http_500", 500)
         with self._lock:
             instances = list(self.instances.values())
-        if level == "Instance":
+        if level in ("Series", "Instance"):
+            study_uid = _single_value(query, "StudyInstanceUID")
+            in_study = [i for i in instances if i.study_uid == study_uid]
+            if level == "Series":
+                return [
+                    {"StudyInstanceUID": study_uid, "SeriesInstanceUID": uid, "Modality": modality}
+                    for uid, modality in sorted({(i.series_uid, i.modality) for i in in_study})
+                ]
+            series_uid = _single_value(query, "SeriesInstanceUID")
             return [
                 {
                     "StudyInstanceUID": i.study_uid,
                     "SeriesInstanceUID": i.series_uid,
                     "SOPInstanceUID": i.sop_uid,
                 }
-                for i in instances
-                if i.study_uid == query["StudyInstanceUID"]
+                for i in in_study
+                if i.series_uid == series_uid
             ]
         studies: dict[str, list[StoredInstance]] = {}
         for instance in instances:
@@ -262,6 +284,15 @@ class FakeOrthanc:
         ]
 
 
+def _single_value(query: dict[str, str], key: str) -> str:
+    """A unique key above the query level: one value, or the archive refuses the C-FIND (as
+    orthanc-raw reports it: HTTP 500)."""
+    value = query.get(key, "").strip()
+    if not value or any(c in value for c in "*?\\"):
+        raise OrthancError(f"C-FIND without one {key}: refused (0xA900)", "http_500", 500)
+    return value
+
+
 @dataclass
 class FakeDsh:
     """The DSH as the exporter sees it: ``client(project)`` gives an object with the
@@ -270,7 +301,8 @@ class FakeDsh:
         stores the file and then fails, as a connection lost before the exporter could record it."""
 
     files: dict[str, bytes] = field(default_factory=dict)
-    uploads: list[str] = field(default_factory=list)
+    uploads: list[str] = field(default_factory=list)  # zips (upload_file)
+    manifest_writes: list[str] = field(default_factory=list)  # upload_bytes: the manifests
     clients_for: list[str] = field(default_factory=list)
     down: bool = False
     crash_after_upload: bool = False
@@ -306,6 +338,10 @@ class FakeFtpsClient:
             return False
         self.dsh.files[remote_path] = self.dsh.files.pop(f"{folder}/.{name}.part")
         return True
+
+    def upload_bytes(self, remote_path: str, data: bytes) -> None:
+        self.dsh.files[remote_path] = bytes(data)
+        self.dsh.manifest_writes.append(remote_path)
 
     def upload_file(self, remote_path: str, local_path: str | Path) -> None:
         self.dsh.files[remote_path] = Path(local_path).read_bytes()

@@ -113,6 +113,7 @@ def test_approve_shows_findings_not_text_and_a_no_changes_nothing(items, conn):
     # No answer at all (end of input) is a no too.
     silent = pixl_reports("approve", str(items["flagged"]), "--reason", "eponym, reviewed")
     assert silent.exit_code == 1 and row(conn, items["flagged"])["state"] == "flagged"
+    assert f"report {items['flagged']} not approved: nothing changed" in silent.output
 
 
 def test_approve_confirmed_is_recorded_with_operator_reason_and_digest(items, conn, monkeypatch):

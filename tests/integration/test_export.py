@@ -106,7 +106,9 @@ def test_export_uploads_once_and_deletes_local_copy(pipeline, conn, cohort):
     assert pipeline.export_next() == "exported"
 
     remote = remote_path(study.study_uid)
-    assert list(pipeline.dsh.files) == [remote] and pipeline.dsh.uploads == [remote]
+    manifest = f"{PROJECT}/dicom/manifest.json"
+    assert sorted(pipeline.dsh.files) == sorted([remote, manifest])
+    assert pipeline.dsh.uploads == [remote]
     data = pipeline.dsh.files[remote]
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         names = sorted(archive.namelist())

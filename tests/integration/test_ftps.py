@@ -7,6 +7,7 @@ there with ``522 ... session reuse required``, and PIXL's client must not.
 from __future__ import annotations
 
 import ftplib
+import hashlib
 import io
 import os
 import pickle
@@ -373,3 +374,28 @@ def test_vsftpd_refuses_stock_ftplib_without_session_reuse(vsftpd_server: FtpSer
     with pytest.raises(ftplib.error_perm, match=r"^522 .*session reuse required"):
         _stock_ftps_upload(vsftpd_server, f"{vsftpd_server.root}/stock.bin")
     assert (vsftpd_server.root / "stock.bin").read_bytes() == b""  # vsftpd leaves an empty file
+
+
+@pytest.mark.parametrize("server_name", ["dsh_ftps_server", "vsftpd_server"])
+def test_sha256_is_read_as_a_stream_and_delete_removes_only_the_file(
+    server_name: str, request: pytest.FixtureRequest
+) -> None:
+    """``pixl verify`` hashes each zip on the DSH as it downloads it, and ``--requeue`` deletes
+    a corrupt one; both against the stand-in and vsftpd (RETR resumes the TLS session)."""
+    server: FtpServerInfo = request.getfixturevalue(server_name)
+    blocks: list[int] = []
+    with FtpsClient(server.settings()) as client:
+        client.upload_bytes("project/dicom/2.25.1.zip", PAYLOAD)
+        client.upload_bytes("project/dicom/2.25.2.zip", b"other")
+        # Listing first: ftplib lists in ASCII mode, where SIZE (and so these reads) failed.
+        assert client.list_dir("project/dicom") == ["2.25.1.zip", "2.25.2.zip"]
+        assert client.read_bytes("project/dicom/2.25.2.zip") == b"other"
+        assert client.sha256("project/dicom/2.25.1.zip", blocks.append) == (
+            hashlib.sha256(PAYLOAD).hexdigest(),
+            len(PAYLOAD),
+        )
+        assert sum(blocks) == len(PAYLOAD) and len(blocks) > 1
+        assert client.sha256("project/dicom/absent.zip") is None
+        assert client.delete("project/dicom/2.25.1.zip") is True
+        assert client.delete("project/dicom/2.25.1.zip") is False
+    assert _files_under(server.root) == ["project/dicom/2.25.2.zip"]

@@ -136,3 +136,23 @@ def test_populate_refuses_a_wildcard_cohort_row_and_records_nothing(db_url: str,
     finally:
         conn.close()
     assert str(raised.value).startswith("cohort.csv row 3 column mrn holds a DICOM wildcard")
+
+
+def test_csv_study_uid_is_recorded_on_the_work_item(db_url: str, tmp_path: Path):
+    path = tmp_path / "cohort.csv"
+    path.write_text(
+        "mrn,accession_number,study_datetime,study_uid\n"
+        "FAKEMRN001,FAKEACC0001,2023-01-01,1.2.826.0.1.3680043.8.498.1\n"
+        "FAKEMRN002,FAKEACC0002,2023-01-02,\n",
+        encoding="utf-8",
+    )
+    conn = connect(db_url)
+    try:
+        populate(conn, read_csv_cohort(path, "chest-xray"), tmp_path / "staging")
+        populate(conn, read_csv_cohort(path, "chest-xray"), tmp_path / "staging")
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT accession_number, study_uid FROM study ORDER BY accession_number")
+            rows = cur.fetchall()
+    finally:
+        conn.close()
+    assert rows == [("FAKEACC0001", "1.2.826.0.1.3680043.8.498.1"), ("FAKEACC0002", None)]

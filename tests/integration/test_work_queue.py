@@ -43,6 +43,22 @@ def test_migrate_twice_is_a_no_op(db_url):
     c.close()
 
 
+def test_migrate_when_up_to_date_reads_without_taking_the_lock(db_url):
+    """Every `pixl` command migrates first: when nothing is missing that is one query, not a
+    locked transaction per migration (so it does not wait behind a migration lock either)."""
+    holder = connect(db_url)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (0x7069786C,))
+        results: list[list[str]] = []
+        thread = threading.Thread(target=lambda: results.append(migrate(db_url)), daemon=True)
+        thread.start()
+        thread.join(10)
+        assert results == [[]], "migrate waited for the migration lock although up to date"
+    finally:
+        holder.close()
+
+
 def test_concurrent_migrations_apply_once(pg_url):
     """Several processes starting at once against a fresh database must not collide."""
     admin = psycopg2.connect(pg_url)

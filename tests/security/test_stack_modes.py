@@ -29,7 +29,7 @@ from tests.security.deploy_probes import (
 
 pytestmark = pytest.mark.system
 
-ORTHANCS = ("vna", "orthanc-raw", "orthanc-anon")
+ORTHANCS = ("vna", "secondary", "orthanc-raw", "orthanc-anon", "orthanc-dicomweb")
 
 
 def _mode(path: Path) -> int:
@@ -70,11 +70,12 @@ def _readable_by_others(path: Path) -> bool:
 
 def test_no_secret_is_readable_by_other_users(stack: Stack):
     """Nothing under the data, log, run, DSH and staging folders can be read by another local
-    user, except the two stand-ins' public certificates (the CA files the clients load)."""
+    user, except the three stand-ins' public certificates (the CA files the clients load)."""
     settings = stack.settings
     public = {
         settings.run_dir / "dsh-cert" / "dsh-ftps-cert.pem",
         settings.cogstack_ca_file,
+        settings.dicomweb_ca_file,
     }
     for top in (
         settings.data_dir,
@@ -127,7 +128,7 @@ def test_each_process_runs_as_its_own_user_with_its_own_secrets(stack: Stack):
         assert pid, f"{name} is not running"
         if is_root():
             assert process_user(pid) == user, name
-    for name in ("postgres", "vna", "cogstack"):
+    for name in ("postgres", "vna", "secondary", "cogstack", "dicomweb-tls"):
         env = process_environment(stack.process_pid(name))
         assert not {k for k, v in env.items() if v in secrets.values()}, name
     raw = process_environment(stack.process_pid("orthanc-raw"))

@@ -280,3 +280,86 @@ def test_a_description_with_the_patients_name_leaves_empty(tmp_path: Path) -> No
     assert ds.StudyDescription == "" and ds.SeriesDescription == "PA"
     assert b"OKAF" not in output.read_bytes()
     assert "113105" in [item.CodeValue for item in ds.DeidentificationMethodCodeSequence]
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Good instances of two studies, refusals of each kind, and one instance given twice with
+    different content: the first input (in sorted order) must be the one kept."""
+    folder = tmp_path_factory.mktemp("mixed")
+    files = {f"g{n:02d}.dcm": instance(n, SeriesDescription="PA") for n in range(1, 9)}
+    files["g01_again.dcm"] = instance(1, SeriesDescription="LATERAL")  # same SOP UID as g01
+    files["mr.dcm"] = instance(20, modality="MR", sop_class=MR_STORAGE)
+    files["scout.dcm"] = instance(21, SeriesDescription="SCOUT")
+    files["garbage.dcm"] = b"not dicom\n" * 50
+    files["truncated.dcm"] = instance(22)[:2000]
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def tree(output: Path) -> dict[str, bytes]:
+    return {p.relative_to(output).as_posix(): p.read_bytes() for p in written(output)}
+
+
+def test_any_number_of_jobs_writes_byte_identical_output(mixed: Path, tmp_path: Path) -> None:
+    runs = {
+        jobs: pixl(
+            "anonymise", "-p", "chest-xray", "-o", tmp_path / f"j{jobs}", "-v", "-j", jobs, mixed
+        )
+        for jobs in ("1", "3")
+    }
+    one, three = runs["1"], runs["3"]
+    assert one.returncode == three.returncode == 1  # the garbage and the truncated file
+    assert (
+        summary(one)
+        == summary(three)
+        == (
+            "de-identified 8, refused 5 (duplicate_instance 1, modality_not_allowed 1, "
+            "series_filtered 1, unreadable 2)"
+        )
+    )
+    # Refusals listed in input order, whatever finished first.
+    assert one.stderr == three.stderr and "refused duplicate_instance: " in one.stderr
+    files = tree(tmp_path / "j1")
+    assert len(files) == 8 and files == tree(tmp_path / "j3")
+    kept = [dcmread(tmp_path / "j3" / name) for name in files]
+    assert sorted(ds.SeriesDescription for ds in kept) == ["PA"] * 8  # the first g01, not "again"
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_jobs_out_of_range_is_one_line(mixed: Path, tmp_path: Path) -> None:
+    result = pixl("anonymise", "-p", "chest-xray", "-o", tmp_path / "out", "-j", "0", mixed)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --jobs must be a whole number from 1 to 256"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_worker_that_dies_costs_only_the_file_it_was_on(
+    mixed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash in a C decoder kills the worker process, not an exception: the pool breaks, the
+    files that were in flight are run again one by one, and only the crashing one is refused."""
+    from typer.testing import CliRunner
+
+    import pixl_core.dicom.deid as deid
+    from pixl_cli.main import app
+
+    real = deid.deidentify_bytes
+    poison = f"{ROOT}1.1.5".encode()
+
+    def crashing(data: bytes, *args: object) -> object:
+        if poison in data:
+            os._exit(9)  # as a segfault would: no exception, no cleanup
+        return real(data, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(deid, "deidentify_bytes", crashing)  # inherited by forked workers
+    monkeypatch.setenv("PIXL_HASH_KEY", TEST_HASH_KEY)
+    output = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["anonymise", "-p", "chest-xray", "-o", str(output), "-j", "2", str(mixed)]
+    )
+    assert result.exit_code == 1, result.output
+    assert "de-identified 7, refused 6 (duplicate_instance 1, internal_error 1, " in result.output
+    assert len(written(output)) == 7
+    assert not list(output.rglob("*.partial"))

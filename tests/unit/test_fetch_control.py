@@ -90,3 +90,23 @@ def test_status_text_never_cuts_a_name_or_command_and_fits_80_columns(width):
     assert f"`pixl reports flagged {project}`" in text
     for reason in ("modality_not_allowed 2", "vna_timeout 1", "vna_unreachable 4"):
         assert reason in text
+
+
+def test_status_text_shows_the_destinations_last_error_and_nothing_when_none():
+    project = "research"
+    rows: dict = {}
+    overview = _overview(project)
+    plain = "\n".join(render(overview, {}, rows, gate(rows, at(TUESDAY, 12)), width=80))
+    assert "destination error" not in plain
+    message = (
+        "DICOMweb dw.example:443: connect failed: connection failed (gave up after 4 attempts)"
+    )
+    overview[project]["destination_error"] = {
+        "destination": "dicomweb",
+        "code": "dicomweb_connect",
+        "message": message,
+        "at": "2026-12-01T09:14:02.123+00:00",
+    }
+    lines = render(overview, {}, rows, gate(rows, at(TUESDAY, 12)), width=80)
+    text = " ".join(" ".join(lines).split())
+    assert "destination error" in text and message in text and "2026-12-01 09:14:02" in text

@@ -113,12 +113,18 @@ def test_supervisord_conf_holds_no_secret(tmp_path):
 def test_each_program_reads_only_its_own_secrets(rendered):
     settings, conf = rendered
     files = {path.stem: read_env_file(path) for path in settings.secrets_dir.glob("*.env")}
-    assert set(files) == {"orthanc-raw", "orthanc-anon", "dsh", "ehr"}
+    assert set(files) == {"orthanc-raw", "orthanc-anon", "orthanc-dicomweb", "dsh", "ehr"}
     for name in files:
         path = settings.secrets_dir / f"{name}.env"
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert f"--env-file {path}" in conf, name
     assert set(files["dsh"]) == {"PIXL_DSH_PASSWORD"}
+    assert set(files["orthanc-dicomweb"]) == {"PIXL_DICOMWEB_PASSWORD"}
+    assert "PIXL_DICOMWEB_PASSWORD" not in files["orthanc-raw"]
+    assert (
+        files["orthanc-anon"]["PIXL_DICOMWEB_PASSWORD"]
+        == (files["orthanc-dicomweb"]["PIXL_DICOMWEB_PASSWORD"])
+    )
     assert "PIXL_DSH_PASSWORD" not in files["orthanc-raw"]
     assert "PIXL_ORTHANC_RAW_PASSWORD" not in files["orthanc-anon"]
     assert (
@@ -129,7 +135,7 @@ def test_each_program_reads_only_its_own_secrets(rendered):
 
 def test_each_orthanc_gets_a_memory_limit_and_its_user(rendered):
     settings, conf = rendered
-    for program in ("vna", "orthanc-raw", "orthanc-anon"):
+    for program in ("vna", "orthanc-raw", "orthanc-anon", "orthanc-dicomweb"):
         section = conf.split(f"[program:{program}]", 1)[1].split("[program:", 1)[0]
         command = next(line for line in section.splitlines() if line.startswith("command="))
         assert f"--memory-mb {settings.orthanc_memory_mb}" in command, program

@@ -54,7 +54,11 @@ class FakeVnaAndRaw:
     """orthanc-raw's REST API with a VNA behind it: C-FIND answers and C-MOVE copies.
 
     The VNA matches C-FIND keys the way a DICOM archive does: ``*`` and ``?`` are wildcards
-    and an empty key matches anything; it answers with the values it holds."""
+    and an empty key matches anything; it answers with the values it holds. It is
+    hierarchical, as real archives are: a series-level query must name one study and an
+    instance-level one a study and a series, or it fails as orthanc-raw reports an archive's
+    refusal (HTTP 500). ``answers_counts=False`` plays an archive (dcmqrscp) that answers
+    neither ModalitiesInStudy nor NumberOfStudyRelatedInstances."""
 
     studies: list[VnaStudy]
     lose: int = 0  # instances the next C-MOVE silently fails to deliver
@@ -62,6 +66,8 @@ class FakeVnaAndRaw:
     moves: list[Any] = field(default_factory=list)
     audit: RecordingAudit = field(default_factory=RecordingAudit)
     fail_moves: bool = False  # the VNA goes away: every C-MOVE fails
+    answers_counts: bool = True
+    queries: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (level, keys)
     _queries: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def study(self, uid: str) -> VnaStudy:
@@ -69,6 +75,7 @@ class FakeVnaAndRaw:
 
     def post(self, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
         if path == "/modalities/vna/query":
+            self.queries.append((body["Level"], dict(body["Query"])))
             query_id = f"q{len(self._queries)}"
             self._queries[query_id] = self._answers(body["Level"], body["Query"])
             return {"ID": query_id}
@@ -94,6 +101,8 @@ class FakeVnaAndRaw:
                 self._deliver(study.uid, study.sops)
             return {}
         if path == "/modalities/vna/move":
+            for resource in body["Resources"]:  # Orthanc itself refuses it otherwise
+                assert resource["StudyInstanceUID"] and resource["SeriesInstanceUID"]
             sops = [r["SOPInstanceUID"] for r in body["Resources"]]
             self.moves.append(("instances", sops))
             self._deliver(body["Resources"][0]["StudyInstanceUID"], sops)
@@ -115,31 +124,47 @@ class FakeVnaAndRaw:
             )
             return re.fullmatch(pattern, value.strip()) is not None
 
-        if level == "Instance":
-            study = self.study(query["StudyInstanceUID"])
+        def single(key: str) -> str:
+            value = query.get(key, "").strip()
+            if not value or any(c in value for c in "*?\\"):
+                raise OrthancError("C-FIND SCU failed with DIMSE status 0xA900", "http_500", 500)
+            return value
+
+        if level in ("Series", "Instance"):
+            study = self.study(single("StudyInstanceUID"))
+            series = {sop: study.series.get(sop, "9.9") for sop in study.sops}
+            if level == "Series":
+                return [
+                    {
+                        "StudyInstanceUID": study.uid,
+                        "SeriesInstanceUID": uid,
+                        "Modality": study.modality,
+                    }
+                    for uid in sorted(set(series.values()))
+                    if matches("SeriesInstanceUID", uid)
+                ]
+            wanted = single("SeriesInstanceUID")
             return [
-                {
-                    "StudyInstanceUID": study.uid,
-                    "SeriesInstanceUID": study.series.get(sop, "9.9"),
-                    "SOPInstanceUID": sop,
-                }
-                for sop in study.sops
+                {"StudyInstanceUID": study.uid, "SeriesInstanceUID": uid, "SOPInstanceUID": sop}
+                for sop, uid in series.items()
+                if uid == wanted
             ]
-        return [
-            {
-                "StudyInstanceUID": s.uid,
-                "PatientID": s.patient_id,
-                "AccessionNumber": s.accession,
-                "ModalitiesInStudy": s.modality,
-                "NumberOfStudyRelatedInstances": str(
-                    len(s.sops) if s.reported_count is None else s.reported_count
-                ),
-            }
-            for s in self.studies
-            if matches("StudyInstanceUID", s.uid)
-            and matches("PatientID", s.patient_id)
-            and matches("AccessionNumber", s.accession)
-        ]
+        answers = []
+        for s in self.studies:
+            if not (
+                matches("StudyInstanceUID", s.uid)
+                and matches("PatientID", s.patient_id)
+                and matches("AccessionNumber", s.accession)
+            ):
+                continue
+            answer = {"StudyInstanceUID": s.uid, "PatientID": s.patient_id}
+            answer["AccessionNumber"] = s.accession
+            if self.answers_counts:
+                answer["ModalitiesInStudy"] = s.modality
+                count = len(s.sops) if s.reported_count is None else s.reported_count
+                answer["NumberOfStudyRelatedInstances"] = str(count)
+            answers.append(answer)
+        return answers
 
     def get(self, path: str) -> Any:
         parts = path.split("?")[0].split("/")
@@ -199,8 +224,27 @@ def test_study_missing_from_the_vna_is_not_found():
     assert api.moves == []
 
 
-def test_two_matching_studies_are_an_error_not_a_guess():
-    api = FakeVnaAndRaw([VnaStudy(STUDY_UID, ["1"]), VnaStudy("5.6.7", ["2"])])
+def test_two_studies_behind_one_accession_are_named_and_nothing_is_moved():
+    api = FakeVnaAndRaw([VnaStudy("5.6.7", ["2"]), VnaStudy(STUDY_UID, ["1"])])
+    result = fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
+    assert result.outcome is Outcome.SEVERAL_STUDIES
+    assert result.study_uids == [STUDY_UID, "5.6.7"]
+    assert api.moves == [] and api.audit.rows == []
+
+
+def test_each_of_several_studies_is_then_fetched_alone_by_its_uid():
+    api = FakeVnaAndRaw([VnaStudy("5.6.7", ["2"]), VnaStudy(STUDY_UID, ["1"])])
+    for uid, sop in ((STUDY_UID, "1"), ("5.6.7", "2")):
+        by_uid = StudyQuery(mrn="MRN", accession_number="ACC", study_uid=uid)
+        result = fetch_study(api, by_uid, CHEST, FetchSettings(), api.audit)
+        assert result.outcome is Outcome.FETCHED
+        assert result.study_uid == uid
+        assert [i.sop_uid for i in result.instances] == [sop]
+    assert len(api.moves) == 2
+
+
+def test_one_uid_answered_twice_is_an_error_not_a_guess():
+    api = FakeVnaAndRaw([VnaStudy(STUDY_UID, ["1"]), VnaStudy(STUDY_UID, ["2"])])
     with pytest.raises(FetchError, match="ambiguous_study"):
         fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
 
@@ -335,3 +379,53 @@ def test_a_move_that_cannot_be_audited_is_not_sent():
     with pytest.raises(ConnectionError):
         fetch_study(api, QUERY, CHEST, FetchSettings(), NoDatabase())
     assert api.moves == []
+
+
+def test_instance_level_queries_name_the_study_and_one_series():
+    """A hierarchical archive refuses an instance-level C-FIND without its series: the series
+    are listed first, then each one's instances by study and series UID."""
+    api = FakeVnaAndRaw(
+        [VnaStudy(STUDY_UID, ["1", "2", "3"], series={"1": "8.8", "2": "8.8", "3": "7.7"})]
+    )
+    result = fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
+    assert (result.outcome, len(result.instance_ids)) == (Outcome.FETCHED, 3)
+    levels = [level for level, _ in api.queries]
+    assert levels == ["Study", "Series", "Instance", "Instance"]
+    instance_keys = [keys for level, keys in api.queries if level == "Instance"]
+    assert sorted(keys["SeriesInstanceUID"] for keys in instance_keys) == ["7.7", "8.8"]
+    assert all(keys["StudyInstanceUID"] == STUDY_UID for keys in instance_keys)
+
+
+def test_top_up_moves_name_the_study_and_the_series_of_each_instance():
+    api = FakeVnaAndRaw([VnaStudy(STUDY_UID, ["1", "2", "3"], series={"1": "8.8", "3": "7.7"})])
+    fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
+    del api.local["1"]
+    del api.local["3"]
+    moved: list[dict[str, str]] = []
+    post = api.post
+
+    def recording(path: str, body: Any = None, *, timeout: float | None = None) -> Any:
+        if path == "/modalities/vna/move":
+            moved.extend(body["Resources"])
+        return post(path, body, timeout=timeout)
+
+    api.post = recording  # type: ignore[method-assign]
+    result = fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
+    assert result.moves == 2
+    assert sorted(moved, key=lambda r: r["SOPInstanceUID"]) == [
+        {"StudyInstanceUID": STUDY_UID, "SeriesInstanceUID": "8.8", "SOPInstanceUID": "1"},
+        {"StudyInstanceUID": STUDY_UID, "SeriesInstanceUID": "7.7", "SOPInstanceUID": "3"},
+    ]
+
+
+def test_an_archive_without_modalities_in_study_is_judged_by_its_series():
+    """dcmqrscp answers neither ModalitiesInStudy nor the instance count: an MR study is still
+    refused before any move, from its series' Modality, and a CR study is fetched whole."""
+    mr = FakeVnaAndRaw([VnaStudy(STUDY_UID, ["1"], modality="MR")], answers_counts=False)
+    assert fetch_study(mr, QUERY, CHEST, FetchSettings(), mr.audit).outcome is (
+        Outcome.WRONG_MODALITY
+    )
+    assert mr.moves == []
+    cr = FakeVnaAndRaw([VnaStudy(STUDY_UID, ["1", "2"])], answers_counts=False)
+    result = fetch_study(cr, QUERY, CHEST, FetchSettings(), cr.audit)
+    assert (result.outcome, len(result.instance_ids)) == (Outcome.FETCHED, 2)

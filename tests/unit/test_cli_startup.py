@@ -1,0 +1,117 @@
+"""``pixl`` starts without the heavy libraries: the rule in ``pixl_cli.main``'s docstring.
+
+Each case runs in a fresh interpreter (this one has imported everything already) and lists
+which of ``HEAVY`` are in ``sys.modules`` afterwards. The list is what measurement found
+(``python -X importtime``; issue 12): pydicom and numpy ~0.25 s, pandas and pyarrow ~0.25 s,
+OpenCV, tesserocr and the JPEG codecs for the pixel check, psycopg2 and requests ~0.04 s each,
+the report checker's patterns and the EHR service (FastAPI, uvicorn). A command module that
+imports one of them at module level makes every ``pixl`` command pay for it; this test names
+the culprit's import chain so it is quick to move into the function that uses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = (
+    "pandas",
+    "pyarrow",
+    "pydicom",
+    "numpy",
+    "cv2",
+    "PIL",
+    "tesserocr",
+    "pylibjpeg",
+    "psycopg2",
+    "requests",
+    "fastapi",
+    "uvicorn",
+    "pixl_core.dicom",
+    "pixl_core.db",
+    "pixl_core.text",
+    "pixl_ehr",
+)
+# What `pixl status` needs beyond the above: the database driver and PIXL's queries.
+STATUS_NEEDS = ("psycopg2", "pixl_core.db")
+
+PROBE = """
+import json, sys
+argv = json.loads(sys.argv[1])
+from pixl_cli.main import app
+if argv:
+    try:
+        app(argv, prog_name="pixl")
+    except SystemExit:
+        pass
+heavy = json.loads(sys.argv[2])
+print(json.dumps(sorted(h for h in heavy if h in sys.modules)))
+"""
+
+
+def loaded_after(argv: list[str], env: dict[str, str] | None = None) -> list[str]:
+    """The heavy modules a fresh interpreter holds after importing the CLI and running argv."""
+    completed = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(argv), json.dumps(HEAVY)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+        check=True,
+    )
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def import_chain(module: str) -> str:
+    """Who imported ``module``: its ancestors in ``-X importtime`` (which prints a module after
+    everything it imported, indented two spaces a level), outermost last."""
+    completed = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import pixl_cli.main"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    names = [line.split("|")[-1] for line in completed.stderr.splitlines() if "|" in line]
+    for n, name in enumerate(names):
+        if name.strip() == module:
+            chain, depth = [module], len(name) - len(name.lstrip())
+            for later in names[n + 1 :]:
+                indent = len(later) - len(later.lstrip())
+                if indent < depth:
+                    chain.append(later.strip())
+                    depth = indent
+            return " <- ".join(chain)
+    return "(not found)"
+
+
+def test_importing_the_cli_loads_no_heavy_library():
+    loaded = loaded_after([])
+    assert loaded == [], f"imported at start: {loaded}\n{import_chain(loaded[0]) if loaded else ''}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["status", "--help"],
+        ["anonymise", "--help"],
+        ["allowlist", "--help"],
+        ["reports", "--help"],
+        ["pixels", "preview", "--help"],
+    ],
+)
+def test_help_loads_no_heavy_library(argv):
+    assert loaded_after(argv) == []
+
+
+def test_status_loads_only_the_database_driver():
+    """Up to the failed connection (nothing listens on port 1): exit 2 with one line, and of
+    the heavy libraries only what talking to Postgres needs."""
+    loaded = loaded_after(["status"], {"PIXL_DB_URL": "postgresql://nobody@127.0.0.1:1/none"})
+    assert set(loaded) <= set(STATUS_NEEDS), loaded
+    assert "psycopg2" in loaded  # it did get as far as connecting
