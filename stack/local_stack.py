@@ -236,8 +236,12 @@ def archive_user(run_dir: Path) -> str | None:
 
 def archive_spec(settings: StackSettings, name: str) -> DcmqrscpArchive:
     """The dcmqrscp archive ``name`` of the stack (the VNA, or one added with
-    ``StackSettings.add_archive``): orthanc-raw is its one C-MOVE destination, and orthanc-raw
-    and the loader (``storescu``) may associate with it."""
+    ``StackSettings.add_archive``): orthanc-raw is its C-MOVE destination, and orthanc-raw
+    and the loader (``storescu``) may associate with it (every orthanc-raw replica)."""
+    raw_aets = {
+        replica_aet(RAW_AET, replica, "raw"): settings.ports[f"{replica}_dicom"]
+        for replica in settings.replicas("raw")
+    }
     return DcmqrscpArchive(
         name=name,
         aet=settings.dcmqrscp_archives()[name],
@@ -245,8 +249,8 @@ def archive_spec(settings: StackSettings, name: str) -> DcmqrscpArchive:
         storage_dir=settings.data_dir / f"{name}-dcmqrscp",
         run_dir=settings.run_dir,
         logs_dir=settings.logs_dir,
-        destinations=(Peer(RAW_AET, settings.ports["raw_dicom"]),),
-        callers=(RAW_AET, LOADER_AET),
+        destinations=tuple(Peer(aet, port) for aet, port in raw_aets.items()),
+        callers=(*raw_aets, LOADER_AET),
     )
 
 

@@ -83,3 +83,13 @@ def test_supervisord_runs_every_replica_with_its_aet(settings):
         assert f"[program:{name}]" in conf
     assert 'PIXL_RAW_AET="PIXLRAW2"' in conf
     assert settings.public_environment()["PIXL_ANON_URLS"].count(",") == 2
+
+
+def test_a_dcmqrscp_archive_knows_every_raw_replica(settings):
+    settings.add_archive("pacs", "PACSTEST")
+    archive = local_stack.archive_spec(settings, "pacs")
+    assert {(p.aet, p.port) for p in archive.destinations} == {
+        ("PIXLRAW", settings.ports["raw_dicom"]),
+        ("PIXLRAW2", settings.ports["raw2_dicom"]),
+    }
+    assert {"PIXLRAW", "PIXLRAW2"} <= set(archive.callers)
