@@ -63,6 +63,22 @@ def peer_client(url_env: str) -> OrthancClient:
     )
 
 
+def peer_clients(urls_env: str, url_env: str) -> list[OrthancClient]:
+    """One client per replica of a peer Orthanc: ``urls_env`` is a comma-separated list of
+    their URLs (every orthanc-anon replica); without it, the one URL of ``url_env``."""
+    urls = [url.strip() for url in os.environ.get(urls_env, "").split(",") if url.strip()]
+    if not urls:
+        return [peer_client(url_env)]
+    return [
+        OrthancClient(
+            url,
+            username=os.environ.get("PIXL_ORTHANC_USER", "pixl"),
+            password=os.environ.get("PIXL_ORTHANC_PASSWORD", ""),
+        )
+        for url in urls
+    ]
+
+
 def secret() -> bytes:
     return secret_from_env()
 

@@ -87,7 +87,7 @@ def _start() -> None:
     worker = RawWorker(
         os.environ["PIXL_DB_URL"],
         plugin_support.own_client(),
-        plugin_support.peer_client("PIXL_ANON_URL"),
+        plugin_support.peer_clients("PIXL_ANON_URLS", "PIXL_ANON_URL"),
         plugin_support.secret(),
         settings,
     )

@@ -424,9 +424,14 @@ class _OrthancAuth(requests.auth.AuthBase):
     """HTTP basic auth with orthanc-raw's or orthanc-anon's password, chosen by port."""
 
     def __init__(self, settings: StackSettings) -> None:
+        passwords = {
+            "raw": settings.secrets["PIXL_ORTHANC_RAW_PASSWORD"],
+            "anon": settings.secrets["PIXL_ORTHANC_PASSWORD"],
+        }
         self.by_port = {
-            settings.ports["raw_http"]: settings.secrets["PIXL_ORTHANC_RAW_PASSWORD"],
-            settings.ports["anon_http"]: settings.secrets["PIXL_ORTHANC_PASSWORD"],
+            settings.ports[f"{replica}_http"]: password
+            for role, password in passwords.items()
+            for replica in settings.replicas(role)
         }
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:

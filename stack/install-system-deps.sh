@@ -5,8 +5,9 @@ set -euo pipefail
 # tesseract-ocr: reads burned-in text (pixl_core.dicom.pixels); fonts-*: the synthetic burned-in corpus;
 # chromium + chromium-driver: the browser test of the operator's page (/pixl/ui/), headless;
 # git: `pixl allowlist diff` reads revisions, and its tests build repositories;
-# orthanc-dicomweb: the DICOMweb plugin of the stack's research platform (STOW-RS, QIDO-RS).
-packages=(orthanc orthanc-python orthanc-dicomweb postgresql python3.11 python3.11-venv python3-pip vsftpd openssl dcmtk
+# orthanc-dicomweb: the DICOMweb plugin of the stack's research platform (STOW-RS, QIDO-RS);
+# orthanc-postgresql: orthanc-raw's and orthanc-anon's index in PIXL's Postgres (replicas share it).
+packages=(orthanc orthanc-python orthanc-dicomweb orthanc-postgresql postgresql python3.11 python3.11-venv python3-pip vsftpd openssl dcmtk
   tesseract-ocr tesseract-ocr-eng libtesseract-dev libleptonica-dev fonts-dejavu-core fonts-liberation2
   chromium chromium-driver git)
 missing=()

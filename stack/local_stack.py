@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import json
 import os
 import pwd
 import re
@@ -48,7 +49,7 @@ import requests
 import yaml
 
 from stack.launch import write_env_file
-from stack.settings import RAW_AET, REPO_DIR, StackSettings
+from stack.settings import ORTHANC_DATABASES, RAW_AET, REPO_DIR, StackSettings
 from stack.standins import dcmqrscp_archive
 from stack.standins.dcmqrscp_archive import LOADER_AET, DcmqrscpArchive, Peer
 
@@ -67,6 +68,7 @@ PROGRAM_SECRETS: dict[str, tuple[str, ...]] = {
     "secondary": (),
     "orthanc-raw": (
         "PIXL_HASH_KEY",
+        "PIXL_ORTHANC_RAW_DB_PASSWORD",  # its role on the Orthanc database (expanded by Orthanc)
         "PIXL_DB_URL",
         "PIXL_ORTHANC_RAW_PASSWORD",  # its own user pixl (expanded by Orthanc in its config)
         "PIXL_ORTHANC_PASSWORD",  # orthanc-anon's user pixl, to hand instances off
@@ -74,6 +76,7 @@ PROGRAM_SECRETS: dict[str, tuple[str, ...]] = {
     ),
     "orthanc-anon": (
         "PIXL_HASH_KEY",
+        "PIXL_ORTHANC_ANON_DB_PASSWORD",
         "PIXL_DB_URL",
         "PIXL_ORTHANC_PASSWORD",
         "PIXL_ORTHANC_OPERATOR_PASSWORD",
@@ -92,22 +95,51 @@ class StackError(RuntimeError):
     """A part of the stack did not come up; the message names it and its log."""
 
 
-def render_orthanc_config(settings: StackSettings, name: str) -> Path:
-    """Fill an ``orthanc-config/<name>.json`` template; Orthanc expands the secrets itself."""
+def render_orthanc_config(settings: StackSettings, name: str, replica: str | None = None) -> Path:
+    """Fill an ``orthanc-config/<name>.json`` template; Orthanc expands the secrets itself.
+
+    ``replica`` (``raw2``, ``anon3``...) renders the role's template for that replica: its own
+    name, ports and AE title, the role's database and storage folder (replicas share both). The
+    archive stand-ins' configs (VNA, secondary) list every orthanc-raw replica's AE title as a
+    C-MOVE destination.
+    """
+    replica = replica or name
     template = string.Template((REPO_DIR / "orthanc-config" / f"{name}.json").read_text())
+    ports = {f"{key.upper()}_PORT": str(port) for key, port in settings.ports.items()}
+    if replica != name:  # the template names the role's ports (RAW_HTTP_PORT): its own there
+        ports[f"{name.upper()}_HTTP_PORT"] = str(settings.ports[f"{replica}_http"])
+        ports[f"{name.upper()}_DICOM_PORT"] = str(settings.ports[f"{replica}_dicom"])
     values = {
         "DATA_DIR": str(settings.data_dir),
         "REPO_DIR": str(REPO_DIR),
         "RAW_CACHE_MB": str(settings.raw_cache_mb),
-        **{f"{key.upper()}_PORT": str(port) for key, port in settings.ports.items()},
+        "POSTGRES_HOST": "127.0.0.1",
+        **ports,
     }
-    target = settings.run_dir / f"orthanc-{name}.json"
+    config = json.loads(template.safe_substitute(values))
+    if replica != name:
+        config["Name"] = f"{config['Name']}-{replica.removeprefix(name)}"
+        config["DicomAet"] = replica_aet(config["DicomAet"], replica, name)
+    if name in ARCHIVES and "pixl-raw" in config.get("DicomModalities", {}):
+        first = config["DicomModalities"]["pixl-raw"]
+        for other in settings.replicas("raw")[1:]:
+            config["DicomModalities"][f"pixl-{other}"] = {
+                **first,
+                "AET": replica_aet(first["AET"], other, "raw"),
+                "Port": settings.ports[f"{other}_dicom"],
+            }
+    target = settings.run_dir / f"orthanc-{replica}.json"
     user = orthanc_user()
-    _write_private(target, template.safe_substitute(values), owner=user)
+    _write_private(target, json.dumps(config, indent=2), owner=user)
     storage = settings.data_dir / _storage_name(name)
     storage.mkdir(parents=True, exist_ok=True)
     _own(storage, user, 0o700)
     return target
+
+
+def replica_aet(aet: str, replica: str, role: str) -> str:
+    """A replica's AE title: the role's with the replica's number (PIXLRAW, PIXLRAW2...)."""
+    return aet + replica.removeprefix(role)
 
 
 @functools.cache
@@ -204,8 +236,12 @@ def archive_user(run_dir: Path) -> str | None:
 
 def archive_spec(settings: StackSettings, name: str) -> DcmqrscpArchive:
     """The dcmqrscp archive ``name`` of the stack (the VNA, or one added with
-    ``StackSettings.add_archive``): orthanc-raw is its one C-MOVE destination, and orthanc-raw
-    and the loader (``storescu``) may associate with it."""
+    ``StackSettings.add_archive``): orthanc-raw is its C-MOVE destination, and orthanc-raw
+    and the loader (``storescu``) may associate with it (every orthanc-raw replica)."""
+    raw_aets = {
+        replica_aet(RAW_AET, replica, "raw"): settings.ports[f"{replica}_dicom"]
+        for replica in settings.replicas("raw")
+    }
     return DcmqrscpArchive(
         name=name,
         aet=settings.dcmqrscp_archives()[name],
@@ -213,8 +249,8 @@ def archive_spec(settings: StackSettings, name: str) -> DcmqrscpArchive:
         storage_dir=settings.data_dir / f"{name}-dcmqrscp",
         run_dir=settings.run_dir,
         logs_dir=settings.logs_dir,
-        destinations=(Peer(RAW_AET, settings.ports["raw_dicom"]),),
-        callers=(RAW_AET, LOADER_AET),
+        destinations=tuple(Peer(aet, port) for aet, port in raw_aets.items()),
+        callers=(*raw_aets, LOADER_AET),
     )
 
 
@@ -280,6 +316,15 @@ def write_project(
     return target
 
 
+def program_name(replica: str) -> str:
+    """supervisord's name of an Orthanc: ``vna``, ``orthanc-raw``, ``orthanc-raw-2``..."""
+    if replica in ARCHIVES:
+        return replica
+    role = replica.rstrip("0123456789")
+    number = replica.removeprefix(role)
+    return f"orthanc-{role}" + (f"-{number}" if number else "")
+
+
 def _storage_name(name: str) -> str:
     return name if name in ARCHIVES else f"orthanc-{name}"
 
@@ -339,7 +384,8 @@ def _program(
 
 def _secrets_for(name: str, settings: StackSettings) -> dict[str, str]:
     every = settings.secret_environment()
-    wanted = PROGRAM_SECRETS.get(name)
+    # A replica (orthanc-raw-2) gets its role's secrets.
+    wanted = PROGRAM_SECRETS.get(re.sub(r"-\d+$", "", name))
     if wanted is None:
         return every
     return {
@@ -393,22 +439,25 @@ def supervisor_config(settings: StackSettings) -> str:
             name == "secondary" and settings.secondary_kind != "orthanc"
         ):
             continue
-        config = render_orthanc_config(settings, name)
-        process = name if name in ARCHIVES else f"orthanc-{name}"
-        # The archive stand-ins log verbosely so tests can count the C-FINDs and C-MOVEs they
-        # served ("Incoming Move request"); they play hospital archives, whose logs stay inside.
-        flags = ["--verbose"] if name in ARCHIVES else []
-        sections.append(
-            _program(
-                process,
-                [ORTHANC_BINARY, *flags, str(config)],
-                settings,
-                user=orthanc_user(),
-                memory_mb=settings.orthanc_memory_mb,
-                # glibc's per-thread malloc arenas reserve address space the limit counts.
-                env={"MALLOC_ARENA_MAX": "4"},
+        for replica in settings.replicas(name) if name in ("raw", "anon") else [name]:
+            config = render_orthanc_config(settings, name, replica)
+            # The archive stand-ins log verbosely so tests can count the C-FINDs and C-MOVEs
+            # they served ("Incoming Move request"); they play hospital archives, whose logs
+            # stay inside.
+            flags = ["--verbose"] if name in ARCHIVES else []
+            env = {"MALLOC_ARENA_MAX": "4"}  # glibc's per-thread arenas count in the limit
+            if name == "raw":  # the AE title the fetch worker asks the VNA to move to
+                env["PIXL_RAW_AET"] = replica_aet(RAW_AET, replica, "raw")
+            sections.append(
+                _program(
+                    program_name(replica),
+                    [ORTHANC_BINARY, *flags, str(config)],
+                    settings,
+                    user=orthanc_user(),
+                    memory_mb=settings.orthanc_memory_mb,
+                    env=env,
+                )
             )
-        )
     for name in settings.dcmqrscp_archives():
         archive = archive_spec(settings, name)
         render_archive(archive)
@@ -585,9 +634,13 @@ def up(settings: StackSettings, timeout: float = 90.0) -> None:
     """Start every process (if not already running) and wait until each answers."""
     prepare_folders(settings)
     render_projects(settings)
-    from stack.postgres import ensure_initialised
+    from stack.postgres import ensure_databases, ensure_initialised
 
     ensure_initialised(settings.data_dir / "pg", settings.secrets.get("PIXL_DB_PASSWORD"))
+    ensure_databases(
+        settings.data_dir / "pg",
+        {name: settings.secrets[secret] for name, secret in ORTHANC_DATABASES.items()},
+    )
     write_env_file(settings.cli_env_file, settings.cli_environment())
     kind_file = settings.run_dir / "vna-kind"
     if is_up(settings):
@@ -622,7 +675,7 @@ def down(settings: StackSettings) -> None:
     pid = int((settings.run_dir / "supervisord.pid").read_text().strip())
     conf = (settings.run_dir / "supervisord.conf").read_text()
     programs = re.findall(r"^\[program:([^\]]+)\]", conf, re.MULTILINE)
-    workers = [name for name in ("orthanc-raw", "orthanc-anon", "ehr") if name in programs]
+    workers = [name for name in programs if name.startswith(("orthanc-raw", "orthanc-anon", "ehr"))]
     others = [name for name in programs if name not in workers and name != "postgres"]
     for group in (workers, others):
         if group:
@@ -644,12 +697,6 @@ def wait_healthy(settings: StackSettings, timeout: float = 90.0) -> None:
         "postgres": lambda: _postgres_ready(settings.db_url),
         "vna": lambda: _http_ready(settings.url("vna") + "/system", None),
         "secondary": lambda: _http_ready(settings.url("secondary") + "/system", None),
-        "orthanc-raw": lambda: _http_ready(
-            settings.url("raw") + "/pixl/status", _auth(settings, "raw")
-        ),
-        "orthanc-anon": lambda: _http_ready(
-            settings.url("anon") + "/pixl/status", _auth(settings, "anon")
-        ),
         "dsh": lambda: _tcp_ready(settings.ports["dsh_ftps"]),
         # Through the TLS proxy, so both it and the DICOMweb Orthanc behind it must answer.
         "orthanc-dicomweb": lambda: _http_ready(
@@ -658,6 +705,11 @@ def wait_healthy(settings: StackSettings, timeout: float = 90.0) -> None:
             verify=str(settings.dicomweb_ca_file),
         ),
     }
+    for role in ("raw", "anon"):
+        for replica in settings.replicas(role):
+            checks[program_name(replica)] = functools.partial(
+                _http_ready, settings.url(replica) + "/pixl/status", _auth(settings, role)
+            )
     for name, aet in settings.dcmqrscp_archives().items():
         port = settings.ports[f"{name}_dicom"]
         checks[name] = lambda aet=aet, port=port: dcmqrscp_archive.echo(aet, port)

@@ -27,11 +27,13 @@ the server), which is what a process supervisor needs: stop it with SIGINT for a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import pwd
 import secrets
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote
 
@@ -146,6 +148,36 @@ def ensure_initialised(data_dir: Path, password: str | None = None) -> str:
         marker.write_text("the pixl database exists\n")
         _give_to_service_user(marker)
     return current or wanted
+
+
+def ensure_databases(data_dir: Path, databases: Mapping[str, str]) -> None:
+    """Create each database of ``databases`` (name -> password) owned by a login role of the
+    same name with that password: orthanc-raw's and orthanc-anon's index (and storage).
+
+    Each Orthanc gets a role of its own, so neither can read PIXL's work state nor the other's
+    files, and the password is a stack secret that Orthanc expands from its environment, never
+    written in a config. Done in single-user mode like the ``pixl`` database, before any server
+    listens; a marker per database holds a digest of the password in force, so a changed secret
+    is set again on the next start. While the server runs nothing is changed (single-user mode
+    needs the folder to itself): the running stack keeps what it has.
+    """
+    data_dir = data_dir.absolute()
+    if is_running(data_dir):
+        return
+    for name, password in databases.items():
+        if not name.isidentifier() or name.lower() != name:
+            raise PixlConfigError(f"database name {name!r} must be lowercase letters and _")
+        marker = data_dir / f"{_CREATED_MARKER}_{name}"
+        digest = hashlib.sha256(password.encode()).hexdigest()
+        if marker.exists() and marker.read_text().strip() == digest:
+            continue
+        statements = (
+            f"CREATE ROLE {name} LOGIN;\n\n"
+            f"ALTER ROLE {name} PASSWORD {_literal(password)};\n\n"
+            f"CREATE DATABASE {name} OWNER {name};\n\n"
+        )
+        _single_user(data_dir, statements, f"create database {name}")
+        _write_service_file(marker, digest + "\n")
 
 
 def _single_user(data_dir: Path, statement: str, what: str) -> None:

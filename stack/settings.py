@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pixl_core.errors import PixlConfigError
 from stack.ports import free_port
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -39,7 +40,8 @@ SECONDARY_AET = "PACS"
 # password for the user ``pixl`` (orthanc-raw sends it when it hands an instance off),
 # PIXL_ORTHANC_RAW_PASSWORD orthanc-raw's, PIXL_ORTHANC_OPERATOR_PASSWORD the read-only user
 # ``operator`` of both; PIXL_DB_PASSWORD is the Postgres user ``pixl``'s; PIXL_EHR_TOKEN the
-# bearer token of the EHR service.
+# bearer token of the EHR service; PIXL_ORTHANC_{RAW,ANON}_DB_PASSWORD the Postgres roles that
+# own orthanc-raw's and orthanc-anon's databases (ORTHANC_DATABASES).
 SECRET_NAMES = (
     "PIXL_HASH_KEY",
     "PIXL_ORTHANC_PASSWORD",
@@ -48,8 +50,16 @@ SECRET_NAMES = (
     "PIXL_DSH_PASSWORD",
     "PIXL_DB_PASSWORD",
     "PIXL_EHR_TOKEN",
+    "PIXL_ORTHANC_RAW_DB_PASSWORD",
+    "PIXL_ORTHANC_ANON_DB_PASSWORD",
     "PIXL_DICOMWEB_PASSWORD",  # the DICOMweb stand-in's user pixl
 )
+# The Orthanc databases on PIXL's Postgres server (index and, if enabled, storage): each owned by
+# a role of the same name whose password is the secret named here (Orthanc expands it).
+ORTHANC_DATABASES = {
+    "orthanc_raw": "PIXL_ORTHANC_RAW_DB_PASSWORD",
+    "orthanc_anon": "PIXL_ORTHANC_ANON_DB_PASSWORD",
+}
 # Variables that hold a secret: never written to supervisord.conf, only to the 600 env files.
 # Besides these, any variable whose name says it holds one (see is_secret_variable).
 SECRET_VARIABLES = (*SECRET_NAMES, "PIXL_DB_URL")
@@ -60,6 +70,22 @@ def is_secret_variable(name: str) -> bool:
     """Whether a variable holds a secret: a generated one, the database URL, or any name with
     PASSWORD, TOKEN, SECRET or HASH_KEY in it (e.g. a test's PIXL_DSH_PASSWORD__<SLUG>)."""
     return name in SECRET_VARIABLES or any(word in name for word in _SECRET_WORDS)
+
+
+# The most replicas of orthanc-raw or orthanc-anon the local stack starts (its demo ports are
+# laid out for this many; a deployment runs as many as its hosts allow, see the README).
+MAX_REPLICAS = 8
+
+
+def replicas_from_env(variable: str) -> int:
+    """``PIXL_RAW_REPLICAS`` / ``PIXL_ANON_REPLICAS``: how many of that Orthanc to start."""
+    text = os.environ.get(variable, "").strip() or "1"
+    count = int(text) if text.isdigit() else 0
+    if not 1 <= count <= MAX_REPLICAS:
+        raise PixlConfigError(
+            f"{variable} must be a whole number from 1 to {MAX_REPLICAS} (default 1): set it so"
+        )
+    return count
 
 
 # Address-space limit of each Orthanc of the stack (ulimit -v), unless PIXL_ORTHANC_MEMORY_MB.
@@ -136,22 +162,47 @@ class StackSettings:
                     f"{name} must be one of {', '.join(VNA_KINDS)}, not {kind!r}"
                 )
 
+    # How many orthanc-raw and orthanc-anon replicas run (PIXL_RAW_REPLICAS, PIXL_ANON_REPLICAS).
+    raw_replicas: int = field(default_factory=lambda: replicas_from_env("PIXL_RAW_REPLICAS"))
+    anon_replicas: int = field(default_factory=lambda: replicas_from_env("PIXL_ANON_REPLICAS"))
+
     @classmethod
     def for_demo(cls, root: Path) -> StackSettings:
         base = int(os.environ.get("PIXL_DEMO_PORT_BASE", "17100"))
         ports = {name: base + offset for offset, name in enumerate(PORT_NAMES)}
         settings = cls(root=root, ports=ports, passive_ports=(base + 50, base + 69))
+        # Replicas after the first: raw at base+20.., anon at base+36.. (HTTP, then DICOM).
+        for role, first in (("raw", base + 20), ("anon", base + 36)):
+            for number, replica in enumerate(settings.replicas(role)[1:]):
+                settings.ports[f"{replica}_http"] = first + 2 * number
+                settings.ports[f"{replica}_dicom"] = first + 2 * number + 1
         settings.vna_kind = vna_kind_from_env()
         settings.secrets = settings.load_or_create_secrets()
         return settings
 
     @classmethod
-    def for_tests(cls, root: Path) -> StackSettings:
+    def for_tests(cls, root: Path, **fields: object) -> StackSettings:
         ports = {name: free_port() for name in PORT_NAMES}
         passive = free_port()
-        settings = cls(root=root, ports=ports, raw_cache_mb=500, passive_ports=(passive, passive))
+        fields.setdefault("raw_cache_mb", 500)
+        settings = cls(
+            root=root,
+            ports=ports,
+            passive_ports=(passive, passive),
+            **fields,  # type: ignore[arg-type]
+        )
+        for role in ("raw", "anon"):
+            for replica in settings.replicas(role)[1:]:
+                settings.ports[f"{replica}_http"] = free_port()
+                settings.ports[f"{replica}_dicom"] = free_port()
         settings.secrets = settings.load_or_create_secrets()
         return settings
+
+    def replicas(self, role: str) -> list[str]:
+        """The names of ``role``'s replicas ("raw" or "anon"): the first keeps the role's own
+        name (program ``orthanc-raw``, AET ``PIXLRAW``), the others are ``raw2``, ``raw3``..."""
+        count = self.raw_replicas if role == "raw" else self.anon_replicas
+        return [role] + [f"{role}{number}" for number in range(2, count + 1)]
 
     def add_archive(self, name: str, aet: str) -> None:
         """Run one more archive, a dcmqrscp with AE title ``aet``: supervisord program, folder
@@ -308,6 +359,8 @@ class StackSettings:
             "PYTHONPATH": os.pathsep.join(python_path),
             "PIXL_RAW_URL": self.url("raw"),
             "PIXL_ANON_URL": self.url("anon"),
+            # orthanc-raw hands each study to the next of these (every anon replica).
+            "PIXL_ANON_URLS": ",".join(self.url(name) for name in self.replicas("anon")),
             "PIXL_VNA_URL": self.url("vna"),
             # orthanc-raw's secondary archive (pixl_imaging.archives): the stand-in; asked at
             # 2 studies/s unless a test or `pixl rate --archive secondary` says otherwise

@@ -4,7 +4,9 @@ Runs as a background thread inside orthanc-raw (``orthanc_plugins/raw.py`` start
 to its own Orthanc over REST, so the same code runs in a system test against a real Orthanc and
 in a test against a stand-in. The rates (studies/s) and the numbers in flight are read from
 Postgres on every round, so ``pixl rate`` changes them while it runs: ``'*'`` limits all of
-this worker's asking together, and a project with a rate of its own is held to that as well.
+orthanc-raw's asking together (every replica's: the slot is a row of ``fetch_rate_slot``,
+``pixl_core.db.rate_slot``, and so is its in-flight limit), and a project with a rate of its
+own is held to that as well (per replica, in memory).
 Claims carry a short lease (30 s) that a heartbeat renews while the study is worked on
 (``pixl_core.db.leases``): if this process dies, another (or this one restarted) takes the work
 over within a lease.
@@ -56,10 +58,11 @@ study ends ``failed`` with ``worker_crashed`` instead of crashing a service agai
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -69,7 +72,7 @@ import urllib3
 
 from pixl_core import db
 from pixl_core.config.projects import load_project
-from pixl_core.db import fetch_control, study_records, work_items, work_queue
+from pixl_core.db import fetch_control, rate_slot, study_records, work_items, work_queue
 from pixl_core.db.leases import DEFAULT_LEASE_SECONDS, Heartbeat
 from pixl_core.db.polling import Counters, run_loop
 from pixl_core.db.work_queue import FetchRate, WorkItem
@@ -157,13 +160,18 @@ class RawWorker:
         self,
         db_url: str,
         raw: OrthancApi,
-        anon: OrthancApi,
+        anon: OrthancApi | Sequence[OrthancApi],
         secret: bytes,
         settings: RawWorkerSettings,
     ) -> None:
         self.db_url = db_url
         self.raw = raw
-        self.anon = anon
+        # Every orthanc-anon replica (they share one Orthanc database): each study goes to the
+        # next, so the replicas share the de-identification; one that refuses the connection
+        # (down, restarting) is passed over for the next (``_post_to_anon``).
+        self.anons = list(anon) if isinstance(anon, list | tuple) else [anon]
+        self.anon = self.anons[0]
+        self._next_anon = itertools.count()
         self.secret = secret
         self.settings = settings
         self.counters = Counters(*COUNTERS)
@@ -172,7 +180,6 @@ class RawWorker:
         self.heartbeat = Heartbeat(
             self._connections, "study", self.settings.worker_id, self.settings.lease_seconds
         )
-        self._next_start = 0.0
         self._rate = DEFAULT_RATE
         self._project_rates: dict[str, FetchRate] = {}
         self._project_next_start: dict[str, float] = {}
@@ -226,9 +233,13 @@ class RawWorker:
         if len(self._futures) >= limit:
             wait(self._futures, timeout=self.settings.poll_seconds, return_when=FIRST_COMPLETED)
             return False
-        delay = self._next_start - time.monotonic()
+        if rate_slot.fetching_now(self._conn()) >= limit:  # every replica's, together
+            stop.wait(self.settings.poll_seconds)
+            return False
+        # The rate slot of all asking is shared by every orthanc-raw replica (in Postgres).
+        delay = rate_slot.take(self._conn(), "*", 1.0 / self._rate.studies_per_second)
         if delay > 0:
-            stop.wait(delay)
+            stop.wait(min(delay, self.settings.poll_seconds))
             return False
         return True
 
@@ -278,7 +289,6 @@ class RawWorker:
         claimed studies in the pool."""
         assert self._pool is not None
         now = time.monotonic()
-        self._next_start = max(now, self._next_start) + 1.0 / self._rate.studies_per_second
         for item in claimed:
             own = self._project_rates.get(item.project)
             if own is not None:
@@ -547,6 +557,7 @@ class RawWorker:
                 result.unlisted,
             )
         handoff = Handoff(project=item.project, work_item_id=item.id)
+        anon = self.anons[next(self._next_anon) % len(self.anons)]
         hasher = ProjectHasher.for_project(item.project, self.secret)
         for instance in result.instances:
             try:
@@ -561,13 +572,26 @@ class RawWorker:
                 self.counters.add("screened_out")
                 logger.warning("study item %s: an instance was refused (%s)", item.id, refusal)
                 continue
+            anon = self._post_to_anon(anon, mark(data, handoff, self.secret))
+            self.counters.add("instances_sent")
+
+    def _post_to_anon(self, anon: OrthancApi, data: bytes) -> OrthancApi:
+        """Store one instance in orthanc-anon through ``anon`` or, if that replica refuses the
+        connection, the next one that takes it; return the replica that took it. A dropped
+        connection (the replica died on the instance) is ``AnonCrashed``, not passed on."""
+        start = self.anons.index(anon) if anon in self.anons else 0
+        order = self.anons[start:] + self.anons[:start]
+        for number, candidate in enumerate(order):
             try:
-                self.anon.post_bytes("/instances", mark(data, handoff, self.secret))
+                candidate.post_bytes("/instances", data)
             except OrthancError as exc:
                 if _connection_dropped(exc):
                     raise AnonCrashed from None
+                if number + 1 < len(order) and _connection_refused(exc):
+                    continue
                 raise
-            self.counters.add("instances_sent")
+            return candidate
+        raise AssertionError("not reached")  # the last candidate returned or raised
 
     def _screened_file(self, instance: LocalInstance) -> bytes:
         """The instance's bytes, if they pass screening (``Malformed`` otherwise). The size is
@@ -652,6 +676,11 @@ class _Audit:
 
 class AnonCrashed(Exception):
     """orthanc-anon dropped the connection while receiving an instance: it died on it."""
+
+
+def _connection_refused(error: OrthancError) -> bool:
+    """Whether the request never reached Orthanc (nothing listening: a replica down)."""
+    return error.code == "unreachable" and not _connection_dropped(error)
 
 
 def _connection_dropped(error: OrthancError) -> bool:

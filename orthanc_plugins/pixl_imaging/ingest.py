@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from pixl_core import db
 from pixl_core.config.projects import load_project
-from pixl_core.db import study_records, work_queue
+from pixl_core.db import singleton, study_records, work_queue
 from pixl_core.db.polling import Counters
 from pixl_core.dicom.deid import Refused, deidentify_parsed
 from pixl_core.dicom.handoff import HandoffError, read_bytes
@@ -178,7 +178,10 @@ class OrphanSweeper:
         period = min(60.0, max(1.0, self.grace_seconds / 4))
         while not stop.wait(period):
             try:
-                self.sweep()
+                # One anon replica sweeps at a time: they share one Orthanc database.
+                with singleton.only_one(self._connections.get(), "anon-orphan-sweep") as mine:
+                    if mine:
+                        self.sweep()
             except Exception as exc:  # a failed sweep deletes nothing; the next one tries again
                 self._connections.reset()
                 logger.warning("orphan sweep failed (%s)", type(exc).__name__)

@@ -8,6 +8,7 @@ which can echo DICOM values.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 import requests
@@ -61,14 +62,21 @@ class OrthancClient:
         if token:
             self._session.headers["Authorization"] = token
 
+    # Orthanc answers 503 when its database is unavailable: with the index in PostgreSQL, each
+    # of its pooled connections fails once after a Postgres restart before it reconnects. Such
+    # a request is tried again after these pauses instead of failing the work it serves, except
+    # one that starts a C-MOVE (a retrieve): asking the VNA again is the fetch worker's decision
+    # (audited, at most once per project), never a transport's.
+    UNAVAILABLE_PAUSES = (0.5, 1.0, 2.0, 4.0)
+
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", self.timeout)
-        try:
-            response = self._session.request(method, self.url + path, **kwargs)
-        except requests.Timeout:
-            raise OrthancError(f"Orthanc at {self.url} timed out on {method}", "timeout") from None
-        except requests.ConnectionError:
-            raise OrthancError(f"Orthanc at {self.url} is not reachable", "unreachable") from None
+        retriable = not path.rstrip("/").endswith(("/retrieve", "/move"))
+        response = self._send(method, path, **kwargs)
+        for pause in self.UNAVAILABLE_PAUSES if retriable else ():
+            if response.status_code != 503:
+                break
+            time.sleep(pause)
+            response = self._send(method, path, **kwargs)
         if response.status_code >= 400:
             code = "not_found" if response.status_code == 404 else f"http_{response.status_code}"
             raise OrthancError(
@@ -78,6 +86,15 @@ class OrthancClient:
                 response.status_code,
             )
         return response
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self.timeout)
+        try:
+            return self._session.request(method, self.url + path, **kwargs)
+        except requests.Timeout:
+            raise OrthancError(f"Orthanc at {self.url} timed out on {method}", "timeout") from None
+        except requests.ConnectionError:
+            raise OrthancError(f"Orthanc at {self.url} is not reachable", "unreachable") from None
 
     def get(self, path: str) -> Any:
         return self._request("GET", path).json()

@@ -198,12 +198,21 @@ def settle(drill: Drill, fault_end: float) -> None:
         ) from None
 
 
-def check_drill(drill: Drill, *, top_ups: dict[int, int] | None = None) -> None:
+def check_drill(
+    drill: Drill,
+    *,
+    top_ups: dict[int, int] | None = None,
+    unsent: dict[int, int] | None = None,
+) -> None:
     """The issue's bar, once the drill's studies are settled (see the module docstring).
 
     ``top_ups``: per study number, further C-MOVEs the drill allows because its fault cut a
     move short (the VNA cannot finish sending to an Orthanc that was killed; what never
     arrived must be asked for again, and is, as one smaller move).
+    ``unsent``: per study number, audited moves that may never have reached the VNA: a move's
+    intent is recorded before its request (fault F3), so a replica killed between the two, or
+    an Orthanc that failed the request before sending it (its index away), leaves an audit row
+    the VNA's log does not have. The audit may exceed the log by that much, never fall short.
     """
     stack, studies = drill.stack, drill.studies
     states = drill.states()
@@ -233,13 +242,33 @@ def check_drill(drill: Drill, *, top_ups: dict[int, int] | None = None) -> None:
             drill.project,
         )
     )
-    assert audit == moves, (
-        f"{drill.project}: vna_move rows per study {audit} != C-MOVEs in the VNA's log {moves}"
+    slack = unsent or {}
+    unmatched = {
+        n: (audit[n], moves[n])
+        for n in moves
+        if not moves[n] <= audit[n] <= moves[n] + slack.get(n, 0)
+    }
+    assert not unmatched, (
+        f"{drill.project}: (vna_move rows, C-MOVEs in the VNA's log) per study {unmatched}"
     )
     delta = stack.vna_moves() - drill.moves_before
-    assert sum(audit.values()) == delta, (
-        f"{drill.project}: {sum(audit.values())} vna_move rows, but the VNA logged {delta} "
+    rows = sum(audit.values())
+    assert rows - sum(slack.values()) <= delta <= rows, (
+        f"{drill.project}: {rows} vna_move rows, but the VNA logged {delta} "
         "move requests during the drill"
+    )
+
+
+def cut_moves(drill: Drill) -> dict[int, int]:
+    """Per study number, the C-MOVEs of it that did not complete (the audit's outcome is not
+    ``completed``): each may be followed by one more asking for what never arrived."""
+    return drill.by_number(
+        drill.stack.query(
+            "SELECT s.accession_number, count(*)::int FROM vna_move m JOIN study s "
+            "ON s.id = m.study_id WHERE s.project = %s AND m.outcome <> 'completed' "
+            "GROUP BY s.accession_number",
+            drill.project,
+        )
     )
 
 
@@ -290,7 +319,8 @@ def wait_restarted(stack: Stack, name: str, old_pid: int) -> None:
 
 def test_postgres_restart_mid_run(stack: Stack) -> None:
     """Postgres goes away for 5 s (a restart) while the VNA is moving studies: the moves that
-    finish meanwhile must still be audited, every worker thread, including those whose
+    finish meanwhile must still be audited (and what of them orthanc-raw could not store
+    without its index asked for again once), every worker thread, including those whose
     connection died under them, must carry on, and nothing may be fetched or uploaded twice.
 
     With 4 studies in flight, orthanc-raw asks for a fifth only once one was handed on, so once
@@ -307,15 +337,23 @@ def test_postgres_restart_mid_run(stack: Stack) -> None:
     stack.restart_postgres()
     fault_end = time.monotonic()
     settle(drill, fault_end)
-    check_drill(drill)
+    # orthanc-raw's index is in this Postgres (issue 12): what the VNA sends while it is down
+    # cannot be stored, so a move under way then fails (its audit says so) and what never
+    # arrived is asked for again, once, like a move cut by a killed orthanc-raw. At most the 4
+    # in flight can have been cut.
+    cut = cut_moves(drill)
+    assert sum(cut.values()) <= 4, f"more moves cut than were in flight: {cut}"
+    check_drill(drill, top_ups=cut)
     # No worker thread failed a study on a connection from before the restart (F4): each
-    # study was claimed once. The Orthancs are not restarted: later drills run on the same
-    # processes and their connections.
-    attempts = stack.query(
-        "SELECT attempts, count(*) FROM study WHERE project = %s GROUP BY attempts",
-        drill.project,
+    # study was claimed once, but for one whose move the restart cut (it is tried again, once).
+    # The Orthancs are not restarted: later drills run on the same processes and connections.
+    attempts = drill.by_number(
+        stack.query(
+            "SELECT accession_number, attempts FROM study WHERE project = %s", drill.project
+        )
     )
-    assert attempts == [(1, len(drill.studies))], attempts
+    wrong = {n: a for n, a in attempts.items() if a not in ((1, 2) if n in cut else (1,))}
+    assert not wrong, f"claims per study (a cut move allows a second): {wrong}"
 
 
 def test_killed_populate_then_run_again(stack: Stack) -> None:

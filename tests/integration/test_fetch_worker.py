@@ -390,3 +390,29 @@ def test_higher_priority_is_claimed_first(conn, cohort):
     (first,) = work_queue.claim(conn, "study", "raw:test", 1, 60)
     (second,) = work_queue.claim(conn, "study", "raw:test", 1, 60)
     assert (first.id, second.id) == (high, low)
+
+
+def test_two_replicas_keep_the_in_flight_limit_together(db_url, conn, cohort):
+    """Issue 12: the '*' in-flight limit is of all orthanc-raw replicas, not of each."""
+    work_queue.set_fetch_rate(conn, "*", 100.0, 2)
+    for role in (NORMAL, SHARED, NO_REPORT):
+        queue(conn, cohort.by_role(role))
+    replicas = [Imaging(db_url, cohort, worker_id=f"raw:replica{n}") for n in (1, 2)]
+    gate = threading.Event()
+    for replica in replicas:
+        replica.raw.gate = gate  # moves wait until the gate opens
+    stop = threading.Event()
+    threads = [threading.Thread(target=r.worker.run, args=(stop,), daemon=True) for r in replicas]
+    for thread in threads:
+        thread.start()
+    try:
+        _wait(lambda: _states(conn).count("fetching") >= 2)
+        time.sleep(0.5)  # many rate slots and polls pass; the limit holds across both
+        assert sorted(_states(conn)) == ["fetching", "fetching", "queued"]
+        gate.set()
+        _wait(lambda: _states(conn) == ["anonymising"] * 3)
+    finally:
+        stop.set()
+        gate.set()
+        for thread in threads:
+            thread.join(timeout=10)

@@ -43,6 +43,8 @@ OPERATOR_ENV = {
     "PIXL_ORTHANC_PASSWORD": "anon-password-0123456789",
     "PIXL_ORTHANC_RAW_PASSWORD": "raw-password-0123456789",
     "PIXL_ORTHANC_OPERATOR_PASSWORD": "operator-password-0123456789",
+    "PIXL_ORTHANC_RAW_DB_PASSWORD": "raw-db-password-0123456789",
+    "PIXL_ORTHANC_ANON_DB_PASSWORD": "anon-db-password-0123456789",
     "PIXL_EHR_TOKEN": "t" * 48,
     "PIXL_VNA_AET": "HOSPVNA",
     "PIXL_VNA_HOST": "10.20.30.40",
@@ -241,15 +243,16 @@ def orthancs() -> dict[str, dict[str, Any]]:
 def test_every_orthanc_service_runs_the_hardened_config(orthancs):
     """Finding 3: the Orthancs of production must run orthanc-config/, not the image's
     defaults (DicomAlwaysAllowStore true, DicomCheckCalledAet false)."""
-    assert set(orthancs) == {"orthanc-raw", "orthanc-anon"}
+    assert set(orthancs) == {"orthanc-raw", "orthanc-raw-2", "orthanc-anon"}
     for name, rendered in orthancs.items():
         config = rendered["config"]
-        short = name.removeprefix("orthanc-")
+        short = name.removeprefix("orthanc-").removesuffix("-2")  # a replica: its role's file
         assert rendered["configs"] == [REPO / "orthanc-config" / f"{short}.json"], name
         assert config["DicomAlwaysAllowStore"] is False, name
         assert config["DicomCheckCalledAet"] is True, name
         assert config["AuthenticationEnabled"] is True, name
-        assert config["Name"] == name and config["DicomAet"] == f"PIXL{short.upper()}"
+        aet = f"PIXL{short.upper()}" + name.removeprefix(f"orthanc-{short}").lstrip("-")
+        assert config["Name"] == name and config["DicomAet"] == aet
 
 
 def test_http_access_needs_real_credentials(orthancs):
@@ -316,7 +319,7 @@ def test_ports_are_published_only_where_needed(orthancs):
         for host_ip, _host_port, target in published(rendered["service"]):
             assert host_ip is not None, f"{name} publishes {target} on every interface"
             if target == "4242":
-                assert name == "orthanc-raw", f"{name} publishes its DICOM port"
+                assert name.startswith("orthanc-raw"), f"{name} publishes its DICOM port"
                 assert host_ip == OPERATOR_ENV["PIXL_RAW_DICOM_HOST_IP"]
             else:
                 assert host_ip == "127.0.0.1", f"{name} publishes {target} beyond loopback"
@@ -361,6 +364,28 @@ def test_the_ehr_service_listens_on_loopback_as_an_unprivileged_user():
     assert ehr["PIXL_EHR_TOKEN"] == OPERATOR_ENV["PIXL_EHR_TOKEN"]
     assert ehr["PIXL_EHR_URL"].startswith("http://127.0.0.1:")
     assert "PIXL_EHR_HOST" not in ehr
+
+
+def test_replicas_share_their_role_s_orthanc_database_with_its_own_role(orthancs):
+    """Issue 12: the index is in Postgres, one database per role, replicas sharing it (no
+    lock), the password expanded from the container's environment; orthanc-raw replicas each
+    have an AE title the VNA can move to."""
+    databases = {}
+    for name, rendered in orthancs.items():
+        section = rendered["config"]["PostgreSQL"]
+        assert section["EnableIndex"] is True and section["Lock"] is False, name
+        assert section["Host"] == "postgres" and section["Username"] == section["Database"]
+        assert section["Password"] and section["Password"] in OPERATOR_ENV.values(), name
+        databases[name] = section["Database"]
+    assert databases == {
+        "orthanc-raw": "orthanc_raw",
+        "orthanc-raw-2": "orthanc_raw",
+        "orthanc-anon": "orthanc_anon",
+    }
+    aets = {orthancs[n]["config"]["DicomAet"] for n in ("orthanc-raw", "orthanc-raw-2")}
+    assert aets == {"PIXLRAW", "PIXLRAW2"}
+    compose = load_compose(OPERATOR_ENV)
+    assert compose["services"]["orthanc-anon"]["deploy"]["replicas"] == "1"
 
 
 def test_the_renderer_follows_the_image(tmp_path):

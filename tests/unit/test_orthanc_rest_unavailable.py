@@ -1,0 +1,52 @@
+"""Orthanc's 503 (its database unavailable, e.g. while PostgreSQL restarts) is waited out, except
+for a retrieve: asking the VNA again is the fetch worker's audited decision (issue 12)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pixl_core.transport.orthanc_rest import OrthancClient, OrthancError
+
+
+class Answer:
+    def __init__(self, status: int) -> None:
+        self.status_code = status
+        self.content = b"{}"
+
+    def json(self) -> Any:
+        return {}
+
+
+def client_answering(monkeypatch, statuses: list[int]) -> tuple[OrthancClient, list[str]]:  # type: ignore[no-untyped-def]
+    client = OrthancClient("http://127.0.0.1:1")
+    calls: list[str] = []
+
+    def request(method: str, url: str, **kwargs: Any) -> Answer:
+        calls.append(url)
+        return Answer(statuses.pop(0))
+
+    monkeypatch.setattr(client._session, "request", request)
+    monkeypatch.setattr(OrthancClient, "UNAVAILABLE_PAUSES", (0.0, 0.0, 0.0))
+    return client, calls
+
+
+def test_a_request_is_tried_again_while_orthanc_s_database_is_unavailable(monkeypatch):
+    client, calls = client_answering(monkeypatch, [503, 503, 200])
+    assert client.get("/instances/x") == {}
+    assert len(calls) == 3
+
+
+def test_unavailable_for_longer_than_the_pauses_is_an_error(monkeypatch):
+    client, calls = client_answering(monkeypatch, [503] * 4)
+    with pytest.raises(OrthancError) as error:
+        client.post_bytes("/instances", b"DICM")
+    assert error.value.code == "http_503" and len(calls) == 4
+
+
+def test_a_retrieve_is_never_repeated_by_the_transport(monkeypatch):
+    client, calls = client_answering(monkeypatch, [503, 200])
+    with pytest.raises(OrthancError):
+        client.post("/queries/abc/answers/0/retrieve", {"TargetAet": "PIXLRAW"})
+    assert len(calls) == 1
