@@ -322,6 +322,8 @@ class RawWorker:
             max_crashes=self.settings.max_crashes,
             held=self.heartbeat.held(),
             exclude_projects=self._projects_at_their_limit(),
+            # The '*' in-flight limit is of every orthanc-raw replica together.
+            in_progress_cap=min(self._rate.max_in_flight, MAX_IN_FLIGHT_CAP),
             # Studies waiting for the secondary archive stay queued while it may not be asked;
             # with no secondary configured (any more) they are claimed and asked of the VNA.
             exclude_awaiting=(

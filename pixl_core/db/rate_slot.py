@@ -39,9 +39,9 @@ def take(conn: Connection, scope: str, interval_seconds: float) -> float:
 
 def fetching_now(conn: Connection) -> int:
     """Studies some orthanc-raw replica is fetching now (state ``fetching`` under a live lease):
-    the in-flight count of all replicas together, for the ``'*'`` in-flight limit. Two replicas
-    that read it at the same moment may each start one more, so the limit can be passed by at
-    most the number of replicas less one, for one round."""
+    the in-flight count of all replicas together, for waiting before a claim. The limit itself
+    is kept by the claim (``work_queue.claim(in_progress_cap=…)``), which counts and claims
+    under one lock."""
     with conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM study WHERE state = 'fetching' AND claimed_until > now()")
         return int(cur.fetchone()[0])

@@ -278,6 +278,7 @@ def claim(
     held: Collection[int] = (),
     exclude_projects: Collection[str] = (),
     exclude_awaiting: Collection[str] = (),
+    in_progress_cap: int | None = None,
 ) -> list[WorkItem]:
     """Claim up to ``limit`` items for ``worker_id``, highest ``priority`` first and then oldest
     due, and move them to the
@@ -296,6 +297,11 @@ def claim(
     lease of ``worker_id``'s own is no crash (the worker is alive: it is claiming). Items of
     ``exclude_projects`` are not claimed (projects at their own rate limit), nor studies
     waiting for an archive named in ``exclude_awaiting`` (outside its hours, or at its rate).
+
+    ``in_progress_cap`` bounds the items in progress under a live lease *of every worker
+    together* (the in-flight limit shared by orthanc-raw replicas): claims of the table are
+    serialised on a transaction-level advisory lock, so two workers cannot both read the same
+    count and both claim; each sees the other's committed claims.
     """
     spec = _spec(table)
     if limit <= 0:
@@ -307,6 +313,18 @@ def claim(
         else sql.SQL("")
     )
     with conn, conn.cursor(cursor_factory=RealDictCursor) as cur:
+        if in_progress_cap is not None:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"pixl-claim:{spec.table}",))
+            cur.execute(
+                sql.SQL(
+                    "SELECT count(*) AS n FROM {t} WHERE state IN %(in_progress)s "
+                    "AND claimed_until > now()"
+                ).format(t=sql.Identifier(spec.table)),
+                {"in_progress": in_progress},
+            )
+            limit = min(limit, in_progress_cap - int(cur.fetchone()["n"]))
+            if limit <= 0:
+                return []
         if max_crashes is not None and spec.crash_column is not None:
             _count_crashes(cur, spec, in_progress, project, max_crashes, max_attempts, worker_id)
         elif max_attempts is not None:
