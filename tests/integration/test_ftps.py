@@ -318,7 +318,7 @@ def test_stand_in_command_line_serves_and_stops_on_sigterm(
             client.upload_bytes("cli/file.bin", b"via the command line")
     finally:
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=10)
+        output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output.decode(errors="replace")
     assert b"from-the-environment" not in output
     assert (tmp_path / "root/cli/file.bin").read_bytes() == b"via the command line"

@@ -138,6 +138,12 @@ def test_study_uid_from_the_cohort_is_what_the_vna_is_asked_for(stack: Stack):
     mrn, accession = identifiers()
     wanted = upload(stack, "vna", mrn, accession)
     other = upload(stack, "vna", mrn, accession)  # behind the same accession number
+    # The VNA is shared with the other system tests: count from a moment nothing is fetched.
+    wait_for(
+        lambda: not stack.query("SELECT 1 FROM study WHERE state = 'fetching' LIMIT 1"),
+        120,
+        "the other tests' fetches to end",
+    )
     finds = study_level_finds(stack)
     # The accession number in the cohort is wrong on purpose: only a query by UID finds it.
     populate(stack, slug, [{"mrn": mrn, "accession": accession + "X", "study_uid": wanted}])
