@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,16 +37,17 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
 ORTHANC_DOCKERFILE = "docker/orthanc.Dockerfile"
 
-# What an operator's .env would hold (test values; every password at least 16 characters).
+# What an operator's .env would hold: secrets drawn for each run (none committed), each at least
+# 16 characters.
 OPERATOR_ENV = {
-    "PIXL_HASH_KEY": "k" * 32,
-    "PIXL_DB_PASSWORD": "d" * 24,
-    "PIXL_ORTHANC_PASSWORD": "anon-password-0123456789",
-    "PIXL_ORTHANC_RAW_PASSWORD": "raw-password-0123456789",
-    "PIXL_ORTHANC_OPERATOR_PASSWORD": "operator-password-0123456789",
-    "PIXL_ORTHANC_RAW_DB_PASSWORD": "raw-db-password-0123456789",
-    "PIXL_ORTHANC_ANON_DB_PASSWORD": "anon-db-password-0123456789",
-    "PIXL_EHR_TOKEN": "t" * 48,
+    "PIXL_HASH_KEY": secrets.token_hex(32),
+    "PIXL_DB_PASSWORD": secrets.token_hex(16),
+    "PIXL_ORTHANC_PASSWORD": secrets.token_hex(16),
+    "PIXL_ORTHANC_RAW_PASSWORD": secrets.token_hex(16),
+    "PIXL_ORTHANC_OPERATOR_PASSWORD": secrets.token_hex(16),
+    "PIXL_ORTHANC_RAW_DB_PASSWORD": secrets.token_hex(16),
+    "PIXL_ORTHANC_ANON_DB_PASSWORD": secrets.token_hex(16),
+    "PIXL_EHR_TOKEN": secrets.token_hex(24),
     "PIXL_VNA_AET": "HOSPVNA",
     "PIXL_VNA_HOST": "10.20.30.40",
     "PIXL_VNA_PORT": "11112",
