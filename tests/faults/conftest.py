@@ -15,7 +15,6 @@ chest-xray.yaml), so its work items, audit rows and DSH folder are its alone.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ import pytest
 
 from stack.driver import Stack
 from stack.settings import StackSettings
+from tests.fixtures.stack import running, temp_root
 
 DRILL_PROJECTS = (
     "drill-postgres",
@@ -41,22 +41,8 @@ KEPT_LOGS = Path(tempfile.gettempdir()) / "pixl-faults-logs"
 
 @pytest.fixture(scope="package")
 def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
-    if shutil.which("Orthanc") is None:
-        pytest.fail("Orthanc is not installed: run `make system-deps` (make test does)")
-    root = Path(tempfile.mkdtemp(prefix="pixl-faults-"))
-    root.chmod(0o755)  # the postgres user must reach its data folder
-    settings = StackSettings.for_tests(root)
+    settings = StackSettings.for_tests(temp_root("pixl-faults-"))
     settings.with_reports = False  # production leases and backoffs: no PIXL_* overrides
     settings.test_projects = DRILL_PROJECTS
-    stack = Stack(settings)
-    try:
-        stack.up(timeout=120)
+    with running(settings, request=request, keep_logs_in=KEPT_LOGS) as stack:
         yield stack
-    finally:
-        stack.down()
-        if request.session.testsfailed and settings.logs_dir.exists():
-            # A drill failed: keep what each process logged (synthetic data only) for the
-            # next look, since a fault that does not reproduce is otherwise lost with the folder.
-            shutil.rmtree(KEPT_LOGS, ignore_errors=True)
-            shutil.copytree(settings.logs_dir, KEPT_LOGS)
-        shutil.rmtree(root, ignore_errors=True)

@@ -23,12 +23,9 @@ The identifiers are synthetic; assertion messages name studies by number only.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -36,6 +33,7 @@ from stack.driver import NotSettledError, Stack
 from stack.settings import StackSettings
 from tests.faults.conftest import KEPT_LOGS
 from tests.faults.test_drills import Drill, check_drill, cut_moves, load_drill, wait_for
+from tests.fixtures.stack import running, temp_root
 
 pytestmark = pytest.mark.system
 
@@ -50,23 +48,13 @@ SETTLE_SECONDS = 60.0  # after the last fault, on top of what the rest of the co
 
 @pytest.fixture(scope="module")
 def replica_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
-    if shutil.which("Orthanc") is None:
-        pytest.fail("Orthanc is not installed: run `make system-deps` (make test does)")
-    root = Path(tempfile.mkdtemp(prefix="pixl-faults-replicas-"))
-    root.chmod(0o755)  # the postgres user must reach its data folder
-    settings = StackSettings.for_tests(root, raw_replicas=2, anon_replicas=2)
+    settings = StackSettings.for_tests(
+        temp_root("pixl-faults-replicas-"), raw_replicas=2, anon_replicas=2
+    )
     settings.with_reports = False  # production leases and backoffs: no PIXL_* overrides
     settings.test_projects = (PROJECT,)
-    stack = Stack(settings)
-    try:
-        stack.up(timeout=180)
+    with running(settings, 180, request=request, keep_logs_in=KEPT_LOGS) as stack:
         yield stack
-    finally:
-        stack.down()
-        if request.session.testsfailed and settings.logs_dir.exists():
-            shutil.rmtree(KEPT_LOGS, ignore_errors=True)
-            shutil.copytree(settings.logs_dir, KEPT_LOGS)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def held_by(stack: Stack, project: str, pid: int, state: str) -> list[str]:

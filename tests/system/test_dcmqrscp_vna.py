@@ -20,7 +20,6 @@ import re
 import secrets
 import shutil
 import subprocess
-import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from stack.driver import Stack
 from stack.settings import StackSettings
 from stack.standins.dcmqrscp_archive import instance_level_without_series
 from stack.synthetic.cohort import SCOUT_SERIES, Cohort, SyntheticStudy, generate_cohort
+from tests.fixtures.stack import running, temp_root
 
 pytestmark = pytest.mark.system
 
@@ -48,9 +48,7 @@ SECONDARY = "dq-secondary"
 def dq_stack() -> Iterator[Stack]:
     if shutil.which("dcmqrscp") is None or shutil.which("Orthanc") is None:
         pytest.fail("dcmtk or Orthanc is not installed: run `make system-deps` (make test does)")
-    root = Path(tempfile.mkdtemp(prefix="pixl-dcmqrscp-"))
-    root.chmod(0o755)  # the postgres, orthanc and dcmtk users must reach their folders
-    settings = StackSettings.for_tests(root)
+    settings = StackSettings.for_tests(temp_root("pixl-dcmqrscp-"))
     settings.vna_kind = "dcmqrscp"
     settings.with_reports = False
     settings.secondary_kind = "dcmqrscp"  # the secondary archive (AE title PACS) too
@@ -62,13 +60,8 @@ def dq_stack() -> Iterator[Stack]:
         "PIXL_EXPORT_LEASE_SECONDS": "15",
         "PIXL_EXPORT_BACKOFF_SECONDS": "1",
     }
-    stack = Stack(settings)
-    try:
-        stack.up(timeout=120)
+    with running(settings) as stack:
         yield stack
-    finally:
-        stack.down()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
