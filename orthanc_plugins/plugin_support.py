@@ -99,10 +99,12 @@ def register_status(name: str, status: Callable[[], Mapping[str, Any]]) -> None:
 
 
 class PageDatabase:
-    """The REST callbacks' connections to PIXL's Postgres (one per Orthanc HTTP thread)."""
+    """The REST callbacks' connections to PIXL's Postgres, lent from a small pool (Orthanc's
+    HTTP threads get a fresh Python thread state per call, so one per thread meant a new
+    connection per request)."""
 
     def __init__(self, name: str) -> None:
-        self._connections = db.ThreadConnections(os.environ["PIXL_DB_URL"], name)
+        self._connections = db.ConnectionPool(os.environ["PIXL_DB_URL"], name, max_idle=2)
         self._migrated = False
 
     def run(self, action: Callable[[db.Connection], Any]) -> Any:

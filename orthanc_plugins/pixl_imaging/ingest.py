@@ -48,7 +48,8 @@ class AnonIngest:
         self.counters = Counters(
             "deidentified", "discarded_without_handoff", "discarded_not_fetching"
         )
-        self._connections = db.ThreadConnections(db_url, "orthanc-anon-ingest")
+        # Orthanc calls on_received on threads of its own: a pool, not one connection per thread.
+        self._connections = db.ConnectionPool(db_url, "orthanc-anon-ingest")
 
     def on_received(self, data: bytes) -> bytes | None:
         try:

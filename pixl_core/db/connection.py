@@ -240,6 +240,84 @@ class ThreadConnections:
         self._generation += 1
 
 
+class ConnectionPool:
+    """Connections lent to whichever thread asks, for code that Orthanc calls on its own threads.
+
+    ``ThreadConnections`` keeps one connection per Python thread, which does not hold for
+    Orthanc's callbacks: the Python plugin gives each call a fresh thread state, so its
+    ``threading.local`` is empty every time and each received instance opened (and, with
+    scram-sha-256, authenticated) a Postgres connection of its own: about a third of
+    orthanc-anon's time in the database and most of Postgres's CPU in the pipeline benchmark.
+    Here a call borrows an idle connection (checked as ``ThreadConnections.get`` checks one),
+    runs its step, and gives it back; at most ``max_idle`` wait between calls.
+    """
+
+    def __init__(self, url: str, application_name: str, max_idle: int = 8) -> None:
+        self.url = url
+        self.application_name = application_name
+        self.max_idle = max_idle
+        self._idle: list[tuple[Connection, int]] = []
+        self._lock = threading.Lock()
+        self._generation = 0
+
+    def _borrow(self) -> tuple[Connection, int]:
+        while True:
+            with self._lock:
+                if not self._idle:
+                    generation = self._generation
+                    break
+                conn, generation = self._idle.pop()
+            if generation == self._generation and not conn.closed and _idle_and_open(conn):
+                return conn, generation
+            _close_quietly(conn)
+        return connect(self.url, application_name=self.application_name), generation
+
+    def _give_back(self, conn: Connection, generation: int) -> None:
+        if conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+            try:  # a step that left a transaction open: the next borrower starts clean
+                conn.rollback()
+            except psycopg2.Error:
+                _close_quietly(conn)
+                return
+        with self._lock:
+            if generation == self._generation and len(self._idle) < self.max_idle:
+                self._idle.append((conn, generation))
+                return
+        _close_quietly(conn)
+
+    def run(self, action: Callable[[Connection], T], retry_seconds: float) -> T:
+        """Run one database step on a borrowed connection, reconnecting through a Postgres
+        restart for up to ``retry_seconds`` (as ``ThreadConnections.run``)."""
+        deadline = time.monotonic() + retry_seconds
+        while True:
+            conn: Connection | None = None
+            try:
+                conn, generation = self._borrow()
+                result = action(conn)
+            except DATABASE_ERRORS:
+                if conn is not None:
+                    _close_quietly(conn)
+                self.reset()
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(1.0)
+                continue
+            except BaseException:
+                if conn is not None:
+                    _close_quietly(conn)
+                raise
+            self._give_back(conn, generation)
+            return result
+
+    def reset(self) -> None:
+        """Close every idle connection; those lent out now are closed when given back."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+            self._generation += 1
+        for conn, _ in idle:
+            _close_quietly(conn)
+
+
 def _idle_and_open(conn: Connection) -> bool:
     """Whether an idle connection still looks usable: its socket has nothing to read (a server
     that shut down or was restarted has sent a notice or closed it). No round trip."""
