@@ -12,6 +12,7 @@ import time
 from typing import Any, Protocol
 
 import requests
+import urllib3
 
 from pixl_core.errors import PixlError
 
@@ -75,9 +76,11 @@ class OrthancClient:
         for pause in self.UNAVAILABLE_PAUSES if retriable else ():
             if response.status_code != 503:
                 break
+            response.close()
             time.sleep(pause)
             response = self._send(method, path, **kwargs)
         if response.status_code >= 400:
+            response.close()
             code = "not_found" if response.status_code == 404 else f"http_{response.status_code}"
             raise OrthancError(
                 f"Orthanc at {self.url} answered {response.status_code} to {method} "
@@ -100,7 +103,19 @@ class OrthancClient:
         return self._request("GET", path).json()
 
     def get_bytes(self, path: str) -> bytes:
-        return self._request("GET", path).content
+        """The body in one read: ``Response.content`` joins 10 KiB chunks, which for an 8 MB
+        instance cost four times the CPU (about 6 ms each, on every file the hand-off and the
+        exporter read)."""
+        response = self._request("GET", path, stream=True)
+        try:
+            data = response.raw.read(decode_content=True)
+        except (urllib3.exceptions.HTTPError, OSError):
+            response.close()
+            raise OrthancError(
+                f"Orthanc at {self.url} broke off its answer to GET", "unreachable"
+            ) from None
+        response.raw.release_conn()  # read to the end: the connection serves the next request
+        return data
 
     def post(self, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
         kwargs: dict[str, Any] = {"json": body}

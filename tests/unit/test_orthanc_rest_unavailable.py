@@ -18,6 +18,9 @@ class Answer:
     def json(self) -> Any:
         return {}
 
+    def close(self) -> None:
+        pass
+
 
 def client_answering(monkeypatch, statuses: list[int]) -> tuple[OrthancClient, list[str]]:  # type: ignore[no-untyped-def]
     client = OrthancClient("http://127.0.0.1:1")
