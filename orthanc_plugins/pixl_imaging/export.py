@@ -54,7 +54,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,10 @@ class ExportSettings:
     probe_seconds: float = 10.0
     # A project's manifest is rewritten at most this often, and stale ones caught up as often.
     manifest_seconds: float = 5.0
+    # An exporter thread keeps its FTPS connection to a project's DSH open between studies
+    # (a new one per study cost a TLS handshake and a login each: most of the DSH's CPU in the
+    # pipeline benchmark), closing it once unused this long (servers drop idle ones at 300 s).
+    keep_connection_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,7 @@ class AnonExporter:
             state=STAGE,
         )
         self._down: dict[str, float] = {}  # project whose destination is down → next probe
+        self._kept = threading.local()  # this thread's open FTPS clients: project → (client, t)
         self._probe_lock = threading.Lock()
         self.manifests = ManifestKeeper(
             ftps, settings.worker_id, images_over_ftps, settings.manifest_seconds
@@ -174,22 +179,26 @@ class AnonExporter:
         """Export studies until ``stop`` is set (several threads may run it). Survives Postgres
         outages."""
         self.heartbeat.start(stop)
-        run_loop(
-            stop,
-            name="exporter",
-            logger=logger,
-            db_url=self.db_url,
-            claim=self.claim,
-            process=self._export_one,
-            reset=self._connections.reset,
-            poll_seconds=self.settings.poll_seconds,
-        )
+        try:
+            run_loop(
+                stop,
+                name="exporter",
+                logger=logger,
+                db_url=self.db_url,
+                claim=self.claim,
+                process=self._export_one,
+                reset=self._connections.reset,
+                poll_seconds=self.settings.poll_seconds,
+            )
+        finally:
+            self._close_idle_clients(older_than=0)
 
     def claim(self) -> ExportItem | None:
         """Take one handed-over study whose export is due (SKIP LOCKED, with a lease), from a
         project whose destination is not paused."""
         self._probe_destinations()
         self._keep_manifests(None)
+        self._close_idle_clients()
         items = work_queue.claim_stage(
             self._conn(),
             TABLE,
@@ -356,7 +365,7 @@ class AnonExporter:
             ):  # the lease ran out while zipping and another exporter took the study over
                 logger.warning("study item %s was taken over; not uploading it", item.id)
                 return "lost"
-            with self.ftps(project.slug) as client:
+            with self._kept_client(project.slug) as client:
                 # Already there, or sent whole and not renamed before a crash: not sent again.
                 if client.size(remote) == size or client.complete_upload(remote, size):
                     self.counters.add("already_uploaded")
@@ -364,6 +373,32 @@ class AnonExporter:
                     client.upload_file(remote, archive)
                     self.counters.add("uploaded")
         return self._exported(item, studies[0], pseudo_uid, len(instances), digest, size)
+
+    @contextlib.contextmanager
+    def _kept_client(self, project: str) -> Iterator[FtpsClient]:
+        """This thread's open FTPS client for ``project``, opened if there is none. A failure
+        while it is used closes it, so the next study starts on a fresh connection."""
+        kept: dict[str, tuple[FtpsClient, float]] = self._kept.__dict__.setdefault("clients", {})
+        entry = kept.pop(project, None)
+        client = entry[0] if entry else self.ftps(project).__enter__()
+        try:
+            yield client
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client.__exit__(None, None, None)
+            raise
+        kept[project] = (client, time.monotonic())
+
+    def _close_idle_clients(self, older_than: float | None = None) -> None:
+        """Close this thread's FTPS clients unused for ``keep_connection_seconds``."""
+        kept: dict[str, tuple[FtpsClient, float]] = self._kept.__dict__.setdefault("clients", {})
+        limit = self.settings.keep_connection_seconds if older_than is None else older_than
+        now = time.monotonic()
+        for project, (client, used) in list(kept.items()):
+            if now - used >= limit:
+                del kept[project]
+                with contextlib.suppress(Exception):
+                    client.__exit__(None, None, None)
 
     def _exported(
         self,

@@ -307,6 +307,9 @@ class FakeDsh:
     down: bool = False
     crash_after_upload: bool = False
     unreachable: bool = False  # nothing listens: connecting is refused
+    # Which client (its id()) uploaded each zip, and which clients were closed.
+    upload_clients: list[int] = field(default_factory=list)
+    closed_clients: list[int] = field(default_factory=list)
 
     def client(self, project: str) -> FakeFtpsClient:
         self.clients_for.append(project)
@@ -325,7 +328,7 @@ class FakeFtpsClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        return None
+        self.dsh.closed_clients.append(id(self))
 
     def size(self, remote_path: str) -> int | None:
         data = self.dsh.files.get(remote_path)
@@ -346,6 +349,7 @@ class FakeFtpsClient:
     def upload_file(self, remote_path: str, local_path: str | Path) -> None:
         self.dsh.files[remote_path] = Path(local_path).read_bytes()
         self.dsh.uploads.append(remote_path)
+        self.dsh.upload_clients.append(id(self))
         if self.dsh.crash_after_upload:
             self.dsh.crash_after_upload = False
             raise FtpsError("127.0.0.1", 2121, "QUIT", "connection reset", transient=True)

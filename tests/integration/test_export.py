@@ -159,6 +159,30 @@ def test_retry_after_a_crash_between_upload_and_record_does_not_upload_again(
     assert pipeline.exporter.counters["already_uploaded"] == 1
 
 
+def test_one_connection_serves_a_threads_studies_and_a_failure_closes_it(pipeline, conn, cohort):
+    """A TLS handshake and a login per study were most of the DSH's work: an exporter thread
+    keeps its connection for the next study, and starts a fresh one after a failure."""
+    pipeline.exporter.settings.backoff_base_seconds = 0.01
+    pipeline.hand_over(conn, NORMAL)
+    pipeline.hand_over(conn, SCOUT_SERIES)
+    assert [pipeline.export_next(), pipeline.export_next()] == ["exported", "exported"]
+    first, second = pipeline.dsh.upload_clients
+    assert first == second and first not in pipeline.dsh.closed_clients
+
+    pipeline.dsh.crash_after_upload = True
+    pipeline.hand_over(conn, NO_REPORT)
+    assert pipeline.export_next() == "retry"
+    assert pipeline.dsh.upload_clients[-1] == first  # still the same connection
+    assert first in pipeline.dsh.closed_clients  # which failed, and is closed, not kept
+    time.sleep(0.05)
+    assert pipeline.export_next() == "exported"  # already there: found by a new connection
+    (kept,) = pipeline.exporter._kept.clients.values()
+    assert id(kept[0]) != first
+    pipeline.exporter._close_idle_clients(older_than=0)
+    assert id(kept[0]) in pipeline.dsh.closed_clients
+    assert pipeline.exporter._kept.clients == {}
+
+
 def test_a_crash_between_upload_and_rename_is_finished_without_sending_again(
     pipeline, conn, cohort
 ):
