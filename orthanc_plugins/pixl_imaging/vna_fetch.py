@@ -3,7 +3,11 @@ name exactly the instances the VNA reported for it.
 
 The VNA is the hospital's archive and the rule is to ask it for each study at most once per
 project, at a bounded rate. So: C-FIND first (by accession number and MRN, or by Study Instance
-UID when known), list the study's series (a C-FIND at series level), refuse without moving when
+UID when known). In the common case that is all the asking before the move: orthanc-raw holds
+nothing of the study, and the study-level answer names one of the project's modalities
+(ModalitiesInStudy) and how many instances the study has (NumberOfStudyRelatedInstances), so
+the study is moved whole and exactly that many instances arriving is the listing (anything else
+falls back to the listing below; ``_fetch_uncached_study``). Otherwise: list the study's series (a C-FIND at series level), refuse without moving when
 the study has none of the project's modalities, list each series' instances (a C-FIND at
 instance level per series), skip the move entirely when orthanc-raw already holds every one of
 them (a study a second project asks for is reused), and after a partial transfer move only what
@@ -159,6 +163,11 @@ def fetch_study(
     study_uid = str(content.get("StudyInstanceUID", ""))
     if not study_uid:
         raise FetchError("vna_answer_without_uid")
+    fetched, moves = _fetch_uncached_study(
+        raw, query_id, query_index, content, modalities, settings, audit
+    )
+    if fetched is not None:
+        return fetched
     series = _listed_series(raw, study_uid, settings)
     in_study = {m for m in str(content.get("ModalitiesInStudy", "")).split("\\") if m}
     in_study |= {modality for modality in series.values() if modality}
@@ -169,8 +178,9 @@ def fetch_study(
     if not listed or (expected and len(listed) < expected):
         raise FetchError("vna_listing_incomplete")
     local = local_instances(raw, study_uid)
-    moves = 0
     missing = [sop for sop in listed if sop not in local]
+    if missing and moves:
+        raise FetchError("incomplete_transfer")
     if missing:
         if not set(listed) & set(local):
             _audited_move(
@@ -182,9 +192,9 @@ def fetch_study(
                 {"TargetAet": settings.own_aet, "Synchronous": True},
                 settings,
             )
-            moves = 1
+            moves += 1
         else:
-            moves = _move_missing(raw, study_uid, listed, set(missing), settings, audit)
+            moves += _move_missing(raw, study_uid, listed, set(missing), settings, audit)
         local = local_instances(raw, study_uid)
         if any(sop not in local for sop in listed):
             raise FetchError("incomplete_transfer")
@@ -195,6 +205,48 @@ def fetch_study(
         moves,
         unlisted=sum(1 for sop in local if sop not in listed),
     )
+
+
+def _fetch_uncached_study(
+    raw: OrthancApi,
+    query_id: str,
+    query_index: int,
+    content: dict[str, Any],
+    modalities: frozenset[str],
+    settings: FetchSettings,
+    audit: MoveAudit,
+) -> tuple[FetchResult | None, int]:
+    """The common case in one C-FIND and one C-MOVE: the result, or None to take the listing
+    path, and the C-MOVE requests made here.
+
+    When orthanc-raw holds nothing of the study and the study-level answer already says what
+    the listing would (ModalitiesInStudy with one of the project's modalities, and
+    NumberOfStudyRelatedInstances), the series and instance C-FINDs add nothing but time: the
+    study is moved whole, and what arrived is the listing when it is exactly as many instances
+    as the archive said. Anything else (a partial cache, an archive that does not answer those
+    keys, a study without the project's modalities, another count after the move) goes the
+    listing way, which decides refusals, short listings and top-ups as before; after a move
+    here it asks for nothing more in this try (what is missing is an ``incomplete_transfer``,
+    topped up by the next try, as after any short transfer).
+    """
+    study_uid = str(content["StudyInstanceUID"])
+    in_study = {m for m in str(content.get("ModalitiesInStudy", "")).split("\\") if m}
+    expected = _as_int(content.get("NumberOfStudyRelatedInstances"))
+    if not expected or not in_study & modalities or local_instances(raw, study_uid):
+        return None, 0
+    _audited_move(
+        raw,
+        audit,
+        "study",
+        expected,
+        f"/queries/{query_id}/answers/{query_index}/retrieve",
+        {"TargetAet": settings.own_aet, "Synchronous": True},
+        settings,
+    )
+    local = local_instances(raw, study_uid)
+    if len(local) != expected:  # the listing tells a short transfer from a short listing
+        return None, 1
+    return FetchResult(Outcome.FETCHED, study_uid, [local[sop] for sop in sorted(local)], 1), 1
 
 
 def _same(value: Any, wanted: str) -> bool:

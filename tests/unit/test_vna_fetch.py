@@ -316,10 +316,13 @@ def test_an_extra_instance_does_not_stand_in_for_a_missing_one():
 
 
 def test_a_listing_shorter_than_the_study_is_an_error():
+    """The archive says 5 and holds 3: the one move of an uncached study brings 3, the listing
+    then shows the archive short, and nothing more is asked for, now or on the next try."""
     api = one_study(reported_count=5)
-    with pytest.raises(FetchError, match="vna_listing_incomplete"):
-        fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
-    assert api.moves == []
+    for _ in range(2):
+        with pytest.raises(FetchError, match="vna_listing_incomplete"):
+            fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
+    assert api.moves == [("study", STUDY_UID)]
 
 
 def test_a_series_that_lost_most_of_its_instances_is_moved_whole_in_one_request():
@@ -385,7 +388,8 @@ def test_instance_level_queries_name_the_study_and_one_series():
     """A hierarchical archive refuses an instance-level C-FIND without its series: the series
     are listed first, then each one's instances by study and series UID."""
     api = FakeVnaAndRaw(
-        [VnaStudy(STUDY_UID, ["1", "2", "3"], series={"1": "8.8", "2": "8.8", "3": "7.7"})]
+        [VnaStudy(STUDY_UID, ["1", "2", "3"], series={"1": "8.8", "2": "8.8", "3": "7.7"})],
+        answers_counts=False,  # else the study-level answer is enough (see the next tests)
     )
     result = fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
     assert (result.outcome, len(result.instance_ids)) == (Outcome.FETCHED, 3)
@@ -429,3 +433,38 @@ def test_an_archive_without_modalities_in_study_is_judged_by_its_series():
     cr = FakeVnaAndRaw([VnaStudy(STUDY_UID, ["1", "2"])], answers_counts=False)
     result = fetch_study(cr, QUERY, CHEST, FetchSettings(), cr.audit)
     assert (result.outcome, len(result.instance_ids)) == (Outcome.FETCHED, 2)
+
+
+def test_an_uncached_study_whose_answer_says_enough_costs_one_c_find_and_one_c_move():
+    """ModalitiesInStudy and NumberOfStudyRelatedInstances in the study-level answer, nothing
+    cached: no series or instance C-FIND, and exactly the instances that arrived are handed on."""
+    api = FakeVnaAndRaw([VnaStudy(STUDY_UID, ["1", "2", "3"], series={"3": "7.7"})])
+    result = fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
+    assert (result.outcome, result.moves) == (Outcome.FETCHED, 1)
+    assert sorted(result.instance_ids) == ["id-1", "id-2", "id-3"]
+    assert [level for level, _ in api.queries] == ["Study"]
+    assert api.moves == [("study", STUDY_UID)]
+    assert api.audit.rows == [["study", "completed", 3, None]]
+
+
+def test_a_short_transfer_after_the_one_c_find_move_is_listed_and_topped_up_next_try():
+    api = one_study()
+    api.lose = 1
+    with pytest.raises(FetchError, match="incomplete_transfer"):
+        fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
+    assert [level for level, _ in api.queries] == ["Study", "Series", "Instance"]
+    assert len(api.moves) == 1  # nothing more asked for in the same try
+    result = fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
+    assert (result.outcome, result.moves) == (Outcome.FETCHED, 1)
+    assert api.moves[-1] == ("instances", ["3"])
+
+
+def test_an_answer_without_the_projects_modality_is_decided_by_the_series_listing():
+    """ModalitiesInStudy may be incomplete: a study it does not show as the project's is
+    listed by series before it is refused, and a CR series found there is fetched."""
+    api = one_study(modality="MR")
+    assert (
+        fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit).outcome is Outcome.WRONG_MODALITY
+    )
+    assert [level for level, _ in api.queries] == ["Study", "Series"]
+    assert api.moves == []
