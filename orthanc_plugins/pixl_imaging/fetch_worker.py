@@ -31,6 +31,12 @@ what is the fetch worker's own is ``_ready``: one claim per due rate slot, while
 in-flight limit are being fetched. A failure is recorded as the error's ``code`` (a broken
 project file as ``invalid_project``, a missing one as ``unknown_project``), never an identifier.
 
+The in-flight limit protects the VNA, so it counts the studies being asked of it: once a study
+is in orthanc-raw (moved or cached), it is marked off the limit (``study.fetched_at``,
+``work_queue.mark_off_cap``) and the next study is asked for while this one is handed on, up to
+as many hand-offs as the limit again. It keeps its lease and its ``fetching`` state until the
+hand-off ends, so a crash mid hand-off is handled as any other.
+
 The hand-off: only the instances the VNA listed for the study are handed on
 (``vna_fetch.FetchResult.instances``), each screened first (``pixl_core.dicom.screening``:
 its size from Orthanc's index before it is read, then its bytes) because orthanc-anon's Orthanc
@@ -185,6 +191,8 @@ class RawWorker:
         self._project_next_start: dict[str, float] = {}
         self._held_projects: list[str] = []  # paused or outside their hours (fetch_control)
         self._futures: dict[Future[None], str] = {}  # what is in flight → its project
+        # Studies of this worker fetched and being handed on: off the in-flight limit.
+        self._handing_off: set[int] = set()
         self._pool: ThreadPoolExecutor | None = None
         self._vna_paused = False
         self._next_probe = 0.0
@@ -206,7 +214,8 @@ class RawWorker:
         next rate slot or until a study in flight finishes.
         """
         self.heartbeat.start(stop)
-        with ThreadPoolExecutor(MAX_IN_FLIGHT_CAP, thread_name_prefix="pixl-fetch") as pool:
+        # Up to the limit asking the VNA, and as many again being handed on.
+        with ThreadPoolExecutor(2 * MAX_IN_FLIGHT_CAP, thread_name_prefix="pixl-fetch") as pool:
             self._pool = pool
             run_loop(
                 stop,
@@ -230,7 +239,10 @@ class RawWorker:
         if not self._gate_open(stop):
             return False
         limit = min(self._rate.max_in_flight, MAX_IN_FLIGHT_CAP)
-        if len(self._futures) >= limit:
+        # A study being handed on to orthanc-anon no longer asks the VNA: it is off the limit,
+        # but at most as many again may be handed on at once.
+        asking = len(self._futures) - len(self._handing_off)
+        if asking >= limit or len(self._futures) >= 2 * limit:
             wait(self._futures, timeout=self.settings.poll_seconds, return_when=FIRST_COMPLETED)
             return False
         if rate_slot.fetching_now(self._conn()) >= limit:  # every replica's, together
@@ -393,6 +405,7 @@ class RawWorker:
             logger.warning("study item %s: database away (%s)", item.id, type(exc).__name__)
             self._connections.reset()
         finally:
+            self._handing_off.discard(item.id)
             self.counters.add("in_flight", -1)
 
     def _outcome(self, item: WorkItem) -> None:
@@ -536,6 +549,12 @@ class RawWorker:
             self.counters.add("cached")
         else:
             self.counters.add("moves", result.moves)
+        # Done with the archive: the hand-off does not count on the in-flight limit, so the
+        # next study is asked for meanwhile (the lease and state stay until the hand-off ends).
+        self._db(
+            lambda conn: work_queue.mark_off_cap(conn, "study", item.id, self.settings.worker_id)
+        )
+        self._handing_off.add(item.id)
         self._hand_off(item, result)
         self.counters.add("handed_off")
         self._finish(

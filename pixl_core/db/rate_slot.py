@@ -12,6 +12,7 @@ scope does not bank slots: the next start is ``max(now, next_start) + interval``
 from __future__ import annotations
 
 from pixl_core.db.connection import Connection
+from pixl_core.db.work_queue import in_progress_on_cap
 
 _TAKE = """
 UPDATE fetch_rate_slot
@@ -38,10 +39,9 @@ def take(conn: Connection, scope: str, interval_seconds: float) -> float:
 
 
 def fetching_now(conn: Connection) -> int:
-    """Studies some orthanc-raw replica is fetching now (state ``fetching`` under a live lease):
-    the in-flight count of all replicas together, for waiting before a claim. The limit itself
-    is kept by the claim (``work_queue.claim(in_progress_cap=…)``), which counts and claims
-    under one lock."""
-    with conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM study WHERE state = 'fetching' AND claimed_until > now()")
-        return int(cur.fetchone()[0])
+    """Studies some orthanc-raw replica is asking the archive for now (``fetching`` under a live
+    lease and not yet fetched): the in-flight count of all replicas together, for waiting before
+    a claim. The limit itself is kept by the claim (``work_queue.claim(in_progress_cap=…)``),
+    which counts and claims under one lock; a study being handed on to orthanc-anon is off it
+    (``work_queue.mark_off_cap``)."""
+    return in_progress_on_cap(conn, "study")

@@ -83,6 +83,9 @@ class QueueSpec:
     stages: tuple[Stage, ...] = ()
     # Counts the items' worker crashes (``claim(max_crashes=…)``, ``record_crash``), if set.
     crash_column: str | None = None
+    # A column set while a claimed item no longer counts against ``claim(in_progress_cap=…)``
+    # (a study handed on after its fetch, ``mark_fetched``); every claim clears it.
+    off_cap_column: str | None = None
 
 
 # Columns ``complete`` may set (state and lease columns are managed by this module).
@@ -131,6 +134,7 @@ QUEUES: dict[str, QueueSpec] = {
             ),
         ),
         crash_column="crash_count",
+        off_cap_column="fetched_at",
     ),
     "report": QueueSpec(
         table="report",
@@ -301,7 +305,8 @@ def claim(
     ``in_progress_cap`` bounds the items in progress under a live lease *of every worker
     together* (the in-flight limit shared by orthanc-raw replicas): claims of the table are
     serialised on a transaction-level advisory lock, so two workers cannot both read the same
-    count and both claim; each sees the other's committed claims.
+    count and both claim; each sees the other's committed claims. Items marked off the cap
+    (``mark_off_cap``: studies fetched and being handed on) do not count.
     """
     spec = _spec(table)
     if limit <= 0:
@@ -318,8 +323,8 @@ def claim(
             cur.execute(
                 sql.SQL(
                     "SELECT count(*) AS n FROM {t} WHERE state IN %(in_progress)s "
-                    "AND claimed_until > now()"
-                ).format(t=sql.Identifier(spec.table)),
+                    "AND claimed_until > now() {off_cap}"
+                ).format(t=sql.Identifier(spec.table), off_cap=_counted_on_cap(spec)),
                 {"in_progress": in_progress},
             )
             limit = min(limit, in_progress_cap - int(cur.fetchone()["n"]))
@@ -357,7 +362,13 @@ def claim(
             ).format(awaiting=awaiting),
             # Higher priority first (pixl populate --priority), then the oldest due.
             order=sql.SQL("priority DESC, next_attempt_at, id"),
-            changes=sql.SQL("state = %(claimed_state)s, attempts = w.attempts + 1,"),
+            changes=sql.SQL(
+                "state = %(claimed_state)s, attempts = w.attempts + 1, {off_cap}"
+            ).format(
+                off_cap=sql.SQL("{} = NULL,").format(sql.Identifier(spec.off_cap_column))
+                if spec.off_cap_column
+                else sql.SQL("")
+            ),
             params={
                 "in_progress": in_progress,
                 "project": project,
@@ -370,6 +381,44 @@ def claim(
                 "lease": float(lease_seconds),
             },
         )
+
+
+def _counted_on_cap(spec: QueueSpec) -> sql.Composable:
+    """The condition, after ``WHERE … AND``, that an in-progress item counts on the cap."""
+    if spec.off_cap_column is None:
+        return sql.SQL("")
+    return sql.SQL("AND {} IS NULL").format(sql.Identifier(spec.off_cap_column))
+
+
+def in_progress_on_cap(conn: Connection, table: str) -> int:
+    """Items in progress under a live lease that count on ``claim(in_progress_cap=…)``, of
+    every worker together (for waiting before a claim; the claim itself counts under a lock)."""
+    spec = _spec(table)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT count(*) FROM {t} WHERE state IN %(in_progress)s "
+                "AND claimed_until > now() {off_cap}"
+            ).format(t=sql.Identifier(spec.table), off_cap=_counted_on_cap(spec)),
+            {"in_progress": tuple(spec.in_progress_states)},
+        )
+        return int(cur.fetchone()[0])
+
+
+def mark_off_cap(conn: Connection, table: str, item_id: int, worker_id: str) -> bool:
+    """Stop counting ``worker_id``'s claimed item on the in-progress cap (a study fetched and
+    now being handed on); False if the item is no longer its claim."""
+    spec = _spec(table)
+    if spec.off_cap_column is None:
+        raise ValueError(f"{spec.table} has no off-cap column")
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "UPDATE {t} SET {c} = now() WHERE id = %s AND claimed_by = %s AND state = %s"
+            ).format(t=sql.Identifier(spec.table), c=sql.Identifier(spec.off_cap_column)),
+            (item_id, worker_id, spec.claimed_state),
+        )
+        return cur.rowcount == 1
 
 
 def _count_crashes(

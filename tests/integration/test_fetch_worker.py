@@ -277,6 +277,44 @@ def test_loop_keeps_no_more_than_the_in_flight_limit_fetching(imaging, conn, coh
     assert imaging.worker.counters["in_flight"] == 0
 
 
+def test_a_study_being_handed_on_is_off_the_in_flight_limit(imaging, conn, cohort):
+    """The limit is of studies being asked of the VNA: while orthanc-anon takes its time over
+    one study's hand-off, the next is asked for, and at most as many again are handed on."""
+    work_queue.set_fetch_rate(conn, "*", 100.0, 1)
+    for role in (NORMAL, SHARED, NO_REPORT):
+        queue(conn, cohort.by_role(role))
+    anon_gate = threading.Event()
+
+    def slow_anon(data: bytes) -> bytes:
+        anon_gate.wait(30)
+        return data
+
+    imaging.anon.on_received = slow_anon
+    stop = threading.Event()
+    thread = threading.Thread(target=imaging.worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        _wait(lambda: _fetched(conn) == [True, True, False])
+        time.sleep(0.5)  # many rate slots pass: two hand-offs at most with a limit of one
+        assert _states(conn) == ["fetching", "fetching", "queued"]
+        assert _fetched(conn) == [True, True, False]
+        assert work_queue.in_progress_on_cap(conn, "study") == 0
+        anon_gate.set()
+        _wait(lambda: _states(conn) == ["anonymising"] * 3)
+    finally:
+        stop.set()
+        anon_gate.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert imaging.vna.moves_served == 3
+
+
+def _fetched(conn) -> list[bool]:  # type: ignore[no-untyped-def]
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT fetched_at IS NOT NULL FROM study ORDER BY id")
+        return [fetched for (fetched,) in cur.fetchall()]
+
+
 def test_loop_claims_one_study_per_rate_slot(imaging, conn, cohort):
     work_queue.set_fetch_rate(conn, "*", 0.5, 4)  # one study every 2 s
     for role in (NORMAL, SHARED):

@@ -181,6 +181,31 @@ def test_expired_lease_is_reclaimed_from_the_first_step(conn):
     assert work_queue.renew(conn, "study", item_id, "worker-b", 60)
 
 
+def test_a_study_marked_off_the_cap_frees_its_place_until_it_is_claimed_again(conn):
+    first, second, third = add_studies(conn, 3)
+    (item,) = work_queue.claim(conn, "study", "worker-a", 5, 60, in_progress_cap=1)
+    assert item.id == first
+    assert work_queue.claim(conn, "study", "worker-b", 5, 60, in_progress_cap=1) == []
+    assert not work_queue.mark_off_cap(conn, "study", first, "worker-b")  # not its claim
+    assert work_queue.mark_off_cap(conn, "study", first, "worker-a")
+    assert work_queue.in_progress_on_cap(conn, "study") == 0
+    (item,) = work_queue.claim(conn, "study", "worker-b", 5, 60, in_progress_cap=1)
+    assert item.id == second
+    assert work_queue.in_progress_on_cap(conn, "study") == 1
+    # The first study's lease runs out (its worker died mid hand-off): claimed again, it
+    # asks the archive again and counts on the cap.
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE study SET claimed_until = now() - interval '1 second' WHERE id = %s", (first,)
+        )
+    work_queue.complete(conn, "study", second, "anonymising", "fetching", instances_sent=1)
+    (again,) = work_queue.claim(conn, "study", "worker-c", 5, 60, in_progress_cap=1)
+    assert again.id == first
+    assert work_queue.in_progress_on_cap(conn, "study") == 1
+    assert work_queue.claim(conn, "study", "worker-c", 5, 60, in_progress_cap=1) == []
+    assert state_of(conn, third)[0] == "queued"
+
+
 def test_anonymising_study_is_never_reclaimed_by_the_fetch_worker(conn):
     """'anonymising' belongs to orthanc-anon's exporter, which holds its own lease."""
     (item_id,) = add_studies(conn, 1)

@@ -1,0 +1,11 @@
+-- When the current claim of a study finished asking the archive (issue 12, pipeline speed).
+--
+-- orthanc-raw's in-flight limit protects the VNA: it bounds the studies being asked of it at
+-- once. A study stays `fetching` while orthanc-raw hands its instances to orthanc-anon, which
+-- does not touch the VNA; counting that time against the limit left the VNA idle for about a
+-- third of each study's slot. The worker sets fetched_at once the study is in orthanc-raw
+-- (moved or cached) and the limit counts only `fetching` studies without it; every claim
+-- clears it. The study keeps its lease and state until the hand-off ends, so a crash mid
+-- hand-off is handled as before (the lease runs out and the study is claimed again).
+--   fetched_at  NULL while the claim is asking the archive (or queued); set for the hand-off
+ALTER TABLE study ADD COLUMN fetched_at timestamptz;
