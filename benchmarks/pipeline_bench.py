@@ -26,7 +26,8 @@ the plain Orthanc starts on a fresh storage folder each time); the ratio uses th
 drift of the machine during the run falls on both sides alike. The VNA holds the same files for
 all three runs, already in the page cache since they were just loaded.
 
-Goal: PIXL time ≤ 1.5x floor time (equivalently, PIXL studies/min ≥ floor studies/min ÷ 1.5).
+Goals (issue 12): PIXL time ≤ 1.3x floor time with the project's pixel check off, ≤ 1.5x with
+it on as shipped; ``python -m benchmarks`` runs both cases.
 
 Besides the figures, the run records when each study entered each state (a Postgres sampler
 every 0.1 s) and the CPU seconds each process used, and prints where PIXL's time goes. The
@@ -36,8 +37,7 @@ The EHR module's programs (reports) are left out of this stack: this is the imag
 
 Standalone: ``python -m benchmarks.pipeline_bench [--studies 50] [--image-size 2048]``, with
 what-if knobs to measure a proposed change before making it (``--http-compression``,
-``--poll SECONDS``, ``--in-flight N``; see ``WhatIf``). ``python -m benchmarks`` always measures
-PIXL as it is.
+``--poll SECONDS``, ``--in-flight N``, ``--raw-replicas N --anon-replicas M``; see ``WhatIf``).
 """
 
 from __future__ import annotations
@@ -80,13 +80,15 @@ PROJECT = "chest-xray"
 RATE_PER_S = 50.0  # `pixl rate`: far above what the machine can do, never the limit itself
 IN_FLIGHT = 4
 FLOOR_CONCURRENCY = IN_FLIGHT
+# Issue 12: ≤ 1.3x the floor with the pixel check off, ≤ 1.5x with it on (as shipped).
 GOAL_RATIO = 1.5
+GOAL_RATIO_CHECK_OFF = 1.3
 # `pixl status --json` costs ~0.7 CPU-s (interpreter, imports, migration check): polled every
 # second it would take a third of a 2-core machine from the pipeline it measures. So a 10 Hz
 # Postgres query tells when everything has settled and the CLI is asked then to confirm.
 STATUS_CHECK_S = 1.0
 SAMPLE_S = 0.1
-PROCESSES = ("vna", "orthanc-raw", "orthanc-anon", "postgres", "dsh")
+PROCESSES = ("vna", "orthanc-raw", "orthanc-anon", "postgres", "dsh")  # and replicas' programs
 LOGS_COPY = WORK_DIR / "pipeline-logs"
 
 
@@ -221,9 +223,21 @@ def cpu_used(stack: Stack, into: dict[str, float]) -> Iterator[None]:
 # --- the stack --------------------------------------------------------------------------------
 
 
+def raw_programs(stack: Stack) -> list[str]:
+    """supervisord's names of every orthanc-raw replica (``orthanc-raw``, ``orthanc-raw-2``...)."""
+    from stack.local_stack import program_name
+
+    return [program_name(replica) for replica in stack.settings.replicas("raw")]
+
+
 def process_pids(stack: Stack) -> dict[str, int]:
     """pid of each of the stack's processes that is running (for CPU accounting)."""
-    pids = {name: stack.process_pid(name) for name in PROCESSES}
+    from stack.local_stack import program_name
+
+    names = list(PROCESSES)
+    for role in ("raw", "anon"):
+        names += [program_name(r) for r in stack.settings.replicas(role)[1:]]
+    pids = {name: stack.process_pid(name) for name in names}
     return {name: pid for name, pid in pids.items() if pid}
 
 
@@ -243,6 +257,13 @@ class WhatIf:
     in_flight: int = IN_FLIGHT  # `pixl rate --in-flight` (the floor stays at FLOOR_CONCURRENCY)
     # The project's `pixel_text: off` (burned-in text not looked for): what the pixel check costs
     pixel_text_off: bool = False
+    # PIXL_RAW_REPLICAS / PIXL_ANON_REPLICAS of the stack (the floor is the same either way)
+    raw_replicas: int = 1
+    anon_replicas: int = 1
+
+    @property
+    def goal_ratio(self) -> float:
+        return GOAL_RATIO_CHECK_OFF if self.pixel_text_off else GOAL_RATIO
 
     def label(self) -> str:
         parts = []
@@ -254,6 +275,8 @@ class WhatIf:
             parts.append(f"in flight {self.in_flight}")
         if self.pixel_text_off:
             parts.append("pixel check off")
+        if (self.raw_replicas, self.anon_replicas) != (1, 1):
+            parts.append(f"{self.raw_replicas} + {self.anon_replicas} replicas")
         return ", ".join(parts)
 
 
@@ -264,9 +287,12 @@ AS_IS = WhatIf()
 def imaging_stack(root: Path, raw_cache_mb: int, what_if: WhatIf = AS_IS) -> Iterator[Stack]:
     """The local stack without the EHR module's programs; always torn down."""
     from stack.driver import Stack
+    from stack.local_stack import program_name
     from stack.settings import StackSettings
 
-    settings = StackSettings.for_tests(root)
+    settings = StackSettings.for_tests(
+        root, raw_replicas=what_if.raw_replicas, anon_replicas=what_if.anon_replicas
+    )
     settings.raw_cache_mb = raw_cache_mb  # the whole cohort fits: no recycling mid-run
     if what_if.poll_s is not None:
         poll = str(what_if.poll_s)
@@ -286,7 +312,8 @@ def imaging_stack(root: Path, raw_cache_mb: int, what_if: WhatIf = AS_IS) -> Ite
             stack.wait_healthy(120)
         if what_if.pixel_text_off:
             _pixel_text_off(settings.projects_dir / "chest-xray.yaml")
-            stack.supervisor("restart", "orthanc-anon")  # projects are read once per process
+            anon = [program_name(replica) for replica in settings.replicas("anon")]
+            stack.supervisor("restart", *anon)  # projects are read once per process
             stack.wait_healthy(120)
         yield stack
     finally:
@@ -320,11 +347,13 @@ def _http_ok(url: str, auth: tuple[str, str] | None = None) -> dict[str, Any] | 
 
 
 def start_orthanc_raw(stack: Stack, deadline: Deadline) -> None:
-    stack.supervisor("start", "orthanc-raw")
-    url = stack.settings.url("raw") + "/pixl/status"
-    while not (_http_ok(url, stack.orthanc_auth) or {}).get("running"):
-        deadline.left("waiting for orthanc-raw to restart")
-        time.sleep(0.2)
+    """Start every orthanc-raw replica again and wait until each one's fetch worker runs."""
+    stack.supervisor("start", *raw_programs(stack))
+    for replica in stack.settings.replicas("raw"):
+        url = stack.settings.url(replica) + "/pixl/status"
+        while not (_http_ok(url, stack.orthanc_auth) or {}).get("running"):
+            deadline.left("waiting for orthanc-raw to restart")
+            time.sleep(0.2)
 
 
 @dataclass
@@ -335,13 +364,14 @@ class PlainOrthanc:
 
 @contextmanager
 def plain_orthanc(stack: Stack, name: str, deadline: Deadline) -> Iterator[PlainOrthanc]:
-    """A plugin-less Orthanc as ``PIXLRAW`` on orthanc-raw's DICOM port (orthanc-raw stopped)."""
+    """A plugin-less Orthanc as ``PIXLRAW`` on orthanc-raw's DICOM port (every orthanc-raw
+    replica stopped, so none of them takes CPU from the floor)."""
     from stack.local_stack import ORTHANC_BINARY
     from stack.ports import free_port
 
     settings = stack.settings
-    stack.supervisor("stop", "orthanc-raw")
-    if stack.process_pid("orthanc-raw"):
+    stack.supervisor("stop", *raw_programs(stack))
+    if any(stack.process_pid(name) for name in raw_programs(stack)):
         raise RuntimeError("orthanc-raw did not stop")
     storage = settings.root / name
     storage.mkdir()
@@ -746,7 +776,8 @@ def measure(
         else:
             shutil.rmtree(root, ignore_errors=True)
     report(pixl, floors, cohort_mb)
-    return results(pixl, floors, studies, case_name(n_studies, image_size, what_if))
+    case = case_name(n_studies, image_size, what_if)
+    return results(pixl, floors, studies, case, what_if.goal_ratio)
 
 
 def report(pixl: PixlRun, floors: list[FloorRun], cohort_mb: float) -> None:
@@ -781,7 +812,9 @@ def case_name(n_studies: int, image_size: int, what_if: WhatIf = AS_IS) -> str:
     return f"{case} (what-if: {what_if.label()})" if what_if.label() else case
 
 
-def results(pixl: PixlRun, floors: list[FloorRun], studies: list[Any], case: str) -> list[Result]:
+def results(
+    pixl: PixlRun, floors: list[FloorRun], studies: list[Any], case: str, goal_ratio: float
+) -> list[Result]:
     instances = sum(s.expected_instances for s in studies)
     exported = pixl.exported
     floor_s = statistics.mean(f.total_s for f in floors)
@@ -819,8 +852,8 @@ def results(pixl: PixlRun, floors: list[FloorRun], studies: list[Any], case: str
             "PIXL / floor time",
             ratio,
             "x",
-            goal=f"≤ {GOAL_RATIO:.2f}",
-            passed=ratio <= GOAL_RATIO and complete,
+            goal=f"≤ {goal_ratio:.2f}",
+            passed=ratio <= goal_ratio and complete,
             note="" if complete else f"only {exported} of {expected} studies exported",
         )
     )
@@ -828,8 +861,12 @@ def results(pixl: PixlRun, floors: list[FloorRun], studies: list[Any], case: str
 
 
 def run(budget_s: float) -> list[Result]:
-    """Entry point for ``python -m benchmarks``: never raises, always tears down."""
-    return run_guarded(N_STUDIES, IMAGE_SIZE, budget_s)
+    """Entry point for ``python -m benchmarks``: never raises, always tears down. Two cases, as
+    issue 12 asks: the pixel check off (goal 1.3x) and the project as shipped (check on, 1.5x)."""
+    check_off = WhatIf(pixel_text_off=True)
+    return run_guarded(N_STUDIES, IMAGE_SIZE, budget_s, what_if=check_off) + run_guarded(
+        N_STUDIES, IMAGE_SIZE, budget_s
+    )
 
 
 def run_guarded(
@@ -874,12 +911,21 @@ def main(argv: list[str] | None = None) -> int:
     what_if.add_argument(
         "--pixel-text-off",
         action="store_true",
-        help="the project's pixel_text: off (what the burned-in text check costs)",
+        help="the project's pixel_text: off (what the burned-in text check costs; goal 1.3x)",
     )
+    what_if.add_argument("--raw-replicas", type=int, default=1, help="PIXL_RAW_REPLICAS")
+    what_if.add_argument("--anon-replicas", type=int, default=1, help="PIXL_ANON_REPLICAS")
     args = parser.parse_args(argv)
     from benchmarks.common import render_table
 
-    knobs = WhatIf(args.http_compression, args.poll, args.in_flight, args.pixel_text_off)
+    knobs = WhatIf(
+        args.http_compression,
+        args.poll,
+        args.in_flight,
+        args.pixel_text_off,
+        args.raw_replicas,
+        args.anon_replicas,
+    )
     rows = run_guarded(args.studies, args.image_size, args.budget, args.keep, knobs)
     print()
     print(render_table(rows))

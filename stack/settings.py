@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pixl_core.errors import PixlConfigError
-from stack.ports import free_port
+from stack.ports import free_port, free_port_range
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 PORT_NAMES = (
@@ -183,12 +183,13 @@ class StackSettings:
     @classmethod
     def for_tests(cls, root: Path, **fields: object) -> StackSettings:
         ports = {name: free_port() for name in PORT_NAMES}
-        passive = free_port()
         fields.setdefault("raw_cache_mb", 500)
         settings = cls(
             root=root,
             ports=ports,
-            passive_ports=(passive, passive),
+            # A few, as in the demo: each anon replica's exporter threads upload at once, and
+            # with one passive port a second upload's PASV is refused until the first ends.
+            passive_ports=free_port_range(8),
             **fields,  # type: ignore[arg-type]
         )
         for role in ("raw", "anon"):
