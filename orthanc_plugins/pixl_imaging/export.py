@@ -36,7 +36,8 @@ The queue is ``pixl_core.db.work_queue``, where ``anonymising`` is a *stage* of 
 ``renew`` extends the lease for the upload; ``defer`` is the backoff when the DSH or
 orthanc-anon fails (the study stays ``anonymising``, ``export_attempts`` grows, the next try is
 due after an exponentially growing pause); ``requeue`` sends a study whose instances went
-missing back to orthanc-raw. The loop is ``pixl_core.db.polling.run_loop``. Failures are
+missing back to orthanc-raw. The loop is ``pixl_core.db.polling.run_loop``; its idle sleep ends
+as soon as Postgres announces a hand-off (``pixl_core.db.wakeup``), the poll bounding it. Failures are
 recorded as the error's ``code`` (``ftps_login``, ``invalid_allowlist``…), never an identifier.
 
 The project's ``<project>/dicom/manifest.json`` (every zip with its SHA-256, instance count and
@@ -64,6 +65,7 @@ from pixl_core.config.projects import load_project
 from pixl_core.db import destination_records, study_records, work_queue
 from pixl_core.db.leases import DEFAULT_LEASE_SECONDS, Heartbeat
 from pixl_core.db.polling import Counters, run_loop
+from pixl_core.db.wakeup import HANDED_ON, Wakeup
 from pixl_core.db.work_queue import WorkItem
 from pixl_core.dsh.kinds import images_over_ftps
 from pixl_core.dsh.manifest_writer import ManifestKeeper
@@ -168,6 +170,7 @@ class AnonExporter:
         self._down: dict[str, float] = {}  # project whose destination is down → next probe
         self._kept = threading.local()  # this thread's open FTPS clients: project → (client, t)
         self._probe_lock = threading.Lock()
+        self.wakeup = Wakeup(db_url, HANDED_ON, f"{settings.worker_id}:listen")
         self.manifests = ManifestKeeper(
             ftps, settings.worker_id, images_over_ftps, settings.manifest_seconds
         )
@@ -179,6 +182,7 @@ class AnonExporter:
         """Export studies until ``stop`` is set (several threads may run it). Survives Postgres
         outages."""
         self.heartbeat.start(stop)
+        self.wakeup.start(stop)
         try:
             run_loop(
                 stop,
@@ -189,6 +193,7 @@ class AnonExporter:
                 process=self._export_one,
                 reset=self._connections.reset,
                 poll_seconds=self.settings.poll_seconds,
+                idle=self.wakeup.wait,  # a hand-off ends the sleep (LISTEN), the poll bounds it
             )
         finally:
             self._close_idle_clients(older_than=0)

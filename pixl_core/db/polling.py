@@ -10,7 +10,9 @@ claimed. ``run_loop`` is that loop, written once; a worker passes its own steps:
 - ``process(work)`` does it and may return seconds to pause before the next claim (the report
   worker pauses while Cogstack is down);
 - ``ready(stop)``, if given, runs before each claim and returns False after waiting itself when
-  no claim may be made yet (the fetch worker's rate slots and in-flight limit).
+  no claim may be made yet (the fetch worker's rate slots and in-flight limit);
+- ``idle(stop, seconds)``, if given, is the sleep when there was nothing to do: it may end early
+  when new work is announced (the exporter's ``pixl_core.db.wakeup.Wakeup``).
 
 Only type names are logged, never an exception's text, which may quote a value from a row.
 """
@@ -41,6 +43,7 @@ def run_loop(
     reset: Callable[[], None],
     poll_seconds: float,
     ready: Callable[[threading.Event], bool] | None = None,
+    idle: Callable[[threading.Event, float], None] | None = None,
     retry_seconds: float = DB_RETRY_SECONDS,
 ) -> None:
     """Claim and process work until ``stop`` is set; survive database outages.
@@ -64,7 +67,10 @@ def run_loop(
             stop.wait(retry_seconds)
             continue
         if not work:
-            stop.wait(poll_seconds)
+            if idle is not None:
+                idle(stop, poll_seconds)
+            else:
+                stop.wait(poll_seconds)
             continue
         try:
             pause = process(work)

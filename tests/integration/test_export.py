@@ -399,3 +399,33 @@ def test_loop_exports_every_handed_over_study(pipeline, conn, cohort):
     assert not any(thread.is_alive() for thread in threads)
     assert len(pipeline.dsh.uploads) == 2
     assert pipeline.exporter.counters["exported"] == 2
+
+
+def test_a_hand_off_wakes_the_exporter_before_its_poll(pipeline, conn, cohort):
+    """The exporter sleeps its poll when there is nothing to do; a hand-off (announced by
+    Postgres) ends the sleep, so the study is exported long before a 30 s poll would."""
+    exporter = AnonExporter(
+        pipeline.db_url,
+        pipeline.anon,
+        SECRET,
+        pipeline.dsh.client,
+        ExportSettings(
+            worker_id="anon:woken", poll_seconds=30.0, work_dir=pipeline.work_dir, lease_seconds=60
+        ),
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=exporter.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        assert exporter.wakeup.listening.wait(10)
+        time.sleep(0.3)  # it found nothing and sleeps
+        study_id = pipeline.hand_over(conn, NORMAL)
+        handed = time.monotonic()
+        while study_row(conn, study_id)["state"] != "exported":
+            assert time.monotonic() - handed < 10, "not woken by the hand-off"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(timeout=40)
+    assert not thread.is_alive()
+    assert len(pipeline.dsh.uploads) == 1
