@@ -30,12 +30,16 @@ UPDATE fetch_rate_slot
  WHERE scope = %s AND next_start <= clock_timestamp()
 RETURNING 0.0
 """
+# The least wait ``take`` answers when it took nothing: "ask again at once", but not 0.0.
+MIN_WAIT_SECONDS = 0.001
 _WAIT = "SELECT extract(epoch FROM next_start - clock_timestamp()) FROM fetch_rate_slot WHERE scope = %s"
 
 
 def take(conn: Connection, scope: str, interval_seconds: float) -> float:
     """Take the scope's next start slot if it is due (return 0.0); else return the seconds to
-    wait before asking again (nothing is taken)."""
+    wait before asking again (nothing is taken), never 0.0: the slot may come between the
+    ``UPDATE`` that found it not due and the reading of the wait, and a caller told 0.0 would
+    start without a slot (another replica takes that one)."""
     with conn, conn.cursor() as cur:
         cur.execute(
             "INSERT INTO fetch_rate_slot (scope) VALUES (%s) ON CONFLICT DO NOTHING", (scope,)
@@ -45,7 +49,7 @@ def take(conn: Connection, scope: str, interval_seconds: float) -> float:
             return 0.0
         cur.execute(_WAIT, (scope,))
         row = cur.fetchone()
-    return max(0.0, float(row[0])) if row else 0.0
+    return max(MIN_WAIT_SECONDS, float(row[0]) if row else 0.0)
 
 
 def is_due(conn: Connection, scope: str) -> bool:
