@@ -32,8 +32,9 @@ is left out of the claim. Either way its queued studies stay queued, losing no t
 
 The loop is ``pixl_core.db.polling.run_loop``, shared with the exporter and the report worker;
 what is the fetch worker's own is ``_ready``: one claim per due rate slot, while fewer than the
-in-flight limit are being fetched (by this replica, then by all of them). A failure is recorded as the error's ``code`` (a broken
-project file as ``invalid_project``, a missing one as ``unknown_project``), never an identifier.
+in-flight limit are being fetched (by this replica, then by all of them). A failure is recorded
+as the error's ``code`` (a broken project file as ``invalid_project``, a missing one as
+``unknown_project``), never an identifier.
 
 The hand-off: only the instances the VNA listed for the study are handed on
 (``vna_fetch.FetchResult.instances``), each screened first (``pixl_core.dicom.screening``:
@@ -52,7 +53,8 @@ configured, it is asked instead, but only inside its hours and at its own rate: 
 the study goes back to the queue without using a try (``waiting_for_secondary``, with
 ``awaiting_archive`` set), and is not claimed again until the secondary may be asked; it then
 asks the secondary directly. Two replicas may both claim a waiting study when the secondary's
-slot comes; only the one that takes the slot asks, the other's study waits again. The archive a study came from is recorded (``source_archive``).
+slot comes; only the one that takes the slot asks, the other's study waits again. The archive a
+study came from is recorded (``source_archive``).
 
 Crashes: a study whose lease ran out while a worker held it counts a crash when it is claimed
 again (``work_queue.claim(max_crashes=…)``), and so does a study during whose hand-off
