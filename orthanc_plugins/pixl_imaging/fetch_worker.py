@@ -3,10 +3,14 @@
 Runs as a background thread inside orthanc-raw (``orthanc_plugins/raw.py`` starts it) and talks
 to its own Orthanc over REST, so the same code runs in a system test against a real Orthanc and
 in a test against a stand-in. The rates (studies/s) and the numbers in flight are read from
-Postgres on every round, so ``pixl rate`` changes them while it runs: ``'*'`` limits all of
-orthanc-raw's asking together (every replica's: the slot is a row of ``fetch_rate_slot``,
-``pixl_core.db.rate_slot``, and so is its in-flight limit), and a project with a rate of its
-own is held to that as well (per replica, in memory).
+Postgres on every round, so ``pixl rate`` changes them while it runs. Every limit holds for all
+orthanc-raw replicas together, none is kept in this process's memory: ``'*'`` limits all of
+orthanc-raw's asking (its start slot is a row of ``fetch_rate_slot``, ``pixl_core.db.rate_slot``,
+taken before a claim; its in-flight limit is counted by the claim, ``in_progress_cap``); a
+project with a rate of its own is held to that as well (its slot is taken, and its in-flight
+limit counted, by the claim of one of its studies: ``work_queue.claim(project_rates=…)``); and
+the secondary archive's rate is a slot of its own (scope ``archive:secondary``), taken just
+before the secondary is asked.
 Claims carry a short lease (30 s) that a heartbeat renews while the study is worked on
 (``pixl_core.db.leases``): if this process dies, another (or this one restarted) takes the work
 over within a lease.
@@ -28,8 +32,9 @@ is left out of the claim. Either way its queued studies stay queued, losing no t
 
 The loop is ``pixl_core.db.polling.run_loop``, shared with the exporter and the report worker;
 what is the fetch worker's own is ``_ready``: one claim per due rate slot, while fewer than the
-in-flight limit are being fetched. A failure is recorded as the error's ``code`` (a broken
-project file as ``invalid_project``, a missing one as ``unknown_project``), never an identifier.
+in-flight limit are being fetched (by this replica, then by all of them). A failure is recorded
+as the error's ``code`` (a broken project file as ``invalid_project``, a missing one as
+``unknown_project``), never an identifier.
 
 The in-flight limit protects the VNA, so it counts the studies being asked of it: once a study
 is in orthanc-raw (moved or cached), it is marked off the limit (``study.fetched_at``,
@@ -53,7 +58,9 @@ then fetched and exported alone; ``refuse`` ends the item ``refused``
 configured, it is asked instead, but only inside its hours and at its own rate: otherwise
 the study goes back to the queue without using a try (``waiting_for_secondary``, with
 ``awaiting_archive`` set), and is not claimed again until the secondary may be asked; it then
-asks the secondary directly. The archive a study came from is recorded (``source_archive``).
+asks the secondary directly. Two replicas may both claim a waiting study when the secondary's
+slot comes; only the one that takes the slot asks, the other's study waits again. The archive a
+study came from is recorded (``source_archive``).
 
 Crashes: a study whose lease ran out while a worker held it counts a crash when it is claimed
 again (``work_queue.claim(max_crashes=…)``), and so does a study during whose hand-off
@@ -109,6 +116,7 @@ from pixl_imaging.vna_fetch import (
 logger = logging.getLogger("pixl.raw")
 MAX_IN_FLIGHT_CAP = 32
 DEFAULT_RATE = FetchRate(studies_per_second=1.0, max_in_flight=1)
+SECONDARY_SCOPE = fetch_control.archive_scope(SECONDARY)  # its rows in fetch_rate(_slot)
 VNA_UNREACHABLE = "vna_unreachable"
 T = TypeVar("T")
 
@@ -188,19 +196,17 @@ class RawWorker:
         )
         self._rate = DEFAULT_RATE
         self._project_rates: dict[str, FetchRate] = {}
-        self._project_next_start: dict[str, float] = {}
         self._held_projects: list[str] = []  # paused or outside their hours (fetch_control)
-        self._futures: dict[Future[None], str] = {}  # what is in flight → its project
+        self._futures: set[Future[None]] = set()  # what this replica has in flight
         # Studies of this worker fetched and being handed on: off the in-flight limit.
         self._handing_off: set[int] = set()
         self._pool: ThreadPoolExecutor | None = None
         self._vna_paused = False
         self._next_probe = 0.0
-        # The secondary archive: its hold (hours, pause) this round, its rate and next slot.
+        # The secondary archive: its hold (hours, pause) and its rate this round (its slot is
+        # in Postgres, shared with the other replicas).
         self._secondary_hold: fetch_control.Hold | None = None
         self._secondary_rate = self.settings.secondary_studies_per_second
-        self._secondary_next = 0.0
-        self._secondary_lock = threading.Lock()
         self._secondary_defaults_written = False
 
     def _conn(self) -> db.Connection:
@@ -232,7 +238,7 @@ class RawWorker:
     def _ready(self, stop: threading.Event) -> bool:
         """Whether a study may be claimed now; if not, wait for a slot or a free place first
         (or, while the VNA is away, for the next C-ECHO)."""
-        self._futures = {f: p for f, p in self._futures.items() if not f.done()}
+        self._futures = {f for f in self._futures if not f.done()}
         if self._vna_paused and not self._vna_back(stop):
             return False
         self._read_rates()
@@ -245,7 +251,9 @@ class RawWorker:
         if asking >= limit or len(self._futures) >= 2 * limit:
             wait(self._futures, timeout=self.settings.poll_seconds, return_when=FIRST_COMPLETED)
             return False
-        if rate_slot.fetching_now(self._conn()) >= limit:  # every replica's, together
+        if (
+            work_queue.in_progress_on_cap(self._conn(), "study") >= limit
+        ):  # every replica's, together
             stop.wait(self.settings.poll_seconds)
             return False
         # The rate slot of all asking is shared by every orthanc-raw replica (in Postgres).
@@ -259,7 +267,7 @@ class RawWorker:
         """The rates of ``fetch_rate``: ``'*'``, the projects' own, the secondary archive's."""
         rates = work_queue.fetch_rates(self._conn())
         self._rate = rates.pop("*", DEFAULT_RATE)
-        secondary_rate = rates.pop(fetch_control.archive_scope(SECONDARY), None)
+        secondary_rate = rates.pop(SECONDARY_SCOPE, None)
         self._secondary_rate = (
             secondary_rate.studies_per_second
             if secondary_rate
@@ -278,7 +286,7 @@ class RawWorker:
             if self.settings.secondary_default_hours is not None:
                 fetch_control.set_default_hours(
                     self._conn(),
-                    fetch_control.archive_scope(SECONDARY),
+                    SECONDARY_SCOPE,
                     self.settings.secondary_default_hours,
                 )
             self._secondary_defaults_written = True
@@ -297,31 +305,11 @@ class RawWorker:
         return True
 
     def _start(self, claimed: list[WorkItem]) -> None:
-        """Take the rate slots (all projects', and the study's project's own) and fetch the
-        claimed studies in the pool."""
+        """Fetch the claimed studies in the pool (their rate slots were taken: all asking's
+        before the claim, a project's own by it)."""
         assert self._pool is not None
-        now = time.monotonic()
         for item in claimed:
-            own = self._project_rates.get(item.project)
-            if own is not None:
-                due = max(now, self._project_next_start.get(item.project, 0.0))
-                self._project_next_start[item.project] = due + 1.0 / own.studies_per_second
-            self._futures[self._pool.submit(self.process, item)] = item.project
-
-    def _projects_at_their_limit(self) -> list[str]:
-        """Projects held back by the operator (paused, outside their hours), with a rate of
-        their own whose next slot has not come, or with as many studies in flight as they may
-        have."""
-        now = time.monotonic()
-        in_flight: dict[str, int] = {}
-        for project in self._futures.values():
-            in_flight[project] = in_flight.get(project, 0) + 1
-        return self._held_projects + [
-            project
-            for project, rate in self._project_rates.items()
-            if self._project_next_start.get(project, 0.0) > now
-            or in_flight.get(project, 0) >= rate.max_in_flight
-        ]
+            self._futures.add(self._pool.submit(self.process, item))
 
     def _claim(self, limit: int) -> list[WorkItem]:
         return work_queue.claim(
@@ -333,9 +321,11 @@ class RawWorker:
             max_attempts=self.settings.max_attempts,
             max_crashes=self.settings.max_crashes,
             held=self.heartbeat.held(),
-            exclude_projects=self._projects_at_their_limit(),
-            # The '*' in-flight limit is of every orthanc-raw replica together.
+            exclude_projects=self._held_projects,
+            # The '*' in-flight limit, and the projects' own rates and in-flight limits, are of
+            # every orthanc-raw replica together (counted and taken in the claim's transaction).
             in_progress_cap=min(self._rate.max_in_flight, MAX_IN_FLIGHT_CAP),
+            project_rates=self._project_rates,
             # Studies waiting for the secondary archive stay queued while it may not be asked;
             # with no secondary configured (any more) they are claimed and asked of the VNA.
             exclude_awaiting=(
@@ -347,23 +337,22 @@ class RawWorker:
 
     # --- the secondary archive -----------------------------------------------------------------
 
+    def _secondary_open(self) -> bool:
+        """Whether the secondary archive is configured and open (hours, pause) this round."""
+        return self.settings.secondary_modality is not None and self._secondary_hold is None
+
     def _secondary_may_be_asked(self) -> bool:
-        """Whether the secondary archive is configured, open (hours, pause) and its rate slot
-        has come: studies waiting for it are claimed only then."""
-        return (
-            self.settings.secondary_modality is not None
-            and self._secondary_hold is None
-            and time.monotonic() >= self._secondary_next
-        )
+        """Whether the secondary archive is open and its rate slot (every replica's, in
+        Postgres) has come: studies waiting for it are claimed only then."""
+        return self._secondary_open() and rate_slot.is_due(self._conn(), SECONDARY_SCOPE)
 
     def _take_secondary_slot(self) -> bool:
-        """Take the secondary archive's next rate slot if it may be asked now."""
-        with self._secondary_lock:
-            if not self._secondary_may_be_asked():
-                return False
-            now = time.monotonic()
-            self._secondary_next = max(now, self._secondary_next) + 1.0 / self._secondary_rate
-            return True
+        """Take the secondary archive's next rate slot, shared by every replica, if it may be
+        asked now; False if it is closed or another replica (or thread) took the slot."""
+        if not self._secondary_open():
+            return False
+        interval = 1.0 / self._secondary_rate
+        return rate_slot.take(self._conn(), SECONDARY_SCOPE, interval) == 0.0
 
     def _secondary_answers(self) -> bool:
         try:

@@ -52,6 +52,7 @@ from psycopg2 import sql
 from psycopg2.extensions import cursor
 from psycopg2.extras import Json, RealDictCursor
 
+from pixl_core.db import rate_slot
 from pixl_core.db.connection import Connection
 from pixl_core.db.states import REPORT_STATES, STUDY_STATES
 
@@ -283,6 +284,7 @@ def claim(
     exclude_projects: Collection[str] = (),
     exclude_awaiting: Collection[str] = (),
     in_progress_cap: int | None = None,
+    project_rates: Mapping[str, FetchRate] | None = None,
 ) -> list[WorkItem]:
     """Claim up to ``limit`` items for ``worker_id``, highest ``priority`` first and then oldest
     due, and move them to the
@@ -299,18 +301,27 @@ def claim(
     ``held`` names the items ``worker_id`` is still working on (its heartbeat's): they are never
     taken back from it, even if their lease ran out while Postgres was away; and an expired
     lease of ``worker_id``'s own is no crash (the worker is alive: it is claiming). Items of
-    ``exclude_projects`` are not claimed (projects at their own rate limit), nor studies
+    ``exclude_projects`` are not claimed (projects the operator holds back), nor studies
     waiting for an archive named in ``exclude_awaiting`` (outside its hours, or at its rate).
 
     ``in_progress_cap`` bounds the items in progress under a live lease *of every worker
     together* (the in-flight limit shared by orthanc-raw replicas): claims of the table are
     serialised on a transaction-level advisory lock, so two workers cannot both read the same
     count and both claim; each sees the other's committed claims. Items marked off the cap
-    (``mark_off_cap``: studies fetched and being handed on) do not count.
+    (``mark_off_cap``: studies fetched and being handed on) do not count, on this limit or on
+    a project's own.
+
+    ``project_rates`` are the limits of projects that have their own (``pixl rate --project``;
+    the study queue), also of every worker together: such a project is claimed only while its
+    start slot (``fetch_rate_slot``, ``rate_slot``) has come and fewer than its
+    ``max_in_flight`` are in progress under a live lease, and claiming one of its items takes
+    the slot, in the same transaction and under the same lock as ``in_progress_cap``. Items
+    are then claimed one at a time, each seeing the slots and counts the one before changed.
     """
     spec = _spec(table)
     if limit <= 0:
         return []
+    own = dict(project_rates or {})
     in_progress = tuple(spec.in_progress_states)
     awaiting = (
         sql.SQL("AND (awaiting_archive IS NULL OR NOT awaiting_archive = ANY(%(awaiting)s)) ")
@@ -318,8 +329,9 @@ def claim(
         else sql.SQL("")
     )
     with conn, conn.cursor(cursor_factory=RealDictCursor) as cur:
-        if in_progress_cap is not None:
+        if in_progress_cap is not None or own:
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"pixl-claim:{spec.table}",))
+        if in_progress_cap is not None:
             cur.execute(
                 sql.SQL(
                     "SELECT count(*) AS n FROM {t} WHERE state IN %(in_progress)s "
@@ -350,37 +362,70 @@ def claim(
                     "held": sorted(held),
                 },
             )
-        return _claim_rows(
-            cur,
-            spec,
-            claimable=sql.SQL(
-                "((state = 'queued' AND next_attempt_at <= now()) "
-                "OR (state IN %(in_progress)s AND claimed_until < now() "
-                "AND NOT (claimed_by = %(worker_id)s AND id = ANY(%(held)s)))) "
-                "AND NOT (project = ANY(%(excluded)s)) {awaiting}"
-                "AND (%(project)s::text IS NULL OR project = %(project)s)"
-            ).format(awaiting=awaiting),
-            # Higher priority first (pixl populate --priority), then the oldest due.
-            order=sql.SQL("priority DESC, next_attempt_at, id"),
-            changes=sql.SQL(
-                "state = %(claimed_state)s, attempts = w.attempts + 1, {off_cap}"
-            ).format(
-                off_cap=sql.SQL("{} = NULL,").format(sql.Identifier(spec.off_cap_column))
-                if spec.off_cap_column
-                else sql.SQL("")
-            ),
-            params={
-                "in_progress": in_progress,
-                "project": project,
-                "limit": limit,
-                "claimed_state": spec.claimed_state,
-                "worker_id": worker_id,
-                "held": sorted(held),
-                "excluded": sorted(exclude_projects),
-                "awaiting": sorted(exclude_awaiting),
-                "lease": float(lease_seconds),
-            },
+        claimable = sql.SQL(
+            "((state = 'queued' AND next_attempt_at <= now()) "
+            "OR (state IN %(in_progress)s AND claimed_until < now() "
+            "AND NOT (claimed_by = %(worker_id)s AND id = ANY(%(held)s)))) "
+            "AND NOT (project = ANY(%(excluded)s)) {awaiting}"
+            "AND (%(project)s::text IS NULL OR project = %(project)s)"
+        ).format(awaiting=awaiting)
+        # Higher priority first (pixl populate --priority), then the oldest due.
+        order = sql.SQL("priority DESC, next_attempt_at, id")
+        changes = sql.SQL("state = %(claimed_state)s, attempts = w.attempts + 1, {off_cap}").format(
+            off_cap=sql.SQL("{} = NULL,").format(sql.Identifier(spec.off_cap_column))
+            if spec.off_cap_column
+            else sql.SQL("")
         )
+        params = {
+            "in_progress": in_progress,
+            "project": project,
+            "limit": limit,
+            "claimed_state": spec.claimed_state,
+            "worker_id": worker_id,
+            "held": sorted(held),
+            "excluded": sorted(exclude_projects),
+            "awaiting": sorted(exclude_awaiting),
+            "lease": float(lease_seconds),
+        }
+        if not own:
+            return _claim_rows(cur, spec, claimable, order, changes, params)
+        claimed: list[WorkItem] = []
+        for _ in range(limit):
+            at_limit = _at_own_limits(conn, spec, in_progress, own)
+            params.update(limit=1, excluded=sorted(set(exclude_projects) | at_limit))
+            items = _claim_rows(cur, spec, claimable, order, changes, params)
+            if not items:
+                break
+            rate = own.get(items[0].project)
+            if rate is not None:
+                with conn.cursor() as plain:
+                    rate_slot.advance(plain, items[0].project, 1.0 / rate.studies_per_second)
+            claimed.extend(items)
+        return sorted(claimed, key=lambda i: i.id)
+
+
+def _at_own_limits(
+    conn: Connection, spec: QueueSpec, in_progress: tuple[str, ...], own: Mapping[str, FetchRate]
+) -> set[str]:
+    """Of the projects with limits of their own, those that may not be claimed now (in the
+    claim's transaction): their start slot has not come (``rate_slot.due_locked``, which keeps
+    the rows locked until the claim commits), or as many of their items are in progress under
+    a live lease, by any worker, as their ``max_in_flight``."""
+    with conn.cursor() as cur:
+        due = rate_slot.due_locked(cur, own)
+        cur.execute(
+            sql.SQL(
+                "SELECT project, count(*) FROM {t} WHERE state IN %s AND claimed_until > now() "
+                "{off_cap} AND project = ANY(%s) GROUP BY project"
+            ).format(t=sql.Identifier(spec.table), off_cap=_counted_on_cap(spec)),
+            (in_progress, sorted(own)),
+        )
+        busy = dict(cur.fetchall())
+    return {
+        name
+        for name, rate in own.items()
+        if name not in due or busy.get(name, 0) >= rate.max_in_flight
+    }
 
 
 def _counted_on_cap(spec: QueueSpec) -> sql.Composable:

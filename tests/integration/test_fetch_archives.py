@@ -192,6 +192,30 @@ def test_secondary_is_asked_at_its_own_rate(archives, conn, cohort):
     assert archives.round() is False, "the waiting study is not claimed before its slot"
 
 
+def test_two_replicas_ask_the_secondary_at_its_rate_together(db_url, conn, cohort):
+    """Issue 12: the secondary's rate is of all orthanc-raw replicas: with one slot in 1000 s,
+    the second replica's study waits instead of asking the secondary at its own first slot."""
+    replicas = [
+        Archives(db_url, secondary_modality=SECONDARY_MODALITY, worker_id=f"raw:replica{n}")
+        for n in (1, 2)
+    ]
+    studies = (cohort.by_role(NORMAL), cohort.by_role(SHARED))  # in the secondary archive only
+    for replica in replicas:
+        for study in studies:
+            replica.secondary.load(study.files)
+    ids = [add_study(conn, PROJECT, s.mrn, s.accession_number) for s in studies]
+    work_queue.set_fetch_rate(conn, archive_scope("secondary"), 0.001, 1)  # one in 1000 s
+
+    assert replicas[0].round() and replicas[1].round()
+
+    assert sum(r.secondary.moves_served for r in replicas) == 1
+    states = sorted(
+        (study_row(conn, i)["state"], study_row(conn, i)["last_error_code"]) for i in ids
+    )
+    assert states == [("anonymising", None), ("queued", "waiting_for_secondary")]
+    assert replicas[0].round() is False and replicas[1].round() is False
+
+
 def test_study_in_neither_archive_is_not_found(archives, conn, cohort):
     study = cohort.by_role(MISSING_FROM_VNA)
     item = add_study(conn, PROJECT, study.mrn, study.accession_number)

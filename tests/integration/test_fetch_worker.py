@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
@@ -454,3 +454,68 @@ def test_two_replicas_keep_the_in_flight_limit_together(db_url, conn, cohort):
         gate.set()
         for thread in threads:
             thread.join(timeout=10)
+
+
+def _run_replicas(replicas: list[Imaging], until: Callable[[], bool]) -> None:
+    stop = threading.Event()
+    threads = [threading.Thread(target=r.worker.run, args=(stop,), daemon=True) for r in replicas]
+    for thread in threads:
+        thread.start()
+    try:
+        _wait(until)
+    finally:
+        stop.set()
+        for replica in replicas:
+            if replica.raw.gate is not None:
+                replica.raw.gate.set()
+        for thread in threads:
+            thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in threads)
+
+
+def test_two_replicas_keep_a_projects_rate_together(db_url, conn, cohort):
+    """Issue 12: `pixl rate --project P` is P's rate over all orthanc-raw replicas: two of them
+    claim P's studies one slot apart (2 s), not one each per slot."""
+    work_queue.set_fetch_rate(conn, "*", 100.0, 8)
+    work_queue.set_fetch_rate(conn, "slow-project", 0.5, 8)  # one study every 2 s
+    study = cohort.by_role(NORMAL)
+    for n in range(6):
+        add_study(conn, "slow-project", study.mrn, f"SLOW{n}")
+    claimed_at: list[float] = []
+    replicas = [Imaging(db_url, cohort, worker_id=f"raw:replica{n}") for n in (1, 2)]
+    for replica in replicas:
+        original = replica.worker.process
+
+        def timed(item, original=original) -> None:  # type: ignore[no-untyped-def]
+            claimed_at.append(time.monotonic())
+            original(item)  # slow-project has no project file: it ends failed, which is fine
+
+        replica.worker.process = timed  # type: ignore[method-assign]
+    _run_replicas(replicas, lambda: len(claimed_at) >= 2 and time.monotonic() - claimed_at[0] > 3)
+    first = min(claimed_at)
+    early = [t for t in claimed_at if t - first < 3.0]
+    assert len(early) == 2, [round(t - first, 2) for t in sorted(claimed_at)]  # at 0 s and 2 s
+    assert max(early) - first >= 1.5
+
+
+def test_two_replicas_keep_a_projects_in_flight_limit_together(db_url, conn, cohort):
+    """Issue 12: a project's own in-flight limit (1) holds over both replicas, while '*' would
+    let more through."""
+    work_queue.set_fetch_rate(conn, "*", 100.0, 8)
+    work_queue.set_fetch_rate(conn, PROJECT, 100.0, 1)
+    for role in (NORMAL, SHARED, NO_REPORT):
+        queue(conn, cohort.by_role(role))
+    replicas = [Imaging(db_url, cohort, worker_id=f"raw:replica{n}") for n in (1, 2)]
+    gate = threading.Event()
+    for replica in replicas:
+        replica.raw.gate = gate  # moves wait until the gate opens
+    seen: list[list[str]] = []
+
+    def one_fetching_for_a_while() -> bool:
+        seen.append(_states(conn))
+        if len(seen) > 25:  # 0.5 s of polls and rate slots passed: the limit held
+            gate.set()
+        return _states(conn) == ["anonymising"] * 3
+
+    _run_replicas(replicas, one_fetching_for_a_while)
+    assert max(states.count("fetching") for states in seen) == 1, seen
