@@ -58,7 +58,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pixl_core import db
 from pixl_core.config.projects import load_project
@@ -121,6 +121,11 @@ class ExportSettings:
     # (a new one per study cost a TLS handshake and a login each: most of the DSH's CPU in the
     # pipeline benchmark), closing it once unused this long (servers drop idle ones at 300 s).
     keep_connection_seconds: float = 30.0
+    # A study's zip is built in memory up to this size, in a file in ``work_dir`` beyond it:
+    # a chest study (a few films) then never goes through the page cache three times (written,
+    # read back for its SHA-256, read again to upload), and a CT of thousands of slices still
+    # cannot exhaust memory (each exporter thread holds at most one zip).
+    zip_in_memory_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -356,10 +361,10 @@ class AnonExporter:
             self._send_dicomweb(item, pseudo_uid, instances)
             return self._exported(item, studies[0], pseudo_uid, len(instances), None, None)
         remote = f"{project.slug}/dicom/{pseudo_uid}.zip"
-        with tempfile.TemporaryDirectory(dir=self.settings.work_dir) as work:
-            archive = Path(work) / "study.zip"
-            digest = self._zip(instances, archive)
-            size = archive.stat().st_size
+        with tempfile.SpooledTemporaryFile(
+            max_size=self.settings.zip_in_memory_bytes, dir=self.settings.work_dir
+        ) as archive:
+            digest, size = self._zip(instances, archive)
             if not work_queue.renew(
                 self._conn(),
                 TABLE,
@@ -375,7 +380,8 @@ class AnonExporter:
                 if client.size(remote) == size or client.complete_upload(remote, size):
                     self.counters.add("already_uploaded")
                 else:
-                    client.upload_file(remote, archive)
+                    archive.seek(0)
+                    client.upload_bytes(remote, archive)  # type: ignore[arg-type]
                     self.counters.add("uploaded")
         return self._exported(item, studies[0], pseudo_uid, len(instances), digest, size)
 
@@ -484,8 +490,9 @@ class AnonExporter:
             instance["SeriesInstanceUID"] = series_uids[instance["ParentSeries"]]
         return instances
 
-    def _zip(self, instances: list[dict[str, Any]], target: Path) -> str:
-        """Zip the instances as ``<series UID>/<instance UID>.dcm``; return the SHA-256.
+    def _zip(self, instances: list[dict[str, Any]], target: BinaryIO) -> tuple[str, int]:
+        """Zip the instances as ``<series UID>/<instance UID>.dcm`` into ``target`` (a seekable
+        stream, in memory or on disk); return the zip's SHA-256 and size.
 
         The zip is the same bytes every time it is made from the same instances (sorted names,
         a fixed timestamp), so a retry can tell a complete earlier upload by its size alone.
@@ -497,11 +504,12 @@ class AnonExporter:
                     f"{instance['SeriesInstanceUID']}/{sop_uid}.dcm", date_time=ZIP_TIMESTAMP
                 )
                 archive.writestr(entry, self.anon.get_bytes(f"/instances/{instance['ID']}/file"))
+        size = target.tell()
+        target.seek(0)
         digest = hashlib.sha256()
-        with target.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        for block in iter(lambda: target.read(1 << 20), b""):
+            digest.update(block)
+        return digest.hexdigest(), size
 
     def _set_state(self, item: ExportItem, state: str, **fields: Any) -> bool:
         return work_queue.complete(self._conn(), TABLE, item.id, state, STAGE, **fields)

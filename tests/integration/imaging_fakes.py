@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pydicom
 
@@ -301,7 +301,7 @@ class FakeDsh:
         stores the file and then fails, as a connection lost before the exporter could record it."""
 
     files: dict[str, bytes] = field(default_factory=dict)
-    uploads: list[str] = field(default_factory=list)  # zips (upload_file)
+    uploads: list[str] = field(default_factory=list)  # zips
     manifest_writes: list[str] = field(default_factory=list)  # upload_bytes: the manifests
     clients_for: list[str] = field(default_factory=list)
     down: bool = False
@@ -342,17 +342,22 @@ class FakeFtpsClient:
         self.dsh.files[remote_path] = self.dsh.files.pop(f"{folder}/.{name}.part")
         return True
 
-    def upload_bytes(self, remote_path: str, data: bytes) -> None:
-        self.dsh.files[remote_path] = bytes(data)
-        self.dsh.manifest_writes.append(remote_path)
-
-    def upload_file(self, remote_path: str, local_path: str | Path) -> None:
-        self.dsh.files[remote_path] = Path(local_path).read_bytes()
+    def upload_bytes(self, remote_path: str, data: bytes | BinaryIO) -> None:
+        """A zip (the exporter streams it from memory or a file) or a manifest."""
+        content = bytes(data) if isinstance(data, bytes | bytearray | memoryview) else data.read()
+        self.dsh.files[remote_path] = content
+        if not remote_path.endswith(".zip"):
+            self.dsh.manifest_writes.append(remote_path)
+            return
         self.dsh.uploads.append(remote_path)
         self.dsh.upload_clients.append(id(self))
         if self.dsh.crash_after_upload:
             self.dsh.crash_after_upload = False
             raise FtpsError("127.0.0.1", 2121, "QUIT", "connection reset", transient=True)
+
+    def upload_file(self, remote_path: str, local_path: str | Path) -> None:
+        with open(local_path, "rb") as handle:
+            self.upload_bytes(remote_path, handle)
 
 
 # --- rows ---------------------------------------------------------------------------------------

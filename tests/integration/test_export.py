@@ -7,6 +7,7 @@ stand-in orthanc-raw to a stand-in orthanc-anon whose received-instance callback
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import threading
@@ -192,16 +193,16 @@ def test_a_crash_between_upload_and_rename_is_finished_without_sending_again(
     study_id = pipeline.hand_over(conn, NORMAL)
     first = pipeline.exporter.claim()
     assert first is not None
-    archive = pipeline.work_dir / "first.zip"
+    archive = io.BytesIO()
     pipeline.exporter._zip(pipeline.exporter._instances(_anon_study_id(pipeline)), archive)
     folder, _, name = remote_path(study.study_uid).rpartition("/")
-    pipeline.dsh.files[f"{folder}/.{name}.part"] = archive.read_bytes()
+    pipeline.dsh.files[f"{folder}/.{name}.part"] = archive.getvalue()
     make_due(conn, study_id)
 
     assert pipeline.export_next() == "exported"
 
     assert pipeline.dsh.uploads == []  # nothing was sent a second time
-    assert pipeline.dsh.files[remote_path(study.study_uid)] == archive.read_bytes()
+    assert pipeline.dsh.files[remote_path(study.study_uid)] == archive.getvalue()
     assert pipeline.exporter.counters["already_uploaded"] == 1
 
 
@@ -429,3 +430,21 @@ def test_a_hand_off_wakes_the_exporter_before_its_poll(pipeline, conn, cohort):
         thread.join(timeout=40)
     assert not thread.is_alive()
     assert len(pipeline.dsh.uploads) == 1
+
+
+def test_a_zip_larger_than_memory_allows_goes_through_a_file_and_arrives_whole(
+    pipeline, conn, cohort
+):
+    """Above ``zip_in_memory_bytes`` the zip spills to a file in ``work_dir``: the upload is
+    the same bytes with the same digest, and nothing is left in ``work_dir``."""
+    study_id = pipeline.hand_over(conn, NORMAL)
+    exporter = pipeline.exporter
+    exporter.settings = dataclasses.replace(exporter.settings, zip_in_memory_bytes=1024)
+    assert pipeline.export_next() == "exported"
+    (remote,) = pipeline.dsh.uploads
+    data = pipeline.dsh.files[remote]
+    row = study_row(conn, study_id)
+    assert row["sha256"] == hashlib.sha256(data).hexdigest()
+    assert row["zip_bytes"] == len(data) > 1024
+    assert zipfile.ZipFile(io.BytesIO(data)).testzip() is None
+    assert list(pipeline.work_dir.iterdir()) == []
