@@ -4,9 +4,11 @@ Each case runs in a fresh interpreter (this one has imported everything already)
 which of ``HEAVY`` are in ``sys.modules`` afterwards. The list is what measurement found
 (``python -X importtime``; issue 12): pydicom and numpy ~0.25 s, pandas and pyarrow ~0.25 s,
 OpenCV, tesserocr and the JPEG codecs for the pixel check, psycopg2 and requests ~0.04 s each,
-the report checker's patterns and the EHR service (FastAPI, uvicorn). A command module that
-imports one of them at module level makes every ``pixl`` command pay for it; this test names
-the culprit's import chain so it is quick to move into the function that uses it.
+the report checker's patterns and the EHR service (FastAPI, uvicorn), and pydantic (~50 ms,
+which typer 0.29 would import to convert every command's arguments: ``pixl_cli/plain_values.py``).
+A command module that imports one of them at module level makes every ``pixl`` command pay for
+it; this test names the culprit's import chain so it is quick to move into the function that
+uses it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ HEAVY = (
     "pixl_core.db",
     "pixl_core.text",
     "pixl_ehr",
+    "pydantic",
 )
 # What `pixl status` needs beyond the above: the database driver and PIXL's queries.
 STATUS_NEEDS = ("psycopg2", "pixl_core.db")
