@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from pixl_cli.output import EXIT_DATA_ERROR, EXIT_OK, console, err_console, operator_errors
+from pixl_core.config.pixel_policy import PixelText
 from pixl_core.config.projects import load_project
 from pixl_core.errors import PixlConfigError
 from pixl_core.hashing import ProjectHasher
@@ -315,6 +316,10 @@ def anonymise(
         config = load_project(project)
         hasher = ProjectHasher.for_project(config.slug)
         files = list(iter_inputs(paths))
+    if config.pixel_text is not PixelText.OFF:  # OpenCV and tesseract, imported only if used
+        from pixl_core.dicom.pixels import load_detector
+
+        load_detector()
     workers = min(jobs or default_jobs(), max(len(files), 1))
     keep_freed_buffers()  # before forking: the workers inherit it
     summary = Summary()
