@@ -126,7 +126,7 @@ def deidentify_file(index: int, path: Path) -> Outcome:
     partial = target / f"{result.sop_instance_uid}.dcm.{index}.partial"
     try:
         target.mkdir(parents=True, exist_ok=True)
-        partial.write_bytes(result.data)
+        result.write_to(partial)
     except OSError:
         partial.unlink(missing_ok=True)
         return Outcome(index, REFUSED_INTERNAL)
