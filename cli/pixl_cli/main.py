@@ -21,6 +21,8 @@ command run. Another type works, and costs its command that import.
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from pixl_cli.allowlist_cmd import allowlist_app
@@ -32,6 +34,11 @@ from pixl_cli.plain_values import PlainCoercionGroup
 from pixl_cli.reports_cmd import reports_app
 from pixl_cli.verify_cmd import MANIFEST_HELP, VERIFY_HELP, verify, write_manifest
 from pixl_cli.work_cmds import populate, rate, retry, status
+
+# Before any command imports numpy (through pydicom): its OpenBLAS starts a thread per core that
+# spins for a while at import, ~10-40 ms CPU per process here, and no command uses BLAS (its
+# parallelism is `pixl anonymise --jobs`). An operator's explicit setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 app = typer.Typer(
     name="pixl",

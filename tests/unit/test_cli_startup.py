@@ -152,3 +152,17 @@ def test_anonymise_without_the_pixel_check_loads_no_opencv(tmp_path: Path) -> No
     assert len(list(out.rglob("*.dcm"))) == 1
     assert "pixl_core.dicom" in loaded
     assert not {"cv2", "tesserocr", "pydantic"} & set(loaded), loaded
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "1"), ("4", "4")])
+def test_openblas_threads_default_to_one_before_numpy_loads(given: str | None, expected: str):
+    """numpy's OpenBLAS spins a thread per core at import (~10-40 ms CPU per process here) and
+    no command uses BLAS; an operator's own setting wins."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given
+    probe = "import os, pixl_cli.main; print(os.environ['OPENBLAS_NUM_THREADS'])"
+    completed = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+    )
+    assert completed.stdout.strip() == expected
