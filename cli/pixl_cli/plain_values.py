@@ -14,9 +14,10 @@ pydantic converter. So every value converts to what typer would have given, and 
 fails with typer's own message; only the common case skips pydantic. A parameter of another type
 or with typer constraints (``min``, ``max``, a ``parser``) keeps typer's converter.
 
-This relies on two typer internals (``typer._coercion.RuntimeParam``, the per-parameter
-``_runtime_param`` slot); if an upgrade renames them, parameters keep typer's converter
-(correct, only slower), and ``tests/unit/test_cli_startup.py`` fails on pydantic being imported.
+This relies on typer 0.29's internals (``typer._coercion``, ``coerce_cli_path``, the
+per-parameter ``_runtime_param`` slot); if an upgrade renames them, every parameter keeps
+typer's converter (correct, only slower), and ``tests/unit/test_cli_startup.py`` fails on
+pydantic being imported.
 """
 
 from __future__ import annotations
@@ -26,9 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
-from typer._coercion import RuntimeParam, build_runtime_param
-from typer._param_types import coerce_cli_path
-from typer.core import TyperGroup, _TyperParameter
+from typer.core import TyperGroup
+
+try:  # typer internals (0.29): without them, typer converts every value itself
+    from typer._coercion import RuntimeParam, build_runtime_param
+    from typer._param_types import coerce_cli_path
+    from typer.core import _TyperParameter
+except ImportError:  # pragma: no cover - another typer
+    RuntimeParam = _TyperParameter = None  # type: ignore[assignment,misc]
 
 # ASCII digits only: pydantic refuses other scripts' digits, which int() would take.
 _INT = re.compile(r"[+-]?[0-9]+")
@@ -59,10 +65,10 @@ def _plain(annotation: type, value: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class PlainParam(RuntimeParam):
+class PlainParam(RuntimeParam or object):  # type: ignore[misc]
     """typer's per-parameter converter, for the plain types (see the module docstring)."""
 
-    def _coerce_value(self, value: Any, param: _TyperParameter, ctx: Any) -> Any:
+    def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
         is_list = get_origin(self.annotation) is list
         item_type = get_args(self.annotation)[0] if is_list else self.annotation
         try:
@@ -83,17 +89,22 @@ class PlainParam(RuntimeParam):
         return [checked(path) for path in converted] if is_list else checked(converted)
 
 
-def _is_plain(param: _TyperParameter) -> bool:
-    descriptor = param.type_descriptor
-    annotation, info = descriptor.annotation, descriptor.parameter_info
-    if get_origin(annotation) is list:
-        (annotation,) = get_args(annotation) or (None,)
-    if annotation not in _PLAIN or descriptor.is_file:
+def _is_plain(param: Any) -> bool:
+    try:
+        descriptor = param.type_descriptor
+        annotation, info = descriptor.annotation, descriptor.parameter_info
+        if get_origin(annotation) is list:
+            (annotation,) = get_args(annotation) or (None,)
+        if annotation not in _PLAIN or descriptor.is_file:
+            return False
+        return info.parser is None and info.min is None and info.max is None and not info.clamp
+    except AttributeError:  # pragma: no cover - another typer: leave it its own conversion
         return False
-    return info.parser is None and info.min is None and info.max is None and not info.clamp
 
 
 def _use_plain(params: list[Any]) -> None:
+    if _TyperParameter is None:  # pragma: no cover
+        return
     for param in params:
         if (
             isinstance(param, _TyperParameter)
