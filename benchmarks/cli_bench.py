@@ -20,7 +20,8 @@ project in ``benchmarks/.work/``) for the goal, and as shipped (``pixel_text: ma
 also goes through the burned-in text detector) for information. ``--jobs 1`` and ``--jobs 2``;
 then 64 instances with 1 and 2 jobs for the speed-up (near-linear is the goal: 2 jobs ≈ 2x).
 Outputs are removed before each run, outside the timing; the page cache holds the inputs.
-Every candidate runs with compiled bytecode, as an installed product does (see ``_env``).
+Every candidate runs with compiled bytecode, as an installed product does, and with one
+OpenBLAS thread, as ``pixl`` sets for itself (see ``_env``).
 """
 
 from __future__ import annotations
@@ -147,6 +148,9 @@ def _env(**extra: str) -> dict[str, str]:
         if not k.startswith("MALLOC_") and k != "PYTHONDONTWRITEBYTECODE"
     }
     env["PYTHONPYCACHEPREFIX"] = str(WORK_DIR / "pycache")
+    # pixl sets this itself (pixl_cli/main.py); the floor gets it too, so that numpy's OpenBLAS
+    # threads spinning at import (10-40 ms CPU) are in neither figure.
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
     env.setdefault("PIXL_HASH_KEY", _RUN_KEY)  # drawn per run: no key is committed
     env.update(extra)
     return env
