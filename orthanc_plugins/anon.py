@@ -16,6 +16,7 @@ import orthanc
 import plugin_support
 
 from pixl_core.config.projects import load_project
+from pixl_core.dicom.pixels import load_detector
 from pixl_core.env import env_number
 from pixl_core.transport.ftps import FtpsClient, FtpsSettings
 from pixl_imaging import operator_view
@@ -23,6 +24,9 @@ from pixl_imaging.export import AnonExporter, ExportSettings
 from pixl_imaging.ingest import AnonIngest, OrphanSweeper
 
 plugin_support.setup_logging()
+# The burned-in text detector (OpenCV, tesseract) at start, as before it was imported lazily for
+# `pixl anonymise`: not on the first checked instance, inside a callback thread.
+load_detector()
 threads = plugin_support.BackgroundThreads()
 ingest = AnonIngest(os.environ["PIXL_DB_URL"], plugin_support.secret())
 exporter: AnonExporter | None = None

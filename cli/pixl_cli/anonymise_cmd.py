@@ -33,6 +33,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from pixl_cli.output import EXIT_DATA_ERROR, EXIT_OK, console, err_console, operator_errors
+from pixl_core.config.pixel_policy import PixelText
 from pixl_core.config.projects import load_project
 from pixl_core.errors import PixlConfigError
 from pixl_core.hashing import ProjectHasher
@@ -125,7 +127,7 @@ def deidentify_file(index: int, path: Path) -> Outcome:
     partial = target / f"{result.sop_instance_uid}.dcm.{index}.partial"
     try:
         target.mkdir(parents=True, exist_ok=True)
-        partial.write_bytes(result.data)
+        result.write_to(partial)
     except OSError:
         partial.unlink(missing_ok=True)
         return Outcome(index, REFUSED_INTERNAL)
@@ -167,6 +169,24 @@ class Summary:
         self.done += 1
         self.descriptors["cleaned"] += outcome.cleaned
         self.descriptors.update(outcome.by_kind)
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """The garbage collector off while the engine is imported and the project loaded: that
+    creates only long-lived objects (modules, classes, the allow-lists), so there is no garbage
+    cycle to find, yet the collector's full passes over them cost ~20 ms of the start-up
+    (``import pydicom`` and the engine; issue 12). They are then frozen (they live as long as
+    the process, and later passes skip them) and the collector is back on before any file is
+    read."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 def keep_freed_buffers() -> None:
@@ -298,23 +318,28 @@ def anonymise(
     Exit 0 when every input was de-identified or refused by policy, 1 when an input could not
     be read (the others are still done), 2 for bad usage or configuration.
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    with collector_paused():
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
-    # Imported before forking, so that every worker inherits the engine already loaded.
-    from pixl_core.dicom.deid import REFUSED_UNREADABLE
+        # Imported before forking, so that every worker inherits the engine already loaded.
+        from pixl_core.dicom.deid import REFUSED_UNREADABLE
 
-    with operator_errors():
-        if jobs is not None and not 1 <= jobs <= MAX_JOBS:
-            raise PixlConfigError(f"--jobs must be a whole number from 1 to {MAX_JOBS}")
-        config = load_project(project)
-        hasher = ProjectHasher.for_project(config.slug)
-        files = list(iter_inputs(paths))
+        with operator_errors():
+            if jobs is not None and not 1 <= jobs <= MAX_JOBS:
+                raise PixlConfigError(f"--jobs must be a whole number from 1 to {MAX_JOBS}")
+            config = load_project(project)
+            hasher = ProjectHasher.for_project(config.slug)
+            files = list(iter_inputs(paths))
+        if config.pixel_text is not PixelText.OFF:  # OpenCV and tesseract, imported if used
+            from pixl_core.dicom.pixels import load_detector
+
+            load_detector()
     workers = min(jobs or default_jobs(), max(len(files), 1))
     keep_freed_buffers()  # before forking: the workers inherit it
     summary = Summary()

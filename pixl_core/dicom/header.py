@@ -100,10 +100,16 @@ def _end_of_encapsulated(data: bytes, position: int) -> int:
     raise UnreadableDicom("unterminated encapsulated pixel data")
 
 
-def write_file(dataset: Dataset, pixel_element: bytes | memoryview = b"") -> bytes:
-    """Serialise ``dataset`` (with its file meta) and append the raw Pixel Data element."""
+def write_header(dataset: Dataset) -> bytes:
+    """Serialise ``dataset`` with its file meta: the file up to where the raw Pixel Data element
+    is appended. A caller writing to disk writes the two one after the other (``write_file``
+    would first copy both into one buffer: a whole film's worth per file)."""
     out = BytesIO()
     dataset.save_as(out, enforce_file_format=True)
-    if not pixel_element:
-        return out.getvalue()
-    return b"".join((out.getbuffer(), pixel_element))
+    return out.getvalue()
+
+
+def write_file(dataset: Dataset, pixel_element: bytes | memoryview = b"") -> bytes:
+    """Serialise ``dataset`` (with its file meta) and append the raw Pixel Data element."""
+    header = write_header(dataset)
+    return b"".join((header, pixel_element)) if pixel_element else header

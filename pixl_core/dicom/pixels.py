@@ -16,12 +16,17 @@ Why it is shaped this way:
   transfer syntax). A masked one is written native, Explicit VR Little Endian, never lossy.
 - Every checked instance says so: ``BurnedInAnnotation`` NO and the Clean Pixel Data option
   (113101) in ``DeidentificationMethodCodeSequence`` (``Project.method_options``).
+- The detector (``text_regions``, ``ocr``: OpenCV, tesseract) and ``burned_in_text`` are imported
+  by the first film checked, not with this module: the engine imports this module, and a project
+  with ``pixel_text: off`` would otherwise pay ~20 ms of OpenCV per process (``pixl anonymise``,
+  issue 12). ``load_detector`` imports them ahead, e.g. before ``pixl anonymise`` forks workers.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -29,22 +34,11 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from pixl_core.config.pixel_policy import BenignMarkers, PixelText
 from pixl_core.config.projects import Project
-from pixl_core.dicom import ocr
-from pixl_core.dicom.burned_in_text import (
-    InstanceIdentifiers,
-    identifiers_of,
-    is_benign,
-    kinds_of,
-)
 from pixl_core.dicom.pixel_data import PixelsRefused, decode, native_element
-from pixl_core.dicom.text_regions import (
-    Box,
-    find_text_boxes,
-    grown,
-    has_glyphs,
-    stretch_to_8bit,
-    value_range,
-)
+
+if TYPE_CHECKING:
+    from pixl_core.dicom.burned_in_text import InstanceIdentifiers
+    from pixl_core.dicom.text_regions import Box
 
 REFUSED_BURNED_IN_TEXT = "burned_in_text"
 _RING = 3  # pixels around a region whose median is the fill value
@@ -91,10 +85,25 @@ class PixelOutcome:
     masked_regions: int = 0
 
 
+def load_detector() -> None:
+    """Import what checking a film needs now rather than on the first film (which is where
+    ``analyse`` imports it): in a parent about to fork workers, so that each inherits it."""
+    from pixl_core.dicom import burned_in_text, ocr, text_regions  # noqa: F401
+
+
 def analyse(
     source: Dataset, element: bytes | memoryview, transfer_syntax: UID, project: Project
 ) -> Analysis:
     """Decode the pixels and find, read and classify their text. Raises ``PixelsRefused``."""
+    from pixl_core.dicom.burned_in_text import identifiers_of
+    from pixl_core.dicom.text_regions import (
+        find_text_boxes,
+        grown,
+        has_glyphs,
+        stretch_to_8bit,
+        value_range,
+    )
+
     frames = decode(source, element, transfer_syntax)
     analysis = Analysis(frames=frames)
     ids: InstanceIdentifiers | None = None
@@ -123,6 +132,9 @@ def _read_region(
 ) -> tuple[bool, frozenset[str]]:
     """OCR one region and decide. A short region that does not read as benign is read again
     mirrored: radiographers' lead markers (L, R) are often imaged back to front."""
+    from pixl_core.dicom import ocr
+    from pixl_core.dicom.burned_in_text import is_benign, kinds_of
+
     reading = ocr.read_line(crop8)
     if markers is None:
         return False, frozenset(kinds_of(reading.text, ids))

@@ -363,3 +363,21 @@ def test_a_worker_that_dies_costs_only_the_file_it_was_on(
     assert "de-identified 7, refused 6 (duplicate_instance 1, internal_error 1, " in result.output
     assert len(written(output)) == 7
     assert not list(output.rglob("*.partial"))
+
+
+def test_the_collector_is_paused_for_start_up_only() -> None:
+    """Off while the engine is imported and the project loaded, on again before any file is
+    read, an early exit (a configuration error) included."""
+    import gc
+
+    import typer
+
+    from pixl_cli.anonymise_cmd import collector_paused
+
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(typer.Exit), collector_paused():
+        raise typer.Exit(2)
+    assert gc.isenabled()

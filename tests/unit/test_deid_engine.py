@@ -203,6 +203,18 @@ def test_same_key_gives_byte_identical_output(
         assert deidentify_bytes(corpus.files[name].read_bytes(), chest, again).data == data, name
 
 
+def test_written_file_is_the_data_byte_for_byte(
+    corpus: Corpus, chest: Project, hasher: ProjectHasher, outputs: dict[str, bytes], tmp_path: Path
+) -> None:
+    """``pixl anonymise`` writes the header and the Pixel Data element one after the other
+    (no joined copy); the file must be exactly what orthanc-anon gets as ``data``."""
+    for name, data in outputs.items():
+        result = deidentify_bytes(corpus.files[name].read_bytes(), chest, hasher)
+        result.write_to(tmp_path / "out.dcm")
+        assert (tmp_path / "out.dcm").read_bytes() == result.data == data, name
+        assert result.pixel_element or "deflated" in name, name
+
+
 def test_another_process_gives_byte_identical_output(
     corpus: Corpus, outputs: dict[str, bytes]
 ) -> None:
