@@ -407,6 +407,8 @@ class RawWorker:
                 self._release(item)
             else:
                 code = exc.code if isinstance(exc, FetchError) else f"orthanc_{exc.code}"
+                if isinstance(exc, OrthancError) and exc.orthanc_status is not None:
+                    logger.warning("study item %s: Orthanc error %s", item.id, exc.orthanc_status)
                 self._retry(item, code)
         except db.DATABASE_ERRORS:
             raise

@@ -20,10 +20,18 @@ from pixl_core.errors import PixlError
 class OrthancError(PixlError):
     """An Orthanc REST call failed; ``code`` is a short reason usable as an error code."""
 
-    def __init__(self, message: str, code: str = "orthanc_error", status: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        code: str = "orthanc_error",
+        status: int | None = None,
+        orthanc_status: int | None = None,
+    ):
         super().__init__(message)
         self.code = code
         self.status = status
+        # Orthanc's own error code from the answer's body (11: its database), for the logs.
+        self.orthanc_status = orthanc_status
 
 
 class OrthancApi(Protocol):
@@ -38,6 +46,26 @@ class OrthancApi(Protocol):
     def post_bytes(self, path: str, data: bytes) -> Any: ...
 
     def delete(self, path: str) -> None: ...
+
+
+ORTHANC_DATABASE_ERROR = 11  # Orthanc's ErrorCode_Database
+
+
+def _orthanc_status(response: requests.Response) -> int | None:
+    """Orthanc's own error code (``OrthancStatus``) in an error answer's body, if any."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    status = body.get("OrthancStatus") if isinstance(body, dict) else None
+    return status if isinstance(status, int) else None
+
+
+def _database_unavailable(response: requests.Response) -> bool:
+    """Orthanc could not reach its database for this request (worth asking again shortly)."""
+    if response.status_code == 503:
+        return True
+    return response.status_code == 500 and _orthanc_status(response) == ORTHANC_DATABASE_ERROR
 
 
 class OrthancClient:
@@ -63,9 +91,12 @@ class OrthancClient:
         if token:
             self._session.headers["Authorization"] = token
 
-    # Orthanc answers 503 when its database is unavailable: with the index in PostgreSQL, each
-    # of its pooled connections fails once after a Postgres restart before it reconnects. Such
-    # a request is tried again after these pauses instead of failing the work it serves, except
+    # Orthanc answers 503 when its database is unavailable, and 500 with its error code 11
+    # ("Error with the database engine") when a connection of its PostgreSQL index broke under
+    # a request: with the index in PostgreSQL, each of its pooled connections fails once after
+    # a Postgres restart before it reconnects. Such a request is tried again after these pauses
+    # instead of failing the work it serves (a study being handed on when Postgres restarted
+    # lost a try to it, seen in the Postgres drill), except
     # one that starts a C-MOVE (a retrieve): asking the VNA again is the fetch worker's decision
     # (audited, at most once per project), never a transport's.
     UNAVAILABLE_PAUSES = (0.5, 1.0, 2.0, 4.0)
@@ -74,19 +105,21 @@ class OrthancClient:
         retriable = not path.rstrip("/").endswith(("/retrieve", "/move"))
         response = self._send(method, path, **kwargs)
         for pause in self.UNAVAILABLE_PAUSES if retriable else ():
-            if response.status_code != 503:
+            if not _database_unavailable(response):
                 break
             response.close()
             time.sleep(pause)
             response = self._send(method, path, **kwargs)
         if response.status_code >= 400:
+            orthanc_status = _orthanc_status(response)
             response.close()
             code = "not_found" if response.status_code == 404 else f"http_{response.status_code}"
             raise OrthancError(
                 f"Orthanc at {self.url} answered {response.status_code} to {method} "
-                f"{path.split('/')[1] if '/' in path else path}",
+                f"{path.split('/')[1] if '/' in path else path} (Orthanc error {orthanc_status})",
                 code,
                 response.status_code,
+                orthanc_status,
             )
         return response
 
