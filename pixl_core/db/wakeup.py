@@ -25,7 +25,7 @@ import psycopg2.extensions
 
 from pixl_core.db.connection import DATABASE_ERRORS, Connection, connect
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("pixl.wakeup")  # under "pixl": into Orthanc's log in the plugins
 
 HANDED_ON = "pixl_study_handed_on"
 RECONNECT_SECONDS = 5.0
