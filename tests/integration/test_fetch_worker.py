@@ -430,15 +430,21 @@ def test_higher_priority_is_claimed_first(conn, cohort):
     assert (first.id, second.id) == (high, low)
 
 
+def gated_replicas(db_url: str, cohort: Cohort) -> tuple[list[Imaging], threading.Event]:
+    """Two orthanc-raw replicas over one Postgres whose moves wait until the gate opens."""
+    replicas = [Imaging(db_url, cohort, worker_id=f"raw:replica{n}") for n in (1, 2)]
+    gate = threading.Event()
+    for replica in replicas:
+        replica.raw.gate = gate
+    return replicas, gate
+
+
 def test_two_replicas_keep_the_in_flight_limit_together(db_url, conn, cohort):
     """Issue 12: the '*' in-flight limit is of all orthanc-raw replicas, not of each."""
     work_queue.set_fetch_rate(conn, "*", 100.0, 2)
     for role in (NORMAL, SHARED, NO_REPORT):
         queue(conn, cohort.by_role(role))
-    replicas = [Imaging(db_url, cohort, worker_id=f"raw:replica{n}") for n in (1, 2)]
-    gate = threading.Event()
-    for replica in replicas:
-        replica.raw.gate = gate  # moves wait until the gate opens
+    replicas, gate = gated_replicas(db_url, cohort)
     stop = threading.Event()
     threads = [threading.Thread(target=r.worker.run, args=(stop,), daemon=True) for r in replicas]
     for thread in threads:
@@ -505,10 +511,7 @@ def test_two_replicas_keep_a_projects_in_flight_limit_together(db_url, conn, coh
     work_queue.set_fetch_rate(conn, PROJECT, 100.0, 1)
     for role in (NORMAL, SHARED, NO_REPORT):
         queue(conn, cohort.by_role(role))
-    replicas = [Imaging(db_url, cohort, worker_id=f"raw:replica{n}") for n in (1, 2)]
-    gate = threading.Event()
-    for replica in replicas:
-        replica.raw.gate = gate  # moves wait until the gate opens
+    replicas, gate = gated_replicas(db_url, cohort)
     seen: list[list[str]] = []
 
     def one_fetching_for_a_while() -> bool:
