@@ -53,6 +53,7 @@ request: Orthanc sends one request per resource, so a top-up names one resource 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -191,6 +192,7 @@ def fetch_study(
                 f"/queries/{query_id}/answers/{query_index}/retrieve",
                 {"TargetAet": settings.own_aet, "Synchronous": True},
                 settings,
+                arrived=lambda: len(set(listed) & set(local_instances(raw, study_uid))),
             )
             moves += 1
         else:
@@ -234,6 +236,12 @@ def _fetch_uncached_study(
     expected = _as_int(content.get("NumberOfStudyRelatedInstances"))
     if not expected or not in_study & modalities or local_instances(raw, study_uid):
         return None, 0
+    local: dict[str, LocalInstance] = {}
+
+    def arrived() -> int:
+        local.update(local_instances(raw, study_uid))
+        return len(local)
+
     _audited_move(
         raw,
         audit,
@@ -242,8 +250,8 @@ def _fetch_uncached_study(
         f"/queries/{query_id}/answers/{query_index}/retrieve",
         {"TargetAet": settings.own_aet, "Synchronous": True},
         settings,
+        arrived=arrived,
     )
-    local = local_instances(raw, study_uid)
     if len(local) != expected:  # the listing tells a short transfer from a short listing
         return None, 1
     return FetchResult(Outcome.FETCHED, study_uid, [local[sop] for sop in sorted(local)], 1), 1
@@ -367,16 +375,25 @@ def _audited_move(
     path: str,
     body: dict[str, Any],
     settings: FetchSettings,
+    arrived: Callable[[], int] | None = None,
 ) -> None:
     """Send one C-MOVE request through orthanc-raw, its intent audited before and its outcome
-    after."""
+    after. With ``arrived`` (how many of the ``instances`` orthanc-raw holds now), a move the
+    archive reported done that brought fewer is audited as what it was: ``failed``
+    (``incomplete_transfer``) with the count that arrived, not ``completed``; an archive may
+    report success, or a warning Orthanc passes as success, when some of its sub-operations
+    failed (orthanc-raw could not store while its index was away)."""
     move_id = audit.requested(level)
     try:
         raw.post(path, body, timeout=settings.move_timeout_seconds)
     except PixlError as exc:
         audit.finished(move_id, "failed", error_code=f"orthanc_{exc.code}")
         raise
-    audit.finished(move_id, "completed", instances=instances)
+    got = arrived() if arrived is not None else instances
+    if got < instances:
+        audit.finished(move_id, "failed", instances=got, error_code="incomplete_transfer")
+    else:
+        audit.finished(move_id, "completed", instances=instances)
 
 
 def _move_missing(

@@ -457,6 +457,11 @@ def test_a_short_transfer_after_the_one_c_find_move_is_listed_and_topped_up_next
     result = fetch_study(api, QUERY, CHEST, FetchSettings(), api.audit)
     assert (result.outcome, result.moves) == (Outcome.FETCHED, 1)
     assert api.moves[-1] == ("instances", ["3"])
+    # The archive called the first move done; the audit says what it brought.
+    assert api.audit.rows == [
+        ["study", "failed", 2, "incomplete_transfer"],
+        ["instance", "completed", 1, None],
+    ]
 
 
 def test_an_answer_without_the_projects_modality_is_decided_by_the_series_listing():
