@@ -211,8 +211,8 @@ def check_drill(
     again, and is, once, in smaller moves (``vna_fetch._move_missing``: a series that lost
     most of its instances in one request, else each missing instance by itself, so nothing is
     sent twice). Such a study may then show as many more moves in the VNA's log as its audit
-    has top-up requests (series or instance level), at most one per instance, and no second
-    whole-study move beyond one per cut move.
+    has top-up requests (series or instance level), at most one per instance, or one more
+    whole-study move per cut move that brought nothing.
     ``unsent``: per study number, audited moves that may never have reached the VNA: a move's
     intent is recorded before its request (fault F3), so a replica killed between the two, or
     an Orthanc that failed the request before sending it (its index away), leaves an audit row
@@ -234,8 +234,11 @@ def check_drill(
     moves = {s.number: sum(sent[i] for i in s.vna_ids) for s in studies}
     top_ups = top_ups or {}
     whole, smaller = audited_levels(drill)
+    # A cut study: its audited moves (checked below to be at most one more whole move per cut
+    # one, and at most one top-up per instance); the audit is held equal to the log after.
     allowed = {
-        s.number: 1 + (smaller.get(s.number, 0) if s.number in top_ups else 0) for s in studies
+        s.number: whole.get(s.number, 0) + smaller.get(s.number, 0) if s.number in top_ups else 1
+        for s in studies
     }
     for study in studies:
         if study.number not in top_ups:
@@ -248,7 +251,8 @@ def check_drill(
         )
     too_many = {n: moves[n] for n in moves if moves[n] > allowed[n]}
     assert not too_many, (
-        f"{drill.project}: the VNA moved studies more than once (its own log): {too_many}"
+        f"{drill.project}: the VNA moved studies more than once (its own log): {too_many}; "
+        f"their audit and attempts: {audit_rows(drill, set(too_many))}"
     )
 
     audit = drill.by_number(
@@ -274,6 +278,18 @@ def check_drill(
         f"{drill.project}: {rows} vna_move rows, but the VNA logged {delta} "
         "move requests during the drill"
     )
+
+
+def audit_rows(drill: Drill, numbers: set[int]) -> list[tuple[object, ...]]:
+    """The audited moves of the studies ``numbers`` (for a failure's message: no identifier)."""
+    rows = drill.stack.query(
+        "SELECT s.accession_number, s.attempts, s.crash_count, s.last_error_code, m.level, "
+        "m.outcome, m.error_code, m.instance_count, m.requested_by FROM vna_move m "
+        "JOIN study s ON s.id = m.study_id WHERE s.project = %s ORDER BY m.id",
+        drill.project,
+    )
+    by_accession = {s.accession: s.number for s in drill.studies}
+    return [(by_accession[a], *rest) for a, *rest in rows if by_accession[a] in numbers]
 
 
 def audited_levels(drill: Drill) -> tuple[dict[int, int], dict[int, int]]:
