@@ -75,8 +75,8 @@ from stack.synthetic.dicom_builder import base_dataset, code_item, to_bytes
 
 TITLE = "De-identification engine"
 PROJECT_SLUG = "chest-xray"
-# A fixed, public secret: benchmarks must be reproducible and must never touch PIXL_HASH_KEY.
-BENCH_SECRET = secrets.token_hex(32).encode()  # drawn per run: no key in the repository
+# Drawn per run (no key in the repository); never PIXL_HASH_KEY, which benchmarks must not touch.
+BENCH_SECRET = secrets.token_hex(32).encode()
 FLOOR_RATIO_GOAL = 1.2
 MEMORY_RATIO_GOAL = 3.0
 # Bump when the synthetic header changes, so stale files in .work/ are not reused.

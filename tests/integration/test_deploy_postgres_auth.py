@@ -3,6 +3,7 @@ converts a cluster made with trust authentication before issue 8 (finding 7)."""
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -44,16 +45,17 @@ def _connects(port: int, password: str | None) -> bool:
 
 
 def test_the_password_follows_the_stack_and_nothing_else_gets_in(data_dir: Path):
+    first, second = secrets.token_hex(8), secrets.token_hex(8)  # drawn per run
     port = free_port()
-    url = start_cluster(data_dir, port, data_dir.with_suffix(".log"), password="first-password-1")
-    assert urlsplit(url).password == "first-password-1"
-    assert _connects(port, "first-password-1")
+    url = start_cluster(data_dir, port, data_dir.with_suffix(".log"), password=first)
+    assert urlsplit(url).password == first
+    assert _connects(port, first)
     assert not _connects(port, None) and not _connects(port, "wrong")
     stop_cluster(data_dir)
     # secrets.env regenerated: the next start sets the new password.
-    start_cluster(data_dir, port, data_dir.with_suffix(".log"), password="second-password-2")
-    assert _connects(port, "second-password-2") and not _connects(port, "first-password-1")
-    assert cluster_password(data_dir) == "second-password-2"
+    start_cluster(data_dir, port, data_dir.with_suffix(".log"), password=second)
+    assert _connects(port, second) and not _connects(port, first)
+    assert cluster_password(data_dir) == second
 
 
 def test_a_trust_cluster_from_before_is_converted(data_dir: Path):

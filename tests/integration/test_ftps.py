@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import pickle
+import secrets
 import signal
 import socket
 import ssl
@@ -297,7 +298,8 @@ def _wait_until_listening(port: int, process: subprocess.Popen[bytes]) -> None:
 def test_stand_in_command_line_serves_and_stops_on_sigterm(
     tmp_path: Path, unused_tcp_port: int
 ) -> None:
-    env = {**os.environ, "DSH_TEST_PASSWORD": "from-the-environment"}
+    password = secrets.token_hex(8)  # drawn per run: no password in the repository
+    env = {**os.environ, "DSH_TEST_PASSWORD": password}
     command = [sys.executable, "-m", "stack.standins.dsh_ftps", "--host", "127.0.0.1"]
     command += ["--port", str(unused_tcp_port), "--root", str(tmp_path / "root")]
     command += ["--user", "pixl", "--password-env", "DSH_TEST_PASSWORD"]
@@ -311,7 +313,7 @@ def test_stand_in_command_line_serves_and_stops_on_sigterm(
             "127.0.0.1",
             unused_tcp_port,
             "pixl",
-            "from-the-environment",
+            password,
             ca_file=str(tmp_path / "certs" / CERT_FILE_NAME),
         )
         with FtpsClient(settings) as client:
@@ -320,7 +322,7 @@ def test_stand_in_command_line_serves_and_stops_on_sigterm(
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output.decode(errors="replace")
-    assert b"from-the-environment" not in output
+    assert password.encode() not in output
     assert (tmp_path / "root/cli/file.bin").read_bytes() == b"via the command line"
 
 

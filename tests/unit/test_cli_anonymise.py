@@ -240,7 +240,7 @@ def test_the_same_instance_given_twice_is_written_once(tmp_path, monkeypatch):
     inputs.mkdir()
     shutil.copy(source, inputs / "a.dcm")
     shutil.copy(source, inputs / "b.dcm")
-    env = {"PIXL_HASH_KEY": "test-key-0123456789abcdef", "PATH": "/usr/bin:/bin"}
+    env = {"PIXL_HASH_KEY": TEST_HASH_KEY, "PATH": "/usr/bin:/bin"}
     result = subprocess.run(
         [
             str(PIXL),

@@ -6,6 +6,8 @@ with a different message (or a traceback): each test proves the check comes firs
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
 from typer.testing import CliRunner
 
@@ -15,7 +17,7 @@ runner = CliRunner()
 NOWHERE = {
     "PIXL_DB_URL": "postgresql://nobody@127.0.0.1:1/none",
     "PIXL_EHR_URL": "",
-    "PIXL_HASH_KEY": "unit-test-key-0123456789",
+    "PIXL_HASH_KEY": secrets.token_hex(16),  # drawn per run: no key in the repository
 }
 LONG = "a" * 100_000
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import subprocess
 import sys
 import threading
@@ -318,18 +319,19 @@ def test_from_env_without_url_is_a_one_line_config_error() -> None:
 
 
 def test_from_env_reads_every_variable_and_hides_the_password() -> None:
+    password = secrets.token_hex(8)  # drawn per run: no password in the repository
     settings = CogstackSettings.from_env(
         {
             "PIXL_COGSTACK_URL": "https://cogstack.example:8443/",
             "PIXL_COGSTACK_USER": "pixl",
-            "PIXL_COGSTACK_PASSWORD": "hunter2",
+            "PIXL_COGSTACK_PASSWORD": password,
             "PIXL_COGSTACK_TIMEOUT": "12.5",
         }
     )
     assert settings.url == "https://cogstack.example:8443"
-    assert (settings.username, settings.password, settings.timeout) == ("pixl", "hunter2", 12.5)
+    assert (settings.username, settings.password, settings.timeout) == ("pixl", password, 12.5)
     assert settings.host_port == "cogstack.example:8443"
-    assert "hunter2" not in repr(settings)
+    assert password not in repr(settings)
     with pytest.raises(PixlConfigError):
         CogstackSettings.from_env({"PIXL_COGSTACK_URL": "x", "PIXL_COGSTACK_TIMEOUT": "soon"})
     with pytest.raises(PixlConfigError):

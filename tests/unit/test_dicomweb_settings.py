@@ -7,6 +7,7 @@ the key; a password or token in the file is refused naming the variables to use 
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -111,11 +112,12 @@ def test_bad_dicomweb_destination_is_one_line_naming_file_and_key(
 
 def test_per_project_password_wins_over_the_global_one(tmp_path: Path) -> None:
     project = project_file(tmp_path, {"dicomweb": WEB})
-    env = {"PIXL_DICOMWEB_PASSWORD__CXR_RESEARCH": "own", "PIXL_DICOMWEB_PASSWORD": "global"}
-    assert DicomwebSettings.for_project(project, env).password == "own"
-    fallback = DicomwebSettings.for_project(project, {"PIXL_DICOMWEB_PASSWORD": "global"})
-    assert fallback.password == "global"
-    assert "global" not in repr(fallback)
+    own, shared = secrets.token_hex(8), secrets.token_hex(8)  # drawn per run
+    env = {"PIXL_DICOMWEB_PASSWORD__CXR_RESEARCH": own, "PIXL_DICOMWEB_PASSWORD": shared}
+    assert DicomwebSettings.for_project(project, env).password == own
+    fallback = DicomwebSettings.for_project(project, {"PIXL_DICOMWEB_PASSWORD": shared})
+    assert fallback.password == shared
+    assert shared not in repr(fallback)
 
 
 def test_bearer_token_from_the_environment(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ missing secret is one line naming both variables, never the password.
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from pixl_core.transport.ftps import FtpsSettings, project_variable
 
 SLUG = "chest-xray-study"
 OWN_PASSWORD = "PIXL_DSH_PASSWORD__CHEST_XRAY_STUDY"
+# Drawn per run: no password is written in the repository.
+DSH_SECRET, OWN_SECRET, GLOBAL_SECRET, NOT_MINE = (secrets.token_hex(8) for _ in range(4))
 DESTINATION = {"host": "dsh.example.org", "port": 2990, "user": "pixl", "root": "/incoming"}
 
 
@@ -105,7 +108,7 @@ def test_settings_come_from_the_project_file_and_the_environment(tmp_path: Path)
     ca_file.write_text("not parsed here")
     ftps = {**DESTINATION, "implicit_tls": True, "verify": True}
     environ = {
-        "PIXL_DSH_PASSWORD": "s3cret-value",
+        "PIXL_DSH_PASSWORD": DSH_SECRET,
         "PIXL_DSH_CA_FILE": str(ca_file),
         "PIXL_DSH_TIMEOUT": "12.5",
         "PIXL_DSH_RETRIES": "5",
@@ -119,7 +122,7 @@ def test_settings_come_from_the_project_file_and_the_environment(tmp_path: Path)
         "dsh.example.org",
         2990,
         "pixl",
-        "s3cret-value",
+        DSH_SECRET,
         "/incoming",
         implicit_tls=True,
         ca_file=str(ca_file),
@@ -128,34 +131,34 @@ def test_settings_come_from_the_project_file_and_the_environment(tmp_path: Path)
         retries=5,
         backoff_seconds=0.5,
     )
-    assert "s3cret-value" not in repr(settings)
+    assert DSH_SECRET not in repr(settings)
 
 
 def test_per_project_password_wins_over_the_global_one(tmp_path: Path) -> None:
     project = project_file(tmp_path, DESTINATION)
-    environ = {OWN_PASSWORD: "own-secret", "PIXL_DSH_PASSWORD": "global-secret"}
-    assert FtpsSettings.for_project(project, environ).password == "own-secret"
+    environ = {OWN_PASSWORD: OWN_SECRET, "PIXL_DSH_PASSWORD": GLOBAL_SECRET}
+    assert FtpsSettings.for_project(project, environ).password == OWN_SECRET
 
 
 def test_global_password_is_the_fallback(tmp_path: Path) -> None:
     project = project_file(tmp_path, DESTINATION)
-    environ = {"PIXL_DSH_PASSWORD": "global-secret", "PIXL_DSH_PASSWORD__OTHER": "not-mine"}
-    assert FtpsSettings.for_project(project, environ).password == "global-secret"
+    environ = {"PIXL_DSH_PASSWORD": GLOBAL_SECRET, "PIXL_DSH_PASSWORD__OTHER": NOT_MINE}
+    assert FtpsSettings.for_project(project, environ).password == GLOBAL_SECRET
 
 
 def test_an_empty_per_project_password_falls_back_to_the_global_one(tmp_path: Path) -> None:
     project = project_file(tmp_path, DESTINATION)
-    environ = {OWN_PASSWORD: "", "PIXL_DSH_PASSWORD": "global-secret"}
-    assert FtpsSettings.for_project(project, environ).password == "global-secret"
+    environ = {OWN_PASSWORD: "", "PIXL_DSH_PASSWORD": GLOBAL_SECRET}
+    assert FtpsSettings.for_project(project, environ).password == GLOBAL_SECRET
 
 
 def test_missing_password_names_both_variables(tmp_path: Path) -> None:
     project = project_file(tmp_path, DESTINATION)
     with pytest.raises(PixlConfigError) as caught:
-        FtpsSettings.for_project(project, {"PIXL_DSH_PASSWORD__OTHER": "not-mine"})
+        FtpsSettings.for_project(project, {"PIXL_DSH_PASSWORD__OTHER": NOT_MINE})
     message = str(caught.value)
     assert OWN_PASSWORD in message and "PIXL_DSH_PASSWORD " in message
-    assert "export" in message and "\n" not in message and "not-mine" not in message
+    assert "export" in message and "\n" not in message and NOT_MINE not in message
 
 
 def test_project_without_destination_is_refused_naming_the_file_and_fix(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ configuration must hold no secret, every program with secrets must read them thr
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 import subprocess
 import sys
@@ -48,7 +49,8 @@ def test_a_malformed_env_file_names_its_line(tmp_path):
 
 def test_the_launcher_sets_env_and_memory_limit_then_execs(tmp_path):
     env_file = tmp_path / "program.env"
-    write_env_file(env_file, {"PIXL_SECRET_FOR_TEST": "s3cr3t value"})
+    value = f"{secrets.token_hex(6)} value"  # drawn per run, with a space to quote
+    write_env_file(env_file, {"PIXL_SECRET_FOR_TEST": value})
     result = subprocess.run(
         [
             sys.executable,
@@ -69,7 +71,7 @@ def test_the_launcher_sets_env_and_memory_limit_then_execs(tmp_path):
         check=True,
     )
     first, limit = result.stdout.splitlines()
-    assert first.split(" ", 1)[1] == "s3cr3t value"
+    assert first.split(" ", 1)[1] == value
     assert limit == str(512 * 1024)  # ulimit -v counts KiB
 
 
@@ -100,13 +102,13 @@ def test_supervisord_conf_holds_no_secret(tmp_path):
     root.mkdir()
     settings = StackSettings.for_tests(root)
     # A test's own secret (a per-project DSH password) is kept out of it too.
-    settings.extra_env = {"PIXL_DSH_PASSWORD__RETRY_FTPS": "per-project-secret-1234"}
+    settings.extra_env = {"PIXL_DSH_PASSWORD__RETRY_FTPS": secrets.token_hex(12)}
     local_stack.prepare_folders(settings)
     conf = local_stack.supervisor_config(settings)
-    secrets = settings.secret_environment()
-    assert "PIXL_DSH_PASSWORD__RETRY_FTPS" in secrets
-    assert set(secrets) >= {"PIXL_HASH_KEY", "PIXL_DB_URL", "PIXL_EHR_TOKEN", "PIXL_DB_PASSWORD"}
-    for name, value in secrets.items():
+    held = settings.secret_environment()
+    assert "PIXL_DSH_PASSWORD__RETRY_FTPS" in held
+    assert set(held) >= {"PIXL_HASH_KEY", "PIXL_DB_URL", "PIXL_EHR_TOKEN", "PIXL_DB_PASSWORD"}
+    for name, value in held.items():
         assert value not in conf, name
 
 
