@@ -220,15 +220,7 @@ class ThreadConnections:
         restart for up to ``retry_seconds``: a worker that has reached an outcome records it
         rather than leaving it to a lease, and an answer that depends on the database waits for
         it rather than guessing."""
-        deadline = time.monotonic() + retry_seconds
-        while True:
-            try:
-                return action(self.get())
-            except DATABASE_ERRORS:
-                self.reset()
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(1.0)
+        return _through_restarts(lambda: action(self.get()), self.reset, retry_seconds)
 
     def reset(self) -> None:
         """Forget this thread's connection and have every other thread reconnect too (after a
@@ -288,26 +280,18 @@ class ConnectionPool:
     def run(self, action: Callable[[Connection], T], retry_seconds: float) -> T:
         """Run one database step on a borrowed connection, reconnecting through a Postgres
         restart for up to ``retry_seconds`` (as ``ThreadConnections.run``)."""
-        deadline = time.monotonic() + retry_seconds
-        while True:
-            conn: Connection | None = None
-            try:
-                conn, generation = self._borrow()
-                result = action(conn)
-            except DATABASE_ERRORS:
-                if conn is not None:
-                    _close_quietly(conn)
-                self.reset()
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(1.0)
-                continue
-            except BaseException:
-                if conn is not None:
-                    _close_quietly(conn)
-                raise
-            self._give_back(conn, generation)
-            return result
+        return _through_restarts(lambda: self._lent(action), self.reset, retry_seconds)
+
+    def _lent(self, action: Callable[[Connection], T]) -> T:
+        """``action`` on a borrowed connection, given back after it; closed if it failed."""
+        conn, generation = self._borrow()
+        try:
+            result = action(conn)
+        except BaseException:
+            _close_quietly(conn)
+            raise
+        self._give_back(conn, generation)
+        return result
 
     def reset(self) -> None:
         """Close every idle connection; those lent out now are closed when given back."""
@@ -316,6 +300,22 @@ class ConnectionPool:
             self._generation += 1
         for conn, _ in idle:
             _close_quietly(conn)
+
+
+def _through_restarts(
+    attempt: Callable[[], T], reset: Callable[[], None], retry_seconds: float
+) -> T:
+    """``attempt()``, tried again every second through database errors (after ``reset``) for up
+    to ``retry_seconds``; the last error is raised after that."""
+    deadline = time.monotonic() + retry_seconds
+    while True:
+        try:
+            return attempt()
+        except DATABASE_ERRORS:
+            reset()
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(1.0)
 
 
 def _idle_and_open(conn: Connection) -> bool:
