@@ -85,7 +85,7 @@ class QueueSpec:
     # Counts the items' worker crashes (``claim(max_crashes=…)``, ``record_crash``), if set.
     crash_column: str | None = None
     # A column set while a claimed item no longer counts against ``claim(in_progress_cap=…)``
-    # (a study handed on after its fetch, ``mark_fetched``); every claim clears it.
+    # (a study handed on after its fetch, ``mark_off_cap``); every claim clears it.
     off_cap_column: str | None = None
 
 
@@ -332,14 +332,7 @@ def claim(
         if in_progress_cap is not None or own:
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"pixl-claim:{spec.table}",))
         if in_progress_cap is not None:
-            cur.execute(
-                sql.SQL(
-                    "SELECT count(*) AS n FROM {t} WHERE state IN %(in_progress)s "
-                    "AND claimed_until > now() {off_cap}"
-                ).format(t=sql.Identifier(spec.table), off_cap=_counted_on_cap(spec)),
-                {"in_progress": in_progress},
-            )
-            limit = min(limit, in_progress_cap - int(cur.fetchone()["n"]))
+            limit = min(limit, in_progress_cap - _count_on_cap(cur, spec))
             if limit <= 0:
                 return []
         if max_crashes is not None and spec.crash_column is not None:
@@ -438,16 +431,20 @@ def _counted_on_cap(spec: QueueSpec) -> sql.Composable:
 def in_progress_on_cap(conn: Connection, table: str) -> int:
     """Items in progress under a live lease that count on ``claim(in_progress_cap=…)``, of
     every worker together (for waiting before a claim; the claim itself counts under a lock)."""
-    spec = _spec(table)
-    with conn, conn.cursor() as cur:
-        cur.execute(
-            sql.SQL(
-                "SELECT count(*) FROM {t} WHERE state IN %(in_progress)s "
-                "AND claimed_until > now() {off_cap}"
-            ).format(t=sql.Identifier(spec.table), off_cap=_counted_on_cap(spec)),
-            {"in_progress": tuple(spec.in_progress_states)},
-        )
-        return int(cur.fetchone()[0])
+    with conn, conn.cursor(cursor_factory=RealDictCursor) as cur:
+        return _count_on_cap(cur, _spec(table))
+
+
+def _count_on_cap(cur: cursor, spec: QueueSpec) -> int:
+    """The count behind ``in_progress_on_cap``, on ``cur`` (a ``RealDictCursor``)."""
+    cur.execute(
+        sql.SQL(
+            "SELECT count(*) AS n FROM {t} WHERE state IN %(in_progress)s "
+            "AND claimed_until > now() {off_cap}"
+        ).format(t=sql.Identifier(spec.table), off_cap=_counted_on_cap(spec)),
+        {"in_progress": tuple(spec.in_progress_states)},
+    )
+    return int(cur.fetchone()["n"])
 
 
 def mark_off_cap(conn: Connection, table: str, item_id: int, worker_id: str) -> bool:
