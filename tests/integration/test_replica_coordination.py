@@ -109,11 +109,8 @@ def _queue_studies(conn: Connection, project: str, count: int) -> None:
             )
 
 
-def test_two_claimers_keep_a_projects_rate_together(db_url, conn):
-    """`pixl rate --project P` at 5 a second: two replicas claiming P's studies as fast as they
-    can get 5 or 6 between them in a second (the first slot at once), not 5 or 6 each."""
-    _queue_studies(conn, "slow-project", 40)
-    rates = {"slow-project": FetchRate(studies_per_second=5.0, max_in_flight=100)}
+def _claimer(rates: dict[str, FetchRate]) -> Callable[[Connection], bool]:
+    """One claim of one study as a replica makes it, with ``rates`` as the projects' own."""
 
     def claim(session: Connection) -> bool:
         return bool(
@@ -122,7 +119,15 @@ def test_two_claimers_keep_a_projects_rate_together(db_url, conn):
             )
         )
 
-    took = _in_two_sessions(db_url, 1.0, claim)
+    return claim
+
+
+def test_two_claimers_keep_a_projects_rate_together(db_url, conn):
+    """`pixl rate --project P` at 5 a second: two replicas claiming P's studies as fast as they
+    can get 5 or 6 between them in a second (the first slot at once), not 5 or 6 each."""
+    _queue_studies(conn, "slow-project", 40)
+    rates = {"slow-project": FetchRate(studies_per_second=5.0, max_in_flight=100)}
+    took = _in_two_sessions(db_url, 1.0, _claimer(rates))
     assert 3 <= len(took) <= 7, len(took)
     _at_most_one_per_interval(took, 0.2)
     with conn, conn.cursor() as cur:
@@ -150,15 +155,7 @@ def test_two_claimers_keep_a_projects_in_flight_limit_together(db_url, conn):
     """A project's own in-flight limit (2) counts every replica's studies in flight."""
     _queue_studies(conn, "narrow-project", 10)
     rates = {"narrow-project": FetchRate(studies_per_second=1000.0, max_in_flight=2)}
-
-    def claim(session: Connection) -> bool:
-        return bool(
-            work_queue.claim(
-                session, "study", "raw:replica", 1, 60, in_progress_cap=100, project_rates=rates
-            )
-        )
-
-    assert len(_in_two_sessions(db_url, 0.5, claim)) == 2
+    assert len(_in_two_sessions(db_url, 0.5, _claimer(rates))) == 2
     with conn, conn.cursor() as cur:  # one lease runs out: a place is free again
         cur.execute(
             "UPDATE study SET claimed_until = now() - interval '1 s' WHERE id = "
