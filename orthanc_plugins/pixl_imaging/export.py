@@ -385,11 +385,16 @@ class AnonExporter:
                     self.counters.add("uploaded")
         return self._exported(item, studies[0], pseudo_uid, len(instances), digest, size)
 
+    def _kept_clients(self) -> dict[str, tuple[FtpsClient, float]]:
+        """This thread's open FTPS clients: project → (client, when last used)."""
+        clients: dict[str, tuple[FtpsClient, float]] = self._kept.__dict__.setdefault("clients", {})
+        return clients
+
     @contextlib.contextmanager
     def _kept_client(self, project: str) -> Iterator[FtpsClient]:
         """This thread's open FTPS client for ``project``, opened if there is none. A failure
         while it is used closes it, so the next study starts on a fresh connection."""
-        kept: dict[str, tuple[FtpsClient, float]] = self._kept.__dict__.setdefault("clients", {})
+        kept = self._kept_clients()
         entry = kept.pop(project, None)
         client = entry[0] if entry else self.ftps(project).__enter__()
         try:
@@ -402,7 +407,7 @@ class AnonExporter:
 
     def _close_idle_clients(self, older_than: float | None = None) -> None:
         """Close this thread's FTPS clients unused for ``keep_connection_seconds``."""
-        kept: dict[str, tuple[FtpsClient, float]] = self._kept.__dict__.setdefault("clients", {})
+        kept = self._kept_clients()
         limit = self.settings.keep_connection_seconds if older_than is None else older_than
         now = time.monotonic()
         for project, (client, used) in list(kept.items()):

@@ -251,9 +251,8 @@ class RawWorker:
         if asking >= limit or len(self._futures) >= 2 * limit:
             wait(self._futures, timeout=self.settings.poll_seconds, return_when=FIRST_COMPLETED)
             return False
-        if (
-            work_queue.in_progress_on_cap(self._conn(), "study") >= limit
-        ):  # every replica's, together
+        # Every replica's studies asking the VNA, together.
+        if work_queue.in_progress_on_cap(self._conn(), "study") >= limit:
             stop.wait(self.settings.poll_seconds)
             return False
         # The rate slot of all asking is shared by every orthanc-raw replica (in Postgres).
