@@ -6,8 +6,9 @@ project, at a bounded rate. So: C-FIND first (by accession number and MRN, or by
 UID when known). In the common case that is all the asking before the move: orthanc-raw holds
 nothing of the study, and the study-level answer names one of the project's modalities
 (ModalitiesInStudy) and how many instances the study has (NumberOfStudyRelatedInstances), so
-the study is moved whole and exactly that many instances arriving is the listing (anything else
-falls back to the listing below; ``_fetch_uncached_study``). Otherwise: list the study's series (a C-FIND at series level), refuse without moving when
+the study is moved whole and exactly that many instances arriving is the listing (anything
+else falls back to the listing below; ``_fetch_uncached_study``). Otherwise: list the study's
+series (a C-FIND at series level), refuse without moving when
 the study has none of the project's modalities, list each series' instances (a C-FIND at
 instance level per series), skip the move entirely when orthanc-raw already holds every one of
 them (a study a second project asks for is reused), and after a partial transfer move only what
@@ -184,6 +185,7 @@ def fetch_study(
         raise FetchError("incomplete_transfer")
     if missing:
         if not set(listed) & set(local):
+            arrived = _Arrived(raw, study_uid, set(listed))
             _audited_move(
                 raw,
                 audit,
@@ -192,12 +194,13 @@ def fetch_study(
                 f"/queries/{query_id}/answers/{query_index}/retrieve",
                 {"TargetAet": settings.own_aet, "Synchronous": True},
                 settings,
-                arrived=lambda: len(set(listed) & set(local_instances(raw, study_uid))),
+                arrived=arrived,
             )
             moves += 1
+            local = arrived.local
         else:
             moves += _move_missing(raw, study_uid, listed, set(missing), settings, audit)
-        local = local_instances(raw, study_uid)
+            local = local_instances(raw, study_uid)
         if any(sop not in local for sop in listed):
             raise FetchError("incomplete_transfer")
     return FetchResult(
@@ -236,12 +239,7 @@ def _fetch_uncached_study(
     expected = _as_int(content.get("NumberOfStudyRelatedInstances"))
     if not expected or not in_study & modalities or local_instances(raw, study_uid):
         return None, 0
-    local: dict[str, LocalInstance] = {}
-
-    def arrived() -> int:
-        local.update(local_instances(raw, study_uid))
-        return len(local)
-
+    arrived = _Arrived(raw, study_uid)
     _audited_move(
         raw,
         audit,
@@ -252,9 +250,23 @@ def _fetch_uncached_study(
         settings,
         arrived=arrived,
     )
+    local = arrived.local
     if len(local) != expected:  # the listing tells a short transfer from a short listing
         return None, 1
     return FetchResult(Outcome.FETCHED, study_uid, [local[sop] for sop in sorted(local)], 1), 1
+
+
+class _Arrived:
+    """How many of ``wanted`` (else of any) instances of the study orthanc-raw holds after a
+    move, for its audit; the same read is then the caller's view of the study (``local``)."""
+
+    def __init__(self, raw: OrthancApi, study_uid: str, wanted: set[str] | None = None) -> None:
+        self.raw, self.study_uid, self.wanted = raw, study_uid, wanted
+        self.local: dict[str, LocalInstance] = {}
+
+    def __call__(self) -> int:
+        self.local = local_instances(self.raw, self.study_uid)
+        return len(self.local if self.wanted is None else self.wanted & set(self.local))
 
 
 def _same(value: Any, wanted: str) -> bool:
