@@ -116,7 +116,8 @@ class OrthancClient:
             code = "not_found" if response.status_code == 404 else f"http_{response.status_code}"
             raise OrthancError(
                 f"Orthanc at {self.url} answered {response.status_code} to {method} "
-                f"{path.split('/')[1] if '/' in path else path} (Orthanc error {orthanc_status})",
+                f"{path.split('/')[1] if '/' in path else path}"
+                + (f" (Orthanc error {orthanc_status})" if orthanc_status is not None else ""),
                 code,
                 response.status_code,
                 orthanc_status,
