@@ -48,7 +48,9 @@ class OrthancApi(Protocol):
     def delete(self, path: str) -> None: ...
 
 
-ORTHANC_DATABASE_ERROR = 11  # Orthanc's ErrorCode_Database
+# Orthanc's ErrorCode_Database, and ErrorCode_BadSequenceOfCalls, which its PostgreSQL index
+# raised on a transaction whose connection broke (seen in the Postgres drill, then 11 and 503).
+ORTHANC_DATABASE_ERRORS = frozenset({11, 6})
 
 
 def _orthanc_status(response: requests.Response) -> int | None:
@@ -65,7 +67,7 @@ def _database_unavailable(response: requests.Response) -> bool:
     """Orthanc could not reach its database for this request (worth asking again shortly)."""
     if response.status_code == 503:
         return True
-    return response.status_code == 500 and _orthanc_status(response) == ORTHANC_DATABASE_ERROR
+    return response.status_code == 500 and _orthanc_status(response) in ORTHANC_DATABASE_ERRORS
 
 
 class OrthancClient:
@@ -92,8 +94,8 @@ class OrthancClient:
             self._session.headers["Authorization"] = token
 
     # Orthanc answers 503 when its database is unavailable, and 500 with its error code 11
-    # ("Error with the database engine") when a connection of its PostgreSQL index broke under
-    # a request: with the index in PostgreSQL, each of its pooled connections fails once after
+    # ("Error with the database engine", or 6 from a transaction left broken) when a connection
+    # of its PostgreSQL index broke under a request: with the index in PostgreSQL, each of its pooled connections fails once after
     # a Postgres restart before it reconnects. Such a request is tried again after these pauses
     # instead of failing the work it serves (a study being handed on when Postgres restarted
     # lost a try to it, seen in the Postgres drill), except

@@ -78,3 +78,12 @@ def test_a_retrieve_that_met_a_database_error_is_not_repeated(monkeypatch):
     with pytest.raises(OrthancError):
         client.post("/queries/abc/answers/0/retrieve", {"TargetAet": "PIXLRAW"})
     assert len(calls) == 1
+
+
+def test_a_transaction_its_broken_connection_left_is_waited_out_too(monkeypatch):
+    """Orthanc's PostgreSQL index answered error 6 (bad sequence of calls) on a transaction
+    whose connection broke, before it answered 11 and 503 (the Postgres drill)."""
+    broken = (500, {"OrthancStatus": 6, "OrthancError": "Bad sequence of calls"})
+    client, calls = client_answering(monkeypatch, [broken, DATABASE_ERROR, 200])
+    assert client.post_bytes("/instances", b"DICM") == {}
+    assert len(calls) == 3
