@@ -369,9 +369,25 @@ def _argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raise_system_exit(signum: int, frame: FrameType | None) -> None:
-    """Turn SIGTERM into SystemExit, which pyftpdlib's serve_forever handles by closing all."""
-    raise SystemExit(0)
+def _serve_until_signalled(server: FTPServer) -> None:
+    """Serve in short slices until SIGTERM or SIGINT, then close every connection.
+
+    The handler only sets a flag: an exception raised from it lands wherever the main thread
+    happens to be, and pyftpdlib's handlers log and swallow errors raised inside a TLS
+    handshake or a transfer, which once left the process running after SIGTERM.
+    """
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        while not stop.is_set():
+            server.serve_forever(timeout=0.1, blocking=False, handle_exit=False)
+    finally:
+        server.close_all()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -398,8 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     host, port = server.address[:2]
     logger.info("DSH stand-in listening on %s:%d; CA file %s", host, port, ca_file)
-    signal.signal(signal.SIGTERM, _raise_system_exit)
-    server.serve_forever(handle_exit=True)
+    _serve_until_signalled(server)
+    logger.info("DSH stand-in stopped")
     return 0
 
 

@@ -320,8 +320,14 @@ def test_stand_in_command_line_serves_and_stops_on_sigterm(
             client.upload_bytes("cli/file.bin", b"via the command line")
     finally:
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
+        try:
+            output, _ = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+            pytest.fail("still running 30 s after SIGTERM:\n" + output.decode(errors="replace"))
     assert process.returncode == 0, output.decode(errors="replace")
+    assert b"DSH stand-in stopped" in output
     assert password.encode() not in output
     assert (tmp_path / "root/cli/file.bin").read_bytes() == b"via the command line"
 

@@ -388,7 +388,13 @@ def test_a_second_archive_runs_beside_with_its_own_ae_title_and_log(
     assert "Find Response: 1 (Pending)" in answered.stdout + answered.stderr
     refused = find("NOBODY", "PACS")
     assert "Association Rejected" in refused.stdout + refused.stderr
-    assert pacs.log().finds == finds_before + 1 and pacs.log().associations_refused >= 1
+    # supervisord copies the archive's stderr into its log a moment after findscu has its
+    # answer: wait for the refusal's line rather than read the log once.
+    deadline = time.monotonic() + 15
+    while pacs.log().associations_refused < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pacs.log().associations_refused >= 1, "the archive's log shows no refusal"
+    assert pacs.log().finds == finds_before + 1
 
 
 def test_the_archive_log_holds_no_patient_identifier(
